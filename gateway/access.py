@@ -1,0 +1,125 @@
+"""Authorisation: may this key use this route, and this model?
+
+Route classes map to scopes (inference, read, admin). Routes that act with the host owner's
+ollama.com identity, and ``:cloud`` models, are refused for every key unless ``allow_cloud`` is set.
+Where a route names a model, the body is read the way Ollama will read it, the name normalised,
+and checked against the key's patterns; listings are filtered to what the key may use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.errors import BadRequest, Forbidden
+from gateway.flow import Flow
+from gateway.inbound import Inbound
+from gateway.jsonbody import JsonBody
+from gateway.keystore import Scope
+from gateway.listing import ListingFilter
+from gateway.models import InvalidModelName, ModelName, allowed, parse_model
+from gateway.principal import Principal
+from gateway.surfaces import ModelSource, RouteClass
+
+_SCOPE_FOR = {RouteClass.INFERENCE: Scope.INFERENCE, RouteClass.READ: Scope.READ, RouteClass.ADMIN: Scope.ADMIN}
+# Parsing a large body (images are base64 inside it) would stall the event loop.
+_PARSE_IN_THREAD = 256 * 1024
+
+
+def principal_of(flow: Flow) -> Principal:
+    if flow.principal is None:
+        raise RuntimeError("access is checked after authentication")
+    return flow.principal
+
+
+async def read_json(flow: Flow, inbound: Inbound, limit: int) -> JsonBody | None:
+    """The request body as Ollama will decode it (read once, then kept on the flow).
+
+    None for an empty body: nothing can run without a model, so Ollama's own error (400 "missing
+    request body", or 405 for a wrong method) is the right answer and the request goes on.
+    """
+    if "json" in flow.meta:
+        cached: JsonBody | None = flow.meta["json"]
+        return cached
+    if flow.body is None:
+        flow.body = await inbound.read(limit)
+    body = flow.body
+    if not body.strip():
+        flow.meta["json"] = None
+        return None
+    parsed = await asyncio.to_thread(JsonBody.parse, body) if len(body) > _PARSE_IN_THREAD else JsonBody.parse(body)
+    flow.meta["json"] = parsed
+    return parsed
+
+
+class AccessPolicy:
+    def __init__(self, *, allow_cloud: bool, max_body_bytes: int) -> None:
+        self._allow_cloud = allow_cloud
+        self._max_body = max_body_bytes
+
+    async def admit(self, flow: Flow, inbound: Inbound) -> None:
+        principal = principal_of(flow)
+        route = flow.route
+        if route.route_class is RouteClass.CLOUD:
+            if not self._allow_cloud:
+                raise Forbidden(f"{route.name} acts with the server owner's ollama.com account and is disabled here")
+            needed = Scope.ADMIN
+        else:
+            needed = _SCOPE_FOR[route.route_class]
+        if needed not in principal.scopes:
+            raise Forbidden(f"this API key lacks the '{needed.value}' scope required for {route.name}")
+
+        restricted = bool(principal.patterns) or not self._allow_cloud
+        if route.listing and restricted:
+            flow.transform = ListingFilter(lambda name: self._may_use(principal, name))
+        if route.model_source is ModelSource.NONE:
+            if restricted and route.route_class is RouteClass.INFERENCE:
+                # The model travels in a multipart form here; it cannot be checked, so not allowed.
+                raise Forbidden(f"{route.name} cannot be checked against model permissions and is disabled here")
+            return
+        names = await self._names(flow, inbound)
+        for name in names:
+            if name.is_cloud and not self._allow_cloud:
+                raise Forbidden(
+                    f"model '{name.short}' runs on the server owner's ollama.com account and is disabled here"
+                )
+            if not allowed(name, principal.patterns):
+                raise Forbidden(f"this API key may not use model '{name.short}'")
+        if names:
+            flow.model = names[0].short
+
+    def finish(self, flow: Flow) -> None:
+        pass
+
+    def _may_use(self, principal: Principal, name: ModelName) -> bool:
+        return (self._allow_cloud or not name.is_cloud) and allowed(name, principal.patterns)
+
+    async def _names(self, flow: Flow, inbound: Inbound) -> list[ModelName]:
+        source = flow.route.model_source
+        if source is ModelSource.PATH:
+            return [_parse(flow.path.rsplit("/", 1)[1])]
+        body = await read_json(flow, inbound, self._max_body)
+        if body is None:
+            return []
+        if source is ModelSource.COPY:
+            texts = [body.string("source"), body.string("destination")]
+        elif source is ModelSource.CREATE:
+            texts = [body.string("model")]
+            origin = body.string("from")
+            # "from" may also be a file path on the server; only a model name can be checked.
+            if origin:
+                try:
+                    return [_parse(text) for text in texts if text] + [parse_model(origin)]
+                except InvalidModelName:
+                    pass
+        elif source is ModelSource.BODY_OR_NAME:
+            texts = [body.string("model"), body.string("name")]
+        else:
+            texts = [body.string("model")]
+        return [_parse(text) for text in texts if text]
+
+
+def _parse(text: str) -> ModelName:
+    try:
+        return parse_model(text)
+    except InvalidModelName:
+        raise BadRequest(f"invalid model name '{text[:200]}'") from None

@@ -1,0 +1,87 @@
+"""The access log: exactly one line per request, written when the request is truly over.
+
+JSON (one object per line on stdout) is the default, for log shippers; ``text`` is a compact
+human-readable line for local runs. Secrets never appear: keys are named by id and name only.
+Request bodies (prompts) are logged only for the keys the ``log_prompts`` setting names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gateway.record import RequestRecord
+
+_PROMPT_LIMIT = 16_384
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fields(record: RequestRecord) -> dict[str, Any]:
+    return {
+        "time": _iso(record.time),
+        "request_id": record.request_id,
+        "key_id": record.key_id,
+        "key_name": record.key_name,
+        "client": record.client,
+        "method": record.method,
+        "path": record.path,
+        "route": record.route,
+        "route_class": record.route_class,
+        "model": record.model,
+        "status": record.status,
+        "upstream_status": record.upstream_status,
+        "bytes_in": record.bytes_in,
+        "bytes_out": record.bytes_out,
+        "duration_ms": round(record.duration * 1000, 3),
+        "ttfb_ms": None if record.ttfb is None else round(record.ttfb * 1000, 3),
+        "overhead_ms": round(record.overhead * 1000, 3),
+        "queue_wait_ms": round(record.queue_wait * 1000, 3),
+        "streamed": record.streamed,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "tokens_exact": record.tokens_exact,
+        "outcome": record.outcome,
+    }
+
+
+class AccessLog:
+    def __init__(
+        self,
+        *,
+        fmt: str = "json",
+        log_prompts: tuple[str, ...] = (),
+        write: Callable[[str], object] | None = None,
+    ) -> None:
+        self._json = fmt == "json"
+        self._prompt_keys = frozenset(log_prompts)
+        self._write = write or _stdout_line
+
+    def wants_prompt(self, key_name: str | None) -> bool:
+        return key_name is not None and ("*" in self._prompt_keys or key_name in self._prompt_keys)
+
+    def __call__(self, record: RequestRecord) -> None:
+        line = fields(record)
+        if record.request_body is not None and self.wants_prompt(record.key_name):
+            line["request_body"] = record.request_body[:_PROMPT_LIMIT].decode("utf-8", "replace")
+        if self._json:
+            self._write(json.dumps(line, separators=(",", ":"), ensure_ascii=False))
+            return
+        tokens = (
+            f" tokens={record.prompt_tokens}+{record.completion_tokens}" if record.route_class == "inference" else ""
+        )
+        self._write(
+            f"{line['time']} {record.status} {record.method} {record.path} {line['duration_ms']}ms "
+            f"key={record.key_name or '-'} model={record.model or '-'} outcome={record.outcome}{tokens} "
+            f"id={record.request_id}"
+        )
+
+
+def _stdout_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,79 @@
+"""Usage accounting: per key, per model, per UTC day, aggregated in memory and written in batches.
+
+Counting happens on the event loop (a dict update per request); writing happens in a thread every
+``flush_interval`` seconds, and once more at shutdown. A hard crash loses at most the last
+interval's counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import sqlite3
+from collections.abc import Callable
+
+from gateway.record import RequestRecord
+from gateway.usagestore import UsageCounts, UsageKey, UsageStore
+
+log = logging.getLogger("gateway.usage")
+
+
+class UsageLedger:
+    def __init__(self, open_store: Callable[[], UsageStore], *, flush_interval: float = 2.0) -> None:
+        self._open_store = open_store
+        self._store: UsageStore | None = None
+        self._interval = flush_interval
+        self._pending: dict[UsageKey, UsageCounts] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self, record: RequestRecord) -> None:
+        """A sink: count one finished request (requests without a key are not accounted)."""
+        if record.key_id is None or record.key_name is None:
+            return
+        day = dt.datetime.fromtimestamp(record.time, dt.UTC).date().isoformat()
+        key = UsageKey(day, record.key_id, record.key_name, record.model or "")
+        counts = self._pending.get(key)
+        if counts is None:
+            counts = self._pending[key] = UsageCounts()
+        counts.requests += 1
+        counts.prompt_tokens += record.prompt_tokens
+        counts.completion_tokens += record.completion_tokens
+        counts.errors += record.status >= 400 or record.outcome != "ok"
+
+    @property
+    def store(self) -> UsageStore | None:
+        return self._store
+
+    async def start(self) -> None:
+        self._store = await asyncio.to_thread(self._open_store)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._store is not None:
+            await self.flush()
+            self._store.close()
+            self._store = None
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, {}
+        if not batch or self._store is None:
+            return
+        try:
+            await asyncio.to_thread(self._store.add, batch)
+        except sqlite3.Error as error:
+            # Put the counts back so the next flush retries them.
+            log.warning("usage not written yet: %s", error)
+            for key, counts in batch.items():
+                self._pending.setdefault(key, UsageCounts()).add(counts)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()

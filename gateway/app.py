@@ -1,0 +1,137 @@
+"""Assembly: build every component from settings and wire them into one ASGI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import Lifespan, Message, Receive, Scope, Send
+
+from gateway import __version__
+from gateway.access import AccessPolicy
+from gateway.accesslog import AccessLog
+from gateway.accounting import UsageLedger
+from gateway.auth import Authenticator, AuthPolicy
+from gateway.clientaddr import ClientResolver
+from gateway.cors import Cors
+from gateway.headers import header
+from gateway.keyring import Keyring
+from gateway.keystore import open_keystore
+from gateway.metrics import Metrics
+from gateway.pipeline import Forwarder
+from gateway.requestid import request_id
+from gateway.routes import Check, database_check, health_router, metrics_router, upstream_check
+from gateway.settings import Settings
+from gateway.surfaces import is_forwarded
+from gateway.throttle import FailureThrottle
+from gateway.upstream import Upstream
+from gateway.upstream.httpx_impl import HttpxUpstream
+from gateway.usagestore import SqliteUsageStore
+
+
+class Gateway:
+    """The ASGI entry point: Ollama's routes go to the forwarder, the rest to the FastAPI app.
+
+    The forwarded routes bypass FastAPI's routing and dependency machinery on purpose: they are
+    the hot path, and they stream.
+    """
+
+    def __init__(self, api: FastAPI, forwarder: Forwarder, metrics: Metrics, metrics_app: FastAPI) -> None:
+        self.api = api
+        self.forwarder = forwarder
+        self.metrics = metrics
+        # Served on its own address when GATEWAY_METRICS_ADDRESS is set (see server.py).
+        self.metrics_app = metrics_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_forwarded(scope["path"]):
+            await self.forwarder(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        rid = request_id(header(scope["headers"], b"x-request-id"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+            await send(message)
+
+        await self.api(scope, receive, send_with_id)
+
+
+def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gateway:
+    """Build the gateway. ``upstream`` replaces the HTTP client (tests inject transports)."""
+    client: Upstream = upstream or HttpxUpstream(
+        settings.upstream_url,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout or None,
+        write_timeout=settings.write_timeout or None,
+        max_connections=settings.upstream_max_connections,
+    )
+    keyring = Keyring(lambda: open_keystore(settings.database_url), refresh_interval=settings.key_refresh_interval)
+    authenticator = Authenticator(
+        keyring, FailureThrottle(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
+    )
+    ledger = UsageLedger(lambda: SqliteUsageStore(settings.database_url), flush_interval=settings.usage_flush_interval)
+    metrics = Metrics()
+
+    forwarder = Forwarder(
+        client,
+        resolver=ClientResolver(settings.trusted_proxies),
+        max_body_bytes=settings.max_body_bytes,
+        cors=Cors(settings.cors_origins) if settings.cors_origins else None,
+        # The order requests pass through: who is calling, then what they may reach.
+        policies=[
+            AuthPolicy(authenticator),
+            AccessPolicy(allow_cloud=settings.allow_cloud, max_body_bytes=settings.max_body_bytes),
+        ],
+        # Every finished request, once, to each of these.
+        sinks=[AccessLog(fmt=settings.log_format, log_prompts=settings.log_prompts), metrics, ledger],
+    )
+    metrics.track_in_flight(lambda: forwarder.in_flight)
+
+    def usage_writable() -> bool:
+        store = ledger.store
+        if store is None:
+            raise RuntimeError("usage store not open")
+        return store.writable()
+
+    checks: dict[str, Check] = {"upstream": upstream_check(client), "database": database_check(usage_writable)}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await keyring.start()
+        await ledger.start()
+        try:
+            yield
+        finally:
+            # Requests have drained by now: write the last usage counts, then close.
+            await ledger.close()
+            await keyring.close()
+            await client.aclose()
+
+    api = _fastapi(lifespan=lifespan)
+    api.include_router(health_router(checks))
+    metrics_app = _fastapi()
+    if settings.metrics_address:
+        metrics_app.include_router(metrics_router(metrics, authenticator=None))
+    else:
+        api.include_router(metrics_router(metrics, authenticator))
+    return Gateway(api, forwarder, metrics, metrics_app)
+
+
+def _fastapi(lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:
+    api = FastAPI(
+        title="ollama-gateway", version=__version__, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
+
+    @api.exception_handler(HTTPException)
+    async def native_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # Outside /api and /v1 the gateway speaks Ollama's dialect too.
+        return JSONResponse({"error": str(exc.detail).lower()}, exc.status_code, headers=exc.headers)
+
+    return api

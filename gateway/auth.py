@@ -1,0 +1,99 @@
+"""Authentication: who is calling, from the key they present.
+
+Keys are accepted as ``Authorization: Bearer KEY`` (openai SDK, ``ollama.Client(headers=...)``,
+``OLLAMA_API_KEY``), ``X-API-Key: KEY``, or HTTP Basic with the key as the password (tools that only
+speak basic auth, LangChain's ``user:pass@host`` URLs). Never from the query string, where it
+would end up in logs. Every failure looks the same to the caller (401, no hint which check failed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable
+
+from gateway import keys
+from gateway.errors import Unauthorized
+from gateway.flow import Flow
+from gateway.headers import Headers, header
+from gateway.inbound import Inbound
+from gateway.keyring import Keyring
+from gateway.keystore import KeyRecord
+from gateway.models import parse_pattern
+from gateway.principal import Principal
+from gateway.throttle import FailureThrottle
+
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="ollama-gateway"'}
+_MESSAGE = "invalid or missing API key"
+
+
+def presented_key(headers: Headers) -> str | None:
+    authorization = header(headers, b"authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.decode("latin-1").strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer":
+            return value or None
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(value, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            return decoded.partition(":")[2] or None
+        return None
+    api_key = header(headers, b"x-api-key")
+    return api_key.decode("latin-1").strip() or None if api_key is not None else None
+
+
+class Authenticator:
+    def __init__(self, keyring: Keyring, throttle: FailureThrottle, clock: Callable[[], float] = time.time) -> None:
+        self._keyring = keyring
+        self._throttle = throttle
+        self._clock = clock
+        self._principals: dict[str, tuple[KeyRecord, Principal]] = {}
+
+    def authenticate(self, headers: Headers, address: str) -> Principal:
+        self._throttle.check(address)
+        key = presented_key(headers)
+        key_id = keys.key_id_of(key) if key else None
+        record = self._keyring.get(key_id) if key_id else None
+        if (
+            key is None
+            or record is None
+            or not keys.verify(key, record.digest)
+            or record.revoked
+            or (record.expires_at is not None and record.expires_at <= self._clock())
+        ):
+            self._throttle.failed(address)
+            raise Unauthorized(_MESSAGE, headers=CHALLENGE)
+        self._throttle.succeeded(address)
+        self._keyring.note_use(record.id)
+        return self._principal(record)
+
+    def _principal(self, record: KeyRecord) -> Principal:
+        cached = self._principals.get(record.id)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        principal = Principal(
+            key_id=record.id,
+            name=record.name,
+            scopes=record.scopes,
+            patterns=tuple(parse_pattern(text) for text in record.models),
+            limits=record.limits,
+        )
+        self._principals[record.id] = (record, principal)
+        return principal
+
+
+class AuthPolicy:
+    """Puts the caller's ``Principal`` on the flow, or refuses with 401 (429 when throttled)."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    async def admit(self, flow: Flow, inbound: Inbound) -> None:
+        flow.principal = self._authenticator.authenticate(flow.headers, flow.client.ip)
+
+    def finish(self, flow: Flow) -> None:
+        pass

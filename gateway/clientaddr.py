@@ -1,0 +1,56 @@
+"""Who the client is: the peer address, or what a trusted front proxy says it saw.
+
+Forwarded headers are believed only from configured peers; from anyone else they are ignored,
+so a client cannot pick its own address (which throttling and logs rely on).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAddress:
+    ip: str
+    proto: str
+    # The X-Forwarded-For value to send upstream: the trusted chain plus the peer.
+    forwarded_for: str
+
+
+class ClientResolver:
+    def __init__(self, trusted_proxies: Iterable[str]) -> None:
+        self._trusted: tuple[_Network, ...] = tuple(
+            ipaddress.ip_network(item, strict=False) for item in trusted_proxies
+        )
+
+    def _is_trusted(self, ip: str) -> bool:
+        if not self._trusted:
+            return False
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted)
+
+    def resolve(
+        self, peer: str, scheme: str, forwarded_for: bytes | None, forwarded_proto: bytes | None
+    ) -> ClientAddress:
+        if not forwarded_for or not self._is_trusted(peer):
+            return ClientAddress(peer, scheme, peer)
+        chain = [hop.strip() for hop in forwarded_for.decode("latin-1").split(",") if hop.strip()]
+        # The client is the right-most hop that is not one of our own proxies.
+        client = peer
+        for hop in reversed(chain):
+            client = hop
+            if not self._is_trusted(hop):
+                break
+        proto = scheme
+        if forwarded_proto:
+            candidate = forwarded_proto.decode("latin-1").split(",")[0].strip().lower()
+            if candidate in ("http", "https"):
+                proto = candidate
+        return ClientAddress(client, proto, ", ".join([*chain, peer]))

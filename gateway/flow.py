@@ -1,0 +1,89 @@
+"""One forwarded exchange, from first byte in to last byte out: what policies and sinks share.
+
+A ``Flow`` is created per request, filled in as the request passes each stage, and observes the
+relayed response (it is the core's ``Observer``). When the exchange is over, one ``RequestRecord``
+is built from it and handed to every sink exactly once: the access log, metrics and usage
+accounting all read the same terminal record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.clientaddr import ClientAddress
+from gateway.errors import GatewayError
+from gateway.headers import Headers, header
+from gateway.principal import Principal
+from gateway.proxy import BodyTransform
+from gateway.streams import Usage, UsageReader
+from gateway.surfaces import Route, RouteClass
+
+
+@dataclass(eq=False, slots=True)
+class Flow:
+    request_id: str
+    method: str
+    path: str
+    route: Route
+    client: ClientAddress
+    headers: Headers
+    started: float = field(default_factory=time.perf_counter)
+    wall_started: float = field(default_factory=time.time)
+    principal: Principal | None = None
+    model: str | None = None
+    status: int = 0
+    upstream_status: int | None = None
+    forwarded_at: float | None = None
+    first_byte_at: float | None = None
+    finished_at: float | None = None
+    queue_wait: float = 0.0
+    streaming: bool = False
+    bytes_in: int = 0
+    bytes_out: int = 0
+    # ok | client_disconnect | upstream_error | upstream_timeout | the refusing error's outcome
+    outcome: str = "ok"
+    error: GatewayError | None = None
+    # Set by a policy that read the request body; forwarded instead of streaming it.
+    body: bytes | None = None
+    reader: UsageReader | None = None
+    transform: BodyTransform | None = None
+    # Extra response headers policies want the client to see.
+    response_headers: Headers = field(default_factory=list)
+    # Free-form per-request facts policies pass to each other (e.g. the parsed body).
+    meta: dict[str, Any] = field(default_factory=dict)
+    _usage: Usage | None = None
+
+    # Observer hooks, called by the proxy core.
+    def response_started(self, status: int, headers: Headers, streaming: bool) -> None:
+        self.first_byte_at = time.perf_counter()
+        self.upstream_status = self.status = status
+        self.streaming = streaming
+        if self.route.route_class is RouteClass.INFERENCE:
+            self.reader = UsageReader(header(headers, b"content-type"))
+
+    def chunk(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.reader is not None:
+            self.reader.feed(data)
+
+    def failed(self, error: GatewayError) -> None:
+        self.fail(error)
+
+    def fail(self, error: GatewayError) -> None:
+        self.error = error
+        self.outcome = error.outcome
+
+    @property
+    def usage(self) -> Usage | None:
+        """Tokens used, once the response is over (None where no tokens are involved)."""
+        if self._usage is None and self.reader is not None:
+            self._usage = self.reader.result()
+        return self._usage
+
+    @property
+    def overhead(self) -> float:
+        """Seconds the gateway itself spent before forwarding, excluding time queued."""
+        end = self.forwarded_at if self.forwarded_at is not None else (self.finished_at or time.perf_counter())
+        return max(end - self.started - self.queue_wait, 0.0)

@@ -1,0 +1,68 @@
+"""Where API keys live. The server only reads (and records last use); the CLI manages them."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from gateway.keystore.sqlite import SqliteKeyStore
+
+UNLIMITED = -1
+
+
+class Scope(enum.Enum):
+    INFERENCE = "inference"
+    READ = "read"
+    ADMIN = "admin"
+
+
+DEFAULT_SCOPES = frozenset({Scope.INFERENCE, Scope.READ})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-key limits; None = the gateway default, UNLIMITED = no limit."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    tpd: int | None = None
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    name: str
+    digest: str
+    created_at: float
+    scopes: frozenset[Scope] = DEFAULT_SCOPES
+    models: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    expires_at: float | None = None
+    revoked: bool = False
+    last_used_at: float | None = None
+
+
+class KeyStoreError(Exception):
+    """A management operation failed (unknown name, duplicate name, ...)."""
+
+
+class KeyStore(Protocol):
+    def version(self) -> int:
+        """Changes whenever a key is created, changed, revoked or rotated."""
+
+    def load(self) -> list[KeyRecord]: ...
+
+    def record_use(self, last_used: Mapping[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_keystore(database_url: str) -> SqliteKeyStore:
+    """The key store for ``database_url`` (only SQLite is built in)."""
+    from gateway.keystore.sqlite import SqliteKeyStore
+
+    return SqliteKeyStore(database_url)

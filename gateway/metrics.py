@@ -1,0 +1,114 @@
+"""Prometheus metrics, on the gateway's own registry (never the process-global one).
+
+Every label has a bounded set of values: route names come from the route table, key names from
+the key store (which operators control), statuses are HTTP codes, and model names are capped (past
+``max_models`` distinct values they are counted as "other", so random names cannot explode it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gateway.record import RequestRecord
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_REFUSALS = frozenset(
+    {"unauthorized", "forbidden", "auth_throttled", "rate_limited", "queue_timeout", "bad_request", "body_too_large"}
+)
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+
+class Metrics:
+    def __init__(self, *, max_models: int = 100) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._models: set[str] = set()
+        self._max_models = max_models
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests handled, by route class, route, status and key name.",
+            ["route_class", "route", "status", "key"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from the first byte in to the last byte out.",
+            ["route_class"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttfb = Histogram(
+            "gateway_time_to_first_byte_seconds",
+            "Time until the upstream's response started (includes model loads and queueing).",
+            ["route_class"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Tokens reported by the upstream, by key, model and kind (prompt, completion).",
+            ["key", "model", "kind"],
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "gateway_refusals",
+            "Requests the gateway refused itself, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Upstream failures: unreachable, broken mid-response, timed out, or an error inside a stream.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds",
+            "Time inference requests waited for a slot on the upstream.",
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight", "Forwarded requests being handled now.", registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth", "Inference requests waiting for a slot on the upstream.", registry=self.registry
+        )
+
+    def track_in_flight(self, read: Callable[[], float]) -> None:
+        self.in_flight.set_function(read)
+
+    def track_queue_depth(self, read: Callable[[], float]) -> None:
+        self.queue_depth.set_function(read)
+
+    def __call__(self, record: RequestRecord) -> None:
+        """A sink: observe one finished request."""
+        key = record.key_name or ""
+        self.requests.labels(record.route_class, record.route, str(record.status), key).inc()
+        self.duration.labels(record.route_class).observe(record.duration)
+        if record.ttfb is not None:
+            self.ttfb.labels(record.route_class).observe(record.ttfb)
+        if record.route_class == "inference" and record.outcome != "unauthorized":
+            self.queue_wait.observe(record.queue_wait)
+        if record.prompt_tokens or record.completion_tokens:
+            model = self._model_label(record.model or "")
+            self.tokens.labels(key, model, "prompt").inc(record.prompt_tokens)
+            self.tokens.labels(key, model, "completion").inc(record.completion_tokens)
+        if record.outcome in _REFUSALS:
+            self.refusals.labels(record.outcome).inc()
+        elif record.outcome in ("upstream_error", "upstream_timeout"):
+            self.upstream_errors.labels(record.outcome).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def _model_label(self, model: str) -> str:
+        if model in self._models:
+            return model
+        if len(self._models) < self._max_models:
+            self._models.add(model)
+            return model
+        return "other"

@@ -1,0 +1,86 @@
+"""The proxy core: send one request upstream and relay the answer to the client, byte for byte.
+
+It knows nothing of keys, limits or logs. Policies see the exchange through an ``Observer`` that
+receives copies of what passes (it must never hold a byte back), and may swap the body through
+an optional ``BodyTransform``. "Response started" is the point of no return: before it, failures
+propagate as ``GatewayError`` for the caller to render; after it, a stream ends with one error
+frame in its own dialect, and a fixed-length body is cut (the client sees it truncated).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from starlette.types import Send
+
+from gateway.errors import Dialect, GatewayError, render_in_stream
+from gateway.headers import STREAM_HEADERS, Headers, client_response_headers, header, is_stream
+from gateway.inbound import Inbound
+from gateway.upstream import Outbound, Upstream
+
+
+class Observer(Protocol):
+    def response_started(self, status: int, headers: Headers, streaming: bool) -> None: ...
+
+    def chunk(self, data: bytes) -> None: ...
+
+    def failed(self, error: GatewayError) -> None: ...
+
+
+class BodyTransform(Protocol):
+    """Rewrites a response body on its way out (e.g. a listing filtered per key)."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def end(self) -> bytes: ...
+
+
+class ResponseAborted(Exception):
+    """Raised after a fixed-length body broke off: the server must drop the connection."""
+
+
+async def forward(
+    upstream: Upstream,
+    request: Outbound,
+    inbound: Inbound,
+    send: Send,
+    *,
+    dialect: Dialect,
+    extra_headers: Headers,
+    observer: Observer,
+    transform: BodyTransform | None = None,
+) -> None:
+    response = await upstream.send(request)
+    try:
+        headers = client_response_headers(response.headers)
+        content_type = header(headers, b"content-type")
+        streaming = is_stream(content_type)
+        if streaming:
+            headers.extend(STREAM_HEADERS)
+        if transform is not None:
+            headers = [(name, value) for name, value in headers if name.lower() != b"content-length"]
+        headers.extend(extra_headers)
+        observer.response_started(response.status, headers, streaming)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        tail = b""
+        try:
+            async for data in response.body():
+                observer.chunk(data)
+                if transform is not None:
+                    data = transform.feed(data)
+                    if not data:
+                        continue
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        except GatewayError as error:
+            observer.failed(error)
+            if not streaming:
+                inbound.stop()
+                raise ResponseAborted from error
+            event_stream = (content_type or b"").startswith(b"text/event-stream")
+            tail = render_in_stream(error, dialect, event_stream=event_stream)
+        if transform is not None:
+            tail = transform.end() + tail
+        inbound.stop()
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    finally:
+        await response.aclose()

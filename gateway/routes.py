@@ -1,0 +1,89 @@
+"""The gateway's own endpoints, outside /api and /v1: liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from gateway.auth import Authenticator
+from gateway.errors import Dialect, Forbidden, GatewayError, render
+from gateway.keystore import Scope
+from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.upstream import Outbound, Upstream
+
+READY_TIMEOUT = 5.0
+# A readiness check: a name and a coroutine answering "ok" or what is wrong.
+Check = Callable[[], Awaitable[str]]
+
+
+def health_router(checks: dict[str, Check]) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is alive; touches nothing else."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready when every dependency answers; the detail names what is not."""
+        names = list(checks)
+        results = await asyncio.gather(*(checks[name]() for name in names))
+        detail = dict(zip(names, results, strict=True))
+        ready = all(value == "ok" for value in detail.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": detail}, 200 if ready else 503)
+
+    return router
+
+
+def metrics_router(metrics: Metrics, authenticator: Authenticator | None) -> APIRouter:
+    """``/metrics``; with an authenticator, only for admin keys (the metrics name keys)."""
+    router = APIRouter()
+
+    @router.get("/metrics")
+    async def metrics_endpoint(request: Request) -> Response:
+        if authenticator is not None:
+            try:
+                principal = authenticator.authenticate(
+                    request.scope["headers"], request.client.host if request.client else ""
+                )
+                if Scope.ADMIN not in principal.scopes:
+                    raise Forbidden("this API key lacks the 'admin' scope required for /metrics")
+            except GatewayError as error:
+                return Response(render(error, Dialect.NATIVE), error.status, error.headers, "application/json")
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return router
+
+
+def upstream_check(upstream: Upstream) -> Check:
+    async def check() -> str:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                response = await upstream.send(Outbound("GET", "/api/version", [], b""))
+                try:
+                    async for _ in response.body():
+                        pass
+                finally:
+                    await response.aclose()
+        except (GatewayError, TimeoutError):
+            return "unavailable"
+        return "ok" if response.status == 200 else f"status {response.status}"
+
+    return check
+
+
+def database_check(writable: Callable[[], bool]) -> Check:
+    async def check() -> str:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await asyncio.to_thread(writable)
+        except (sqlite3.Error, TimeoutError, RuntimeError):
+            return "not writable"
+        return "ok"
+
+    return check

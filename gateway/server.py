@@ -1,0 +1,65 @@
+"""Running the gateway under uvicorn, with the settings that streaming needs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import uvicorn
+
+from gateway.app import Gateway, create_app
+from gateway.settings import Settings
+
+
+def uvicorn_config(settings: Settings, app: Gateway) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        # uvloop and httptools when installed (uvicorn[standard]).
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        # Forwarded headers are handled by the gateway itself, from configured peers only.
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+        log_level=settings.log_level,
+        # On SIGTERM: stop accepting, let in-flight requests (streams too) finish for this long.
+        timeout_graceful_shutdown=round(settings.shutdown_grace),
+        timeout_keep_alive=75,
+    )
+
+
+class _SideServer(uvicorn.Server):
+    """A second listener in the same process; the main server owns the signal handlers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_all(main: uvicorn.Server, side: uvicorn.Server | None) -> None:
+    side_task = asyncio.get_running_loop().create_task(side.serve()) if side else None
+    try:
+        await main.serve()
+    finally:
+        if side is not None and side_task is not None:
+            side.should_exit = True
+            await side_task
+
+
+def serve(settings: Settings) -> int:
+    app = create_app(settings)
+    config = uvicorn_config(settings, app)
+    main = uvicorn.Server(config)
+    side = None
+    if settings.metrics_address:
+        host, _, port = settings.metrics_address.rpartition(":")
+        side = _SideServer(
+            uvicorn.Config(app.metrics_app, host=host, port=int(port), lifespan="off", log_level=settings.log_level)
+        )
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(_serve_all(main, side))
+    return 0 if main.started else 1

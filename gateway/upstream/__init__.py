@@ -1,0 +1,37 @@
+"""The seam between the proxy core and the HTTP client that talks to Ollama.
+
+An implementation sends one request and hands back the status, headers and an iterator of raw
+body bytes; it translates its own exceptions into ``UpstreamUnavailable`` / ``UpstreamTimeout`` /
+``UpstreamBroken`` so nothing above it ever sees a client library's exception types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.headers import Headers
+
+
+@dataclass(slots=True)
+class Outbound:
+    method: str
+    target: str  # path and query, already checked; appended to the upstream base URL
+    headers: Headers
+    body: bytes | AsyncIterable[bytes]
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Headers
+
+    def body(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Upstream(Protocol):
+    async def send(self, request: Outbound) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...

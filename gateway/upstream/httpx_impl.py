@@ -1,0 +1,82 @@
+"""The upstream client on httpx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from gateway.errors import UpstreamBroken, UpstreamTimeout, UpstreamUnavailable
+from gateway.headers import Headers
+from gateway.upstream import Outbound
+
+
+@contextmanager
+def _translated(started: bool) -> Iterator[None]:
+    """Map httpx's exceptions, once, onto the gateway's own."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout("upstream timed out") from exc
+    except httpx.TransportError as exc:
+        if started:
+            raise UpstreamBroken("upstream connection lost") from exc
+        raise UpstreamUnavailable("upstream unavailable") from exc
+
+
+class HttpxResponse:
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+        self.headers: Headers = list(response.headers.raw)
+
+    async def body(self) -> AsyncIterator[bytes]:
+        with _translated(started=True):
+            async for chunk in self._response.aiter_raw():
+                yield chunk
+
+    async def aclose(self) -> None:
+        # Closing a half-read response closes its connection: that is how Ollama learns to stop.
+        await self._response.aclose()
+
+
+class HttpxUpstream:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float | None,
+        write_timeout: float | None,
+        max_connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._base = httpx.URL(base_url)
+        self._prefix = self._base.raw_path.rstrip(b"/")
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=connect_timeout, read=read_timeout, write=write_timeout, pool=connect_timeout
+            ),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+            follow_redirects=False,
+            # Never route through HTTP(S)_PROXY variables: the upstream address is fixed.
+            trust_env=False,
+        )
+        # Send only what the client sent (plus Host and framing), not httpx's defaults.
+        self._client.headers.clear()
+
+    async def send(self, request: Outbound) -> HttpxResponse:
+        url = self._base.copy_with(raw_path=self._prefix + request.target.encode("ascii"))
+        headers = request.headers
+        if isinstance(request.body, bytes):
+            # A buffered (possibly rewritten) body is framed by its own length.
+            headers = [(name, value) for name, value in headers if name != b"content-length"]
+        built = self._client.build_request(request.method, url, headers=headers, content=request.body)
+        with _translated(started=False):
+            response = await self._client.send(built, stream=True)
+        return HttpxResponse(response)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

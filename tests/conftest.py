@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.keystore import DEFAULT_SCOPES, KeyRecord, Limits, Scope
+from gateway.keystore.sqlite import SqliteKeyStore
+from gateway.settings import Settings
+from tests.fake_ollama import FakeOllama
+from tests.servers import RunningGateway, gateway_thread
+
+ALL_SCOPES = frozenset(Scope)
+
+
+@pytest.fixture(scope="session")
+def _fake_server() -> Iterator[FakeOllama]:
+    with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture
+def fake(_fake_server: FakeOllama) -> Iterator[FakeOllama]:
+    """The fake Ollama, with default behaviour and an empty request record."""
+    _fake_server.reset()
+    yield _fake_server
+    _fake_server.reset()
+
+
+def gateway_settings(**overrides: Any) -> Settings:
+    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+def issue_key(
+    database_url: str,
+    name: str,
+    *,
+    scopes: frozenset[Scope] = DEFAULT_SCOPES,
+    models: tuple[str, ...] = (),
+    limits: Limits | None = None,
+    expires_at: float | None = None,
+) -> str:
+    """Create a key in the database the way the CLI does; returns the secret."""
+    store = SqliteKeyStore(database_url)
+    try:
+        record = KeyRecord(
+            id="",
+            name=name,
+            digest="",
+            created_at=0.0,
+            scopes=scopes,
+            models=models,
+            limits=limits or Limits(),
+            expires_at=expires_at,
+        )
+        return store.create(record)[1]
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'gateway.db'}"
+
+
+@pytest.fixture
+def make_gateway(fake: FakeOllama, database_url: str) -> Iterator[Callable[..., RunningGateway]]:
+    """Start a gateway with settings overrides (and an all-scopes key); stopped after the test."""
+    with ExitStack() as stack:
+        counter = iter(range(1_000_000))
+
+        def start(**overrides: Any) -> RunningGateway:
+            overrides.setdefault("upstream_url", fake.url)
+            overrides.setdefault("database_url", database_url)
+            overrides.setdefault("key_refresh_interval", 0.05)
+            key = issue_key(overrides["database_url"], f"test-admin-{next(counter)}", scopes=ALL_SCOPES)
+            running = stack.enter_context(gateway_thread(gateway_settings(**overrides)))
+            running.key = key
+            return running
+
+        yield start
+
+
+@pytest.fixture
+def gateway(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    """A gateway in front of the fake, default settings, with ``gateway.key`` for every scope."""
+    return make_gateway()

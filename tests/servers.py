@@ -1,0 +1,151 @@
+"""Real servers for tests: the gateway under uvicorn in a thread, or as its own process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import uvicorn
+
+from gateway.app import Gateway, create_app
+from gateway.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 15.0
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    app: Gateway
+    server: uvicorn.Server
+    key: str = ""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@contextmanager
+def gateway_thread(settings: Settings) -> Iterator[RunningGateway]:
+    """The gateway app served by uvicorn (httptools, as in production) on a free loopback port."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.005)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningGateway(f"http://127.0.0.1:{port}", app, server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _Drain(threading.Thread):
+    """Reads a pipe to the end so the child never blocks on a full pipe; signals a marker line."""
+
+    def __init__(self, stream: IO[str], marker: str | None) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.marker = marker
+        self.lines: list[str] = []
+        self.seen = threading.Event()
+
+    def run(self) -> None:
+        for line in self.stream:
+            self.lines.append(line)
+            if self.marker is not None and self.marker in line:
+                self.seen.set()
+        self.seen.set()  # end of stream: stop anyone waiting
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    process: subprocess.Popen[str]
+    stdout: _Drain
+    stderr: _Drain
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        self.process.terminate()
+        code = self.process.wait(timeout=timeout)
+        self.stdout.join(timeout=5)
+        self.stderr.join(timeout=5)
+        return code
+
+
+@contextmanager
+def gateway_process(
+    env: Mapping[str, str], args: tuple[str, ...] = ("serve",), cwd: Path | None = None
+) -> Iterator[GatewayProcess]:
+    """``python -m gateway serve`` as its own process; ready once uvicorn says it is running."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_LOG_LEVEL": "info",
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", *args],
+        env=full_env,
+        cwd=cwd or ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    out, err = _Drain(process.stdout, None), _Drain(process.stderr, "Uvicorn running on")
+    out.start()
+    err.start()
+    try:
+        if not err.seen.wait(START_TIMEOUT) or process.poll() is not None:
+            raise RuntimeError("gateway process did not start:\n" + "".join(err.lines))
+        yield GatewayProcess(f"http://127.0.0.1:{port}", process, out, err)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        out.join(timeout=5)
+        err.join(timeout=5)
+        process.stdout.close()
+        process.stderr.close()

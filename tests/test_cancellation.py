@@ -1,0 +1,83 @@
+"""When the client goes away, the upstream connection is closed at once, so Ollama stops."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.fake_ollama import Behaviour, FakeOllama, StepGate
+from tests.servers import RunningGateway
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def _open(gateway: RunningGateway, path: str, body: dict[str, object]) -> socket.socket:
+    parts = urlsplit(gateway.url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    payload = json.dumps(body).encode()
+    sock.sendall(
+        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + gateway.key.encode() + b"\r\n"
+        b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+    )
+    return sock
+
+
+def _assert_upstream_closed_promptly(fake: FakeOllama) -> None:
+    recorded = fake.wait_for_request()
+    closed_at = time.monotonic()
+    assert recorded.client_disconnected.wait(1.0), "the upstream connection stayed open"
+    assert recorded.disconnected_at is not None
+    assert recorded.disconnected_at - closed_at < 1.0
+    assert not recorded.completed.is_set()
+
+
+def test_disconnect_mid_stream(gateway: RunningGateway, fake: FakeOllama) -> None:
+    gate = StepGate()
+    fake.behaviour = Behaviour(tokens=50, gate=gate)
+    sock = _open(gateway, "/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]})
+    gate.release(2)
+    received = b""
+    while received.count(b'"done":false') < 2:
+        data = sock.recv(65536)
+        assert data, "stream ended early"
+        received += data
+    sock.close()
+    _assert_upstream_closed_promptly(fake)
+    assert fake.requests[0].chunks_sent <= 3
+
+
+def test_disconnect_before_first_byte(gateway: RunningGateway, fake: FakeOllama) -> None:
+    # Ollama is loading the model: no status line yet.
+    fake.behaviour = Behaviour(hang=True)
+    sock = _open(gateway, "/api/generate", {"model": "llama3.2", "prompt": "hi"})
+    fake.wait_for_request()
+    sock.close()
+    _assert_upstream_closed_promptly(fake)
+
+
+def test_disconnect_during_non_streamed_request(gateway: RunningGateway, fake: FakeOllama) -> None:
+    fake.behaviour = Behaviour(hang=True)
+    sock = _open(gateway, "/v1/chat/completions", {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]})
+    fake.wait_for_request()
+    sock.close()
+    _assert_upstream_closed_promptly(fake)
+
+
+def test_sse_disconnect_mid_stream(gateway: RunningGateway, fake: FakeOllama) -> None:
+    gate = StepGate()
+    fake.behaviour = Behaviour(tokens=50, gate=gate)
+    body = {"model": "llama3.2", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    sock = _open(gateway, "/v1/chat/completions", body)
+    gate.release(2)
+    received = b""
+    while received.count(b"data: ") < 2:
+        data = sock.recv(65536)
+        assert data, "stream ended early"
+        received += data
+    sock.close()
+    _assert_upstream_closed_promptly(fake)

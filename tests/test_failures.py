@@ -1,0 +1,155 @@
+"""Upstream failures and refused requests, each answered in the surface's dialect."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from tests.fake_ollama import Behaviour, FakeOllama
+from tests.servers import RunningGateway, free_port
+
+pytestmark = pytest.mark.timeout(20)
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_upstream_down_is_502_in_each_dialect(make_gateway: Callable[..., RunningGateway]) -> None:
+    gateway = make_gateway(upstream_url=f"http://127.0.0.1:{free_port()}")
+    native = httpx.post(gateway.url + "/api/chat", json=CHAT, headers=gateway.auth, timeout=10)
+    assert native.status_code == 502
+    assert native.headers["content-type"] == "application/json"
+    assert native.json() == {"error": "upstream unavailable"}
+    compat = httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=gateway.auth, timeout=10)
+    assert compat.status_code == 502
+    assert compat.json() == {
+        "error": {"message": "upstream unavailable", "type": "api_error", "param": None, "code": "upstream_unavailable"}
+    }
+    assert native.headers["x-request-id"] != compat.headers["x-request-id"]
+
+
+def test_upstream_hanging_past_the_read_timeout_is_504(
+    make_gateway: Callable[..., RunningGateway], fake: FakeOllama
+) -> None:
+    gateway = make_gateway(read_timeout=0.3)
+    fake.behaviour = Behaviour(hang=True)
+    response = httpx.post(
+        gateway.url + "/api/generate", json={"model": "llama3.2", "prompt": "x"}, headers=gateway.auth, timeout=10
+    )
+    assert response.status_code == 504
+    assert response.json() == {"error": "upstream timed out"}
+    # The abandoned upstream request was closed, not left generating.
+    assert fake.wait_for_request().client_disconnected.wait(1.0)
+
+
+def test_upstream_dying_mid_stream_ends_ndjson_with_an_error_line(gateway: RunningGateway, fake: FakeOllama) -> None:
+    fake.behaviour = Behaviour(tokens=10, cut_after=2)
+    response = httpx.post(gateway.url + "/api/chat", json=CHAT, headers=gateway.auth, timeout=10)
+    assert response.status_code == 200
+    lines = response.text.splitlines()
+    assert len(lines) == 3
+    assert json.loads(lines[-1]) == {"error": "upstream connection lost"}
+    with ollama.Client(host=gateway.url, headers=gateway.auth) as client:
+        stream = client.chat(model="llama3.2", messages=CHAT["messages"], stream=True)  # type: ignore[arg-type]
+        with pytest.raises(ollama.ResponseError) as caught:
+            list(stream)
+    assert caught.value.error == "upstream connection lost"
+
+
+def test_upstream_dying_mid_sse_stream_ends_with_an_error_event(gateway: RunningGateway, fake: FakeOllama) -> None:
+    fake.behaviour = Behaviour(tokens=10, cut_after=2)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0)
+    with pytest.raises(openai.APIError) as caught:
+        for _ in client.chat.completions.create(model="llama3.2", messages=CHAT["messages"], stream=True):  # type: ignore[arg-type,call-overload]
+            pass
+    assert "upstream connection lost" in str(caught.value)
+    client.close()
+
+
+def test_upstream_error_line_passes_through(gateway: RunningGateway, fake: FakeOllama) -> None:
+    fake.behaviour = Behaviour(tokens=10, fail_after=2)
+    direct = httpx.post(fake.url + "/api/generate", json={"model": "llama3.2", "prompt": "x"}, timeout=10)
+    relayed = httpx.post(
+        gateway.url + "/api/generate", json={"model": "llama3.2", "prompt": "x"}, headers=gateway.auth, timeout=10
+    )
+    assert relayed.status_code == 200
+    assert json.loads(relayed.text.splitlines()[-1]) == json.loads(direct.text.splitlines()[-1])
+    assert "error" in json.loads(relayed.text.splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+        ("/api/generate", {"model": "nope", "prompt": "x"}),
+        ("/api/embed", {"model": "nope", "input": "x"}),
+        ("/api/chat", {"messages": []}),
+        ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+        ("/v1/chat/completions", {"model": "llama3.2", "messages": []}),
+    ],
+)
+def test_upstream_errors_pass_through_unchanged(
+    gateway: RunningGateway, fake: FakeOllama, path: str, body: dict[str, object]
+) -> None:
+    direct = httpx.post(fake.url + path, json=body, timeout=10)
+    relayed = httpx.post(gateway.url + path, json=body, headers=gateway.auth, timeout=10)
+    assert direct.status_code >= 400
+    assert (relayed.status_code, relayed.headers["content-type"], relayed.content) == (
+        direct.status_code,
+        direct.headers["content-type"],
+        direct.content,
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/api/nothing-here"), ("GET", "/api/chat"), ("POST", "/api/tags")]
+)
+def test_router_errors_pass_through(gateway: RunningGateway, fake: FakeOllama, method: str, path: str) -> None:
+    direct = httpx.request(method, fake.url + path, timeout=10)
+    relayed = httpx.request(method, gateway.url + path, headers=gateway.auth, timeout=10)
+    assert (relayed.status_code, relayed.text, relayed.headers.get("allow")) == (
+        direct.status_code,
+        direct.text,
+        direct.headers.get("allow"),
+    )
+    assert relayed.headers["content-type"] == direct.headers["content-type"]
+
+
+def test_oversized_body_is_413_without_contacting_the_upstream(
+    make_gateway: Callable[..., RunningGateway], fake: FakeOllama
+) -> None:
+    gateway = make_gateway(max_body_bytes=4096)
+    big = {"model": "llama3.2", "prompt": "x" * 5000}
+    response = httpx.post(gateway.url + "/api/generate", json=big, headers=gateway.auth, timeout=10)
+    assert response.status_code == 413
+    assert response.json() == {"error": "request body is larger than 4096 bytes"}
+    compat = httpx.post(gateway.url + "/v1/completions", json=big, headers=gateway.auth, timeout=10)
+    assert compat.status_code == 413
+    assert compat.json()["error"]["code"] == "request_too_large"
+    assert fake.requests == []
+
+
+def test_oversized_chunked_body_is_413(make_gateway: Callable[..., RunningGateway], fake: FakeOllama) -> None:
+    gateway = make_gateway(max_body_bytes=4096)
+
+    def body() -> Iterator[bytes]:
+        yield b'{"model":"llama3.2","prompt":"'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = httpx.post(gateway.url + "/api/generate", content=body(), headers=gateway.auth, timeout=10)
+    assert response.status_code == 413
+    # Whatever reached the upstream was abandoned, never answered.
+    assert all(not recorded.completed.is_set() for recorded in fake.requests)
+
+
+def test_unknown_gateway_path_is_native_404(gateway: RunningGateway) -> None:
+    response = httpx.get(gateway.url + "/nothing", timeout=10)
+    assert response.status_code == 404
+    assert response.json() == {"error": "not found"}
+    assert len(response.headers["x-request-id"]) == 32
