@@ -7,6 +7,7 @@ Request bodies (prompts) are logged only for the keys the ``log_prompts`` settin
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -83,5 +84,7 @@ class AccessLog:
 
 
 def _stdout_line(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    # A closed or broken stdout must not cost the request its metrics and usage (the next sinks).
+    with contextlib.suppress(OSError):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()

@@ -1,8 +1,12 @@
 """Usage accounting: per key, per model, per UTC day, aggregated in memory and written in batches.
 
 Counting happens on the event loop (a dict update per request); writing happens in a thread every
-``flush_interval`` seconds, and once more at shutdown. A hard crash loses at most the last
-interval's counts.
+``flush_interval`` seconds, and once more at shutdown, after requests have drained. A hard crash
+of the process loses the requests that finished since the last flush (at most ``flush_interval``
+seconds' worth) and those still in flight; a batch the database refused is kept and retried.
+
+An error is a request that did not end well for a reason other than its client leaving: a refusal,
+an upstream failure, or an upstream answer with an error status.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class UsageLedger:
         self._interval = flush_interval
         self._pending: dict[UsageKey, UsageCounts] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def __call__(self, record: RequestRecord) -> None:
         """A sink: count one finished request (requests without a key are not accounted)."""
@@ -40,7 +45,7 @@ class UsageLedger:
         counts.requests += 1
         counts.prompt_tokens += record.prompt_tokens
         counts.completion_tokens += record.completion_tokens
-        counts.errors += record.status >= 400 or record.outcome != "ok"
+        counts.errors += _is_error(record)
 
     @property
     def store(self) -> UsageStore | None:
@@ -52,9 +57,10 @@ class UsageLedger:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Let a write in progress finish (cancelling would leave its thread writing while the
+            # store closes under it), then write what is left.
+            self._stopping.set()
+            await self._task
             self._task = None
         if self._store is not None:
             await self.flush()
@@ -62,9 +68,9 @@ class UsageLedger:
             self._store = None
 
     async def flush(self) -> None:
-        batch, self._pending = self._pending, {}
-        if not batch or self._store is None:
+        if not self._pending or self._store is None:
             return
+        batch, self._pending = self._pending, {}
         try:
             await asyncio.to_thread(self._store.add, batch)
         except sqlite3.Error as error:
@@ -74,6 +80,14 @@ class UsageLedger:
                 self._pending.setdefault(key, UsageCounts()).add(counts)
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._stopping.wait()
             await self.flush()
+
+
+def _is_error(record: RequestRecord) -> bool:
+    if record.outcome == "client_disconnect":
+        return False
+    return record.outcome != "ok" or record.status >= 400

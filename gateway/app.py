@@ -20,15 +20,17 @@ from gateway.cors import Cors
 from gateway.headers import header
 from gateway.keyring import Keyring
 from gateway.keystore import open_keystore
+from gateway.limiting import LimitPolicy
+from gateway.limits import Quota, open_limiter
+from gateway.limits.queue import FairQueue
 from gateway.metrics import Metrics
 from gateway.pipeline import Forwarder
 from gateway.requestid import request_id
-from gateway.routes import Check, database_check, health_router, metrics_router, upstream_check
+from gateway.routes import Check, database_check, health_router, limiter_check, metrics_router, upstream_check
 from gateway.settings import Settings
 from gateway.surfaces import is_forwarded
 from gateway.throttle import FailureThrottle
-from gateway.upstream import Upstream
-from gateway.upstream.httpx_impl import HttpxUpstream
+from gateway.upstream import Upstream, open_upstream
 from gateway.usagestore import SqliteUsageStore
 
 
@@ -65,7 +67,8 @@ class Gateway:
 
 def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gateway:
     """Build the gateway. ``upstream`` replaces the HTTP client (tests inject transports)."""
-    client: Upstream = upstream or HttpxUpstream(
+    client: Upstream = upstream or open_upstream(
+        settings.upstream_client,
         settings.upstream_url,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout or None,
@@ -75,6 +78,12 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     keyring = Keyring(lambda: open_keystore(settings.database_url), refresh_interval=settings.key_refresh_interval)
     authenticator = Authenticator(
         keyring, FailureThrottle(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
+    )
+    limiter = open_limiter(settings.redis_url, fail_closed=settings.redis_fail_closed)
+    queue = (
+        FairQueue(settings.upstream_concurrency, timeout=settings.queue_timeout)
+        if settings.upstream_concurrency
+        else None
     )
     ledger = UsageLedger(lambda: SqliteUsageStore(settings.database_url), flush_interval=settings.usage_flush_interval)
     metrics = Metrics()
@@ -88,11 +97,25 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         policies=[
             AuthPolicy(authenticator),
             AccessPolicy(allow_cloud=settings.allow_cloud, max_body_bytes=settings.max_body_bytes),
+            LimitPolicy(
+                limiter,
+                queue,
+                defaults=Quota(
+                    rpm=settings.default_rpm,
+                    tpm=settings.default_tpm,
+                    tpd=settings.default_tpd,
+                    concurrency=settings.default_concurrency,
+                ),
+                default_completion_tokens=settings.default_max_tokens,
+                max_body_bytes=settings.max_body_bytes,
+            ),
         ],
         # Every finished request, once, to each of these.
         sinks=[AccessLog(fmt=settings.log_format, log_prompts=settings.log_prompts), metrics, ledger],
     )
     metrics.track_in_flight(lambda: forwarder.in_flight)
+    if queue is not None:
+        metrics.track_queue_depth(lambda: queue.waiting)
 
     def usage_writable() -> bool:
         store = ledger.store
@@ -101,16 +124,20 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         return store.writable()
 
     checks: dict[str, Check] = {"upstream": upstream_check(client), "database": database_check(usage_writable)}
+    if settings.redis_url:
+        checks["redis"] = limiter_check(limiter)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await keyring.start()
         await ledger.start()
+        await limiter.start()
         try:
             yield
         finally:
             # Requests have drained by now: write the last usage counts, then close.
             await ledger.close()
+            await limiter.close()
             await keyring.close()
             await client.aclose()
 

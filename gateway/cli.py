@@ -1,4 +1,4 @@
-"""The command line: ``ollama-gateway serve | keys …``."""
+"""The command line: ``ollama-gateway serve | keys … | usage``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.commands import keys
+from gateway.commands import keys, usage
 from gateway.database import DatabaseError
 from gateway.keystore import KeyStoreError
 from gateway.settings import Settings, describe_error
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     keys.add_commands(commands)
+    usage.add_commands(commands)
     return parser
 
 

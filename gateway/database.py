@@ -46,6 +46,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX usage_key ON usage (key_name, day);
     """,
+    # 3: a key's share of the upstream when requests queue.
+    """
+    ALTER TABLE keys ADD COLUMN weight INTEGER;
+    """,
 )
 
 

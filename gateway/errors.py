@@ -146,3 +146,24 @@ class TooManyRequests(GatewayError):
 class AuthThrottled(TooManyRequests):
     outcome = "auth_throttled"
     code = "too_many_failed_attempts"
+
+
+class RateLimited(TooManyRequests):
+    """A per-key limit (requests, tokens, concurrency) is reached: policy, not capacity."""
+
+
+class QueueTimeout(GatewayError):
+    """No upstream slot became free in time: capacity, not policy."""
+
+    status = 503
+    code = "queue_timeout"
+    outcome = "queue_timeout"
+    anthropic_type = "overloaded_error"
+
+
+class LimiterUnavailable(GatewayError):
+    """The shared limit store is down and the gateway is configured to fail closed."""
+
+    status = 503
+    code = "limiter_unavailable"
+    anthropic_type = "overloaded_error"

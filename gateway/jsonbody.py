@@ -69,8 +69,17 @@ class JsonBody:
         return result
 
     def replace(self, field: str, value: Any) -> bytes:
-        """The body re-encoded with every spelling of ``field`` replaced by one ``value``."""
-        pairs = [(key, item) for key, item in self.pairs if _fold(key) != field]
-        pairs.append((field, value))
-        self.pairs = pairs
-        return json.dumps(dict(pairs), separators=(",", ":"), ensure_ascii=False).encode()
+        """The body re-encoded with ``field`` set to ``value``.
+
+        Every other member is written once, under its folded name, with the value Go would have
+        kept: re-encoding must never change which of several spellings Ollama ends up reading
+        (Python's dict would keep the first spelling's position and the wrong one would win).
+        """
+        canonical: dict[str, Any] = {}
+        for key, item in self.pairs:
+            folded = _fold(key)
+            if item is not None or folded not in canonical:
+                canonical[folded] = item
+        canonical[field] = value
+        self.pairs = list(canonical.items())
+        return json.dumps(canonical, separators=(",", ":"), ensure_ascii=False).encode()

@@ -91,7 +91,8 @@ class Metrics:
         self.duration.labels(record.route_class).observe(record.duration)
         if record.ttfb is not None:
             self.ttfb.labels(record.route_class).observe(record.ttfb)
-        if record.route_class == "inference" and record.outcome != "unauthorized":
+        if record.route_class == "inference" and (record.forwarded or record.queue_wait > 0):
+            # Only requests that reached the queue: refusals before it would pile up at zero.
             self.queue_wait.observe(record.queue_wait)
         if record.prompt_tokens or record.completion_tokens:
             model = self._model_label(record.model or "")

@@ -96,6 +96,8 @@ class Forwarder:
                     await self._preflight(flow, origin, rid, send)
                     return
                 flow.response_headers.extend(self._cors.response_headers(origin))
+            # From here on a client that leaves (while queued, or while Ollama works) cancels us.
+            inbound.watch()
             for policy in self._policies:
                 await policy.admit(flow, inbound)
                 admitted.append(policy)
@@ -111,7 +113,6 @@ class Forwarder:
                 ),
                 body=self._body(flow, inbound, has_body, limit),
             )
-            inbound.watch()
             flow.forwarded_at = time.perf_counter()
             await forward(
                 self._upstream,

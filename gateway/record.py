@@ -27,6 +27,7 @@ class RequestRecord:
     ttfb: float | None
     overhead: float
     queue_wait: float
+    forwarded: bool  # the request was sent upstream (not refused by the gateway first)
     streamed: bool
     prompt_tokens: int
     completion_tokens: int
@@ -39,8 +40,11 @@ class RequestRecord:
 def record_of(flow: Flow) -> RequestRecord:
     usage = flow.usage
     outcome = flow.outcome
-    if outcome == "ok" and usage is not None and usage.error:
-        # The upstream reported a failure inside a stream that had already started.
+    if outcome == "ok" and (
+        (flow.upstream_status is not None and flow.upstream_status >= 500)
+        # A stream that started well and then carried an error, or stopped before its end.
+        or (flow.streaming and usage is not None and usage.error)
+    ):
         outcome = "upstream_error"
     end = flow.finished_at if flow.finished_at is not None else flow.started
     return RequestRecord(
@@ -62,6 +66,7 @@ def record_of(flow: Flow) -> RequestRecord:
         ttfb=None if flow.first_byte_at is None else flow.first_byte_at - flow.started,
         overhead=flow.overhead,
         queue_wait=flow.queue_wait,
+        forwarded=flow.forwarded_at is not None,
         streamed=flow.streaming,
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,

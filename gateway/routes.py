@@ -12,11 +12,13 @@ from fastapi.responses import JSONResponse
 from gateway.auth import Authenticator
 from gateway.errors import Dialect, Forbidden, GatewayError, render
 from gateway.keystore import Scope
+from gateway.limits import Limiter
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.upstream import Outbound, Upstream
 
 READY_TIMEOUT = 5.0
-# A readiness check: a name and a coroutine answering "ok" or what is wrong.
+# A readiness check: a coroutine answering "ok", "degraded: <why>" (still serving, e.g. on local
+# limits while Redis is away), or what is wrong (not ready).
 Check = Callable[[], Awaitable[str]]
 
 
@@ -34,7 +36,7 @@ def health_router(checks: dict[str, Check]) -> APIRouter:
         names = list(checks)
         results = await asyncio.gather(*(checks[name]() for name in names))
         detail = dict(zip(names, results, strict=True))
-        ready = all(value == "ok" for value in detail.values())
+        ready = all(value == "ok" or value.startswith("degraded") for value in detail.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": detail}, 200 if ready else 503)
 
     return router
@@ -85,5 +87,12 @@ def database_check(writable: Callable[[], bool]) -> Check:
         except (sqlite3.Error, TimeoutError, RuntimeError):
             return "not writable"
         return "ok"
+
+    return check
+
+
+def limiter_check(limiter: Limiter) -> Check:
+    async def check() -> str:
+        return limiter.status()
 
     return check

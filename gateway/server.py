@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -12,24 +14,27 @@ from gateway.app import Gateway, create_app
 from gateway.settings import Settings
 
 
-def uvicorn_config(settings: Settings, app: Gateway) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
+def _options(settings: Settings) -> dict[str, Any]:
+    return {
+        "host": settings.host,
+        "port": settings.port,
         # uvloop and httptools when installed (uvicorn[standard]).
-        loop="auto",
-        http="auto",
-        lifespan="on",
+        "loop": "auto",
+        "http": "auto",
+        "lifespan": "on",
         # Forwarded headers are handled by the gateway itself, from configured peers only.
-        proxy_headers=False,
-        server_header=False,
-        access_log=False,
-        log_level=settings.log_level,
+        "proxy_headers": False,
+        "server_header": False,
+        "access_log": False,
+        "log_level": settings.log_level,
         # On SIGTERM: stop accepting, let in-flight requests (streams too) finish for this long.
-        timeout_graceful_shutdown=round(settings.shutdown_grace),
-        timeout_keep_alive=75,
-    )
+        "timeout_graceful_shutdown": round(settings.shutdown_grace),
+        "timeout_keep_alive": 75,
+    }
+
+
+def uvicorn_config(settings: Settings, app: Gateway) -> uvicorn.Config:
+    return uvicorn.Config(app, **_options(settings))
 
 
 class _SideServer(uvicorn.Server):
@@ -50,7 +55,35 @@ async def _serve_all(main: uvicorn.Server, side: uvicorn.Server | None) -> None:
             await side_task
 
 
+def configure_logging(level: str) -> None:
+    """The gateway's own warnings (Redis down, usage not written, ...) on stderr, beside uvicorn's."""
+    logger = logging.getLogger("gateway")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def app_from_environment() -> Gateway:
+    """The app factory each worker process calls when GATEWAY_WORKERS > 1."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def _serve_workers(settings: Settings) -> int:
+    # Each worker builds its own app from the environment; limits are shared through Redis
+    # (settings refuse several workers without it).
+    uvicorn.run("gateway.server:app_from_environment", factory=True, workers=settings.workers, **_options(settings))
+    return 0
+
+
 def serve(settings: Settings) -> int:
+    configure_logging(settings.log_level)
+    if settings.workers > 1:
+        return _serve_workers(settings)
     app = create_app(settings)
     config = uvicorn_config(settings, app)
     main = uvicorn.Server(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     read_timeout: float = Field(default=600.0, ge=0)
     write_timeout: float = Field(default=60.0, ge=0)
     upstream_max_connections: int = Field(default=1000, ge=1)
+    # The HTTP client that talks to Ollama (see README, Performance).
+    upstream_client: Literal["aiohttp", "httpx"] = "aiohttp"
 
     # JSON request bodies (everything except /api/blobs uploads) larger than this get a 413.
     max_body_bytes: int = Field(default=100 * MiB, ge=1024)
@@ -49,6 +51,23 @@ class Settings(BaseSettings):
     allow_cloud: bool = False
     # Browser origins allowed to call the gateway (comma-separated; "*" = any; wildcards allowed).
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # Limits for keys that set none of their own (empty or "unlimited" = no limit).
+    default_rpm: int | None = Field(default=None, ge=0)
+    default_tpm: int | None = Field(default=None, ge=0)
+    default_tpd: int | None = Field(default=None, ge=0)
+    default_concurrency: int | None = Field(default=None, ge=0)
+    # Completion tokens reserved when a request sets no cap of its own (trued up afterwards).
+    default_max_tokens: int = Field(default=1024, ge=1)
+    # Inference requests in flight to Ollama at once; size it to OLLAMA_NUM_PARALLEL times the
+    # models kept loaded. The rest wait in a fair queue, at most queue_timeout seconds. 0 = no cap.
+    upstream_concurrency: int = Field(default=4, ge=0)
+    queue_timeout: float = Field(default=60.0, gt=0)
+    # Shared limits for several gateway processes; without it limits live in this process.
+    redis_url: str | None = None
+    # When Redis is unreachable: serve on local limits (default) or refuse with 503.
+    redis_fail_closed: bool = False
+    workers: int = Field(default=1, ge=1)
 
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # The access log on stdout: one JSON object per request, or a short text line.
@@ -81,11 +100,36 @@ class Settings(BaseSettings):
             raise ValueError("must be sqlite:///<path> (e.g. sqlite:////data/gateway.db)")
         return value
 
+    @field_validator("default_rpm", "default_tpm", "default_tpd", "default_concurrency", mode="before")
+    @classmethod
+    def _unlimited(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "unlimited", "none"):
+            return None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// (or rediss://, unix://) URL")
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_need_redis(cls, value: int, info: ValidationInfo) -> int:
+        if value > 1 and not info.data.get("redis_url"):
+            raise ValueError("several workers need GATEWAY_REDIS_URL: in-process limits would be per worker")
+        return value
+
     @field_validator("metrics_address")
     @classmethod
-    def _check_metrics_address(cls, value: str | None) -> str | None:
+    def _check_metrics_address(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or value == "":
             return None
+        if info.data.get("workers", 1) > 1:
+            raise ValueError("a separate metrics listener needs GATEWAY_WORKERS=1 (each worker would bind it)")
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be host:port, e.g. 127.0.0.1:9100")

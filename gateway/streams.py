@@ -1,11 +1,21 @@
 """Passive readers over copies of relayed bytes: token usage and in-stream errors.
 
-Per chunk the reader does a few C-level byte operations (count frames, keep a bounded tail); it
-never parses JSON on the hot path and never holds a byte back. At the end it reads the counts from
-the tail: Ollama writes them last (``prompt_eval_count``/``eval_count`` after ``context`` in the final
-NDJSON object; ``usage`` after ``choices`` in OpenAI bodies and the closing SSE chunk), and the last
-occurrence wins (``/v1/completions`` streams repeat zero usage on every chunk). A key inside a JSON
-string is escaped (``\\"eval_count\\"``), so the patterns below cannot be fooled by generated text.
+Per chunk the reader does C-level byte operations only (count frame separators, look for a few
+literal markers, run one regex where a marker is present); it never decodes text, never parses
+JSON and never holds a byte back. Nothing is assumed about where chunks split: a small carry of
+the previous chunk lets a key, a number or a separator straddle two chunks.
+
+Where the counts are:
+
+* native NDJSON streams: ``prompt_eval_count``/``eval_count`` on the final ``done:true`` line;
+* native single objects (``stream:false``, ``/api/embed``): the same keys, anywhere in the body
+  (``context`` comes before them and ``logprobs`` after them, both possibly very long);
+* OpenAI bodies and SSE streams: ``usage`` (``prompt_tokens``/``completion_tokens``, or
+  ``input_tokens``/``output_tokens`` on ``/v1/responses`` and ``/v1/messages``); the last
+  occurrence wins, because ``/v1/completions`` streams repeat a zero ``usage`` on every chunk.
+
+A key inside a JSON string is escaped (``\\"eval_count\\"``), so generated text cannot pose as a
+count. A stream that was cut short is estimated from its frames: one frame, one token.
 """
 
 from __future__ import annotations
@@ -13,15 +23,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_TAIL = 8192
-_NATIVE_PROMPT = re.compile(rb'(?<!\\)"prompt_eval_count":\s*(\d+)')
-_NATIVE_COMPLETION = re.compile(rb'(?<!\\)"eval_count":\s*(\d+)')
-_OPENAI_PROMPT = re.compile(rb'(?<!\\)"prompt_tokens":\s*(\d+)')
-_OPENAI_COMPLETION = re.compile(rb'(?<!\\)"completion_tokens":\s*(\d+)')
-_NATIVE_DONE = re.compile(rb'(?<!\\)"done":\s*true')
-_NATIVE_ERROR = re.compile(rb'(?:^|\n)\{"error":')
-_SSE_ERROR = re.compile(rb'(?:^|\n)data: \{"error":')
-_SSE_DONE = b"data: [DONE]"
+# More than a count (key, separator, digits) can span, so one that straddles two chunks is found.
+_CARRY = 64
+_COUNT_MARKERS = (b'_count"', b'_tokens"')
+_COUNT = re.compile(
+    rb'(?<!\\)"(prompt_eval_count|eval_count|prompt_tokens|completion_tokens|input_tokens|output_tokens)":\s*'
+    # The lookahead keeps a number cut by a chunk boundary from being read before it is whole.
+    rb"(\d+)(?=\D)"
+)
+_PROMPT_KEYS = frozenset({b"prompt_eval_count", b"prompt_tokens", b"input_tokens"})
+# Line-start patterns anchor on "\n" only: a window may begin mid-line, so the reader puts a
+# virtual newline before the body instead of trusting "^".
+_NDJSON_ERROR = re.compile(rb'\n\{"error":')
+# An OpenAI error event, a failed /v1/responses stream, or an Anthropic error event.
+_SSE_ERROR = re.compile(rb'\n(?:data: \{"error":|event: (?:error|response\.failed)\n)')
+# How each SSE dialect closes a complete stream: chat/completions, responses, messages.
+_SSE_END = re.compile(rb"\n(?:data: \[DONE\]|event: (?:response\.completed|message_stop)\n)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +47,8 @@ class Usage:
     completion_tokens: int
     # True when the counts are the upstream's own; False when estimated from relayed chunks.
     exact: bool
-    # The stream carried an error frame (Ollama's own, or the gateway's after a broken upstream).
+    # The stream did not end the way a complete one does: it carried an error frame, or it
+    # stopped before its closing frame (done:true, [DONE], ...).
     error: bool = False
 
     @property
@@ -45,39 +63,99 @@ class UsageReader:
         kind = (content_type or b"").split(b";", 1)[0].strip().lower()
         self._sse = kind == b"text/event-stream"
         self._ndjson = kind == b"application/x-ndjson"
-        self._separator = b"\n\n" if self._sse else b"\n"
-        self._tail = b""
+        self._size = 0
+        self._carry = b"\n"  # the virtual newline before the body (at offset -1)
         self._frames = 0
+        # Latest (offset, value) of each count, and offsets of the other facts (-1: not seen).
+        self._prompt = (-1, 0)
+        self._completion = (-1, 0)
+        self._done_at = -1
+        self._not_done_at = -1
+        self._error_at = -1
+        self._end_at = -1
+        self._finished = False  # an OpenAI chunk carried a finish_reason
+        # The two last newlines, to find where the last NDJSON line starts.
+        self._newline = -1
+        self._newline_before = -1
 
     def feed(self, data: bytes) -> None:
-        self._frames += data.count(self._separator)
-        tail = self._tail + data
-        self._tail = tail[-_TAIL:] if len(tail) > _TAIL else tail
+        if not data:
+            return
+        base = self._size - len(self._carry)  # offset of window[0] in the body
+        window = self._carry + data
+        if self._sse:
+            # An event separator may straddle the chunks: look one byte back.
+            self._frames += (self._carry[-1:] + data).count(b"\n\n")
+        else:
+            self._frames += data.count(b"\n")
+        if any(marker in window for marker in _COUNT_MARKERS):
+            for match in _COUNT.finditer(window):
+                seen = (base + match.start(), int(match.group(2)))
+                if match.group(1) in _PROMPT_KEYS:
+                    self._prompt = max(self._prompt, seen)
+                else:
+                    self._completion = max(self._completion, seen)
+        if self._sse:
+            self._sse_markers(window, base)
+        else:
+            self._native_markers(window, base, data)
+        self._size += len(data)
+        self._carry = window[-_CARRY:]
+
+    def _native_markers(self, window: bytes, base: int, data: bytes) -> None:
+        # Plain searches suffice: inside a JSON string the quotes would be escaped (\"done\":).
+        done = window.rfind(b'"done":true')
+        if done >= 0:
+            self._done_at = max(self._done_at, base + done)
+        not_done = window.rfind(b'"done":false')
+        if not_done >= 0:
+            self._not_done_at = max(self._not_done_at, base + not_done)
+        if b'{"error":' in window:
+            for match in _NDJSON_ERROR.finditer(window):
+                self._error_at = max(self._error_at, base + match.start() + 1)
+        last = data.rfind(b"\n")
+        if last >= 0:
+            before = data.rfind(b"\n", 0, last)
+            self._newline_before = self._size + before if before >= 0 else self._newline
+            self._newline = self._size + last
+
+    def _sse_markers(self, window: bytes, base: int) -> None:
+        if b"data: [DONE]" in window or b"event: " in window:
+            for match in _SSE_END.finditer(window):
+                self._end_at = max(self._end_at, base + match.start())
+        if b'{"error":' in window or b"event: " in window:
+            for match in _SSE_ERROR.finditer(window):
+                self._error_at = max(self._error_at, base + match.start())
+        self._finished = self._finished or b'"finish_reason":"' in window
 
     def result(self) -> Usage:
-        tail = self._tail
         if self._sse:
-            error = bool(_SSE_ERROR.search(tail))
-            if _OPENAI_COMPLETION.search(tail):
-                return self._counted(_OPENAI_PROMPT, _OPENAI_COMPLETION, error)
-            # No usage chunk (not requested, or cut short): every event but [DONE] and the finish
-            # chunk carried a token.
-            extra = (_SSE_DONE in tail) + (b'"finish_reason":"' in tail) + error
-            return Usage(0, max(self._frames - extra, 0), exact=False, error=error)
-        error = bool(_NATIVE_ERROR.search(tail))
-        openai = bool(_OPENAI_COMPLETION.search(tail) or _OPENAI_PROMPT.search(tail))
-        patterns = (_OPENAI_PROMPT, _OPENAI_COMPLETION) if openai else (_NATIVE_PROMPT, _NATIVE_COMPLETION)
-        if not self._ndjson or _NATIVE_DONE.search(tail):
-            # One JSON object (missing counts mean 0), or a native stream that reached done:true.
-            return self._counted(*patterns, error)
-        return Usage(0, max(self._frames - error, 0), exact=False, error=error)
+            return self._sse_result()
+        if self._ndjson:
+            return self._ndjson_result()
+        # One JSON object: missing counts mean 0 (Ollama omits zero metrics).
+        return Usage(self._prompt[1], self._completion[1], exact=True)
 
-    def _counted(self, prompt: re.Pattern[bytes], completion: re.Pattern[bytes], error: bool) -> Usage:
-        prompts = prompt.findall(self._tail)
-        completions = completion.findall(self._tail)
-        return Usage(
-            int(prompts[-1]) if prompts else 0,
-            int(completions[-1]) if completions else 0,
-            exact=True,
-            error=error,
-        )
+    def _ndjson_result(self) -> Usage:
+        # Only the last line speaks for the whole stream, and only once it is complete. Tool-call
+        # arguments are unescaped JSON objects and may hold a "done" key; the line's own "done" is
+        # false on every chunk but the last, so one false anywhere on the line rules it out.
+        complete = self._newline == self._size - 1
+        line = self._newline_before + 1
+        error = complete and self._error_at >= line
+        if complete and not error and self._done_at >= line > self._not_done_at:
+            prompt = self._prompt[1] if self._prompt[0] >= line else 0
+            completion = self._completion[1] if self._completion[0] >= line else 0
+            return Usage(prompt, completion, exact=True)
+        # Cut short: every complete line but an error line carried one token.
+        return Usage(0, max(self._frames - error, 0), exact=False, error=True)
+
+    def _sse_result(self) -> Usage:
+        ended = self._end_at >= 0
+        error = self._error_at >= 0
+        if ended and not error and self._completion[0] >= 0:
+            return Usage(self._prompt[1], self._completion[1], exact=True)
+        # No usage chunk (not requested, or cut short): every event but [DONE], the finish chunk
+        # and an error event carried a token.
+        extra = ended + self._finished + error
+        return Usage(0, max(self._frames - extra, 0), exact=False, error=error or not ended)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from gateway.jsonbody import JsonBody
 from gateway.keystore import Scope
 from tests.conftest import ALL_SCOPES, issue_key
 from tests.fake_ollama import FakeOllama
@@ -219,3 +220,25 @@ def test_listings_show_only_permitted_models(gateway: RunningGateway, fake: Fake
     assert [model["model"] for model in running["models"]] == ["qwen3:latest"]
     everything = httpx.get(gateway.url + "/api/tags", headers=gateway.auth, timeout=10).json()
     assert len(everything["models"]) == len(fake.models)
+
+
+def test_a_rewritten_body_keeps_the_model_that_was_checked(
+    gateway: RunningGateway, fake: FakeOllama, database_url: str
+) -> None:
+    # The gateway rewrites /v1 streaming bodies (to ask for usage); the rewrite must not let a
+    # spelling that was not checked become the one Ollama reads.
+    key = issue_key(database_url, "llama-only", models=("llama3.2",))
+    _wait_for_key(gateway, key, "GET", "/api/version", None)
+    raw = (
+        b'{"MODEL":"qwen3","model":"qwen3","MODEL":"llama3.2","stream":true,'
+        b'"messages":[{"role":"user","content":"x"}],"model":null}'
+    )
+    response = httpx.post(gateway.url + "/v1/chat/completions", content=raw, headers=_bearer(key), timeout=10)
+    assert response.status_code == 200
+    forwarded = JsonBody.parse(fake.requests[-1].body or b"")
+    assert forwarded.string("model") == "llama3.2"
+    assert [value for key, value in forwarded.pairs if key.lower() == "model"] == ["llama3.2"]
+    assert forwarded.get("stream_options") == {"include_usage": True}
+    # And the usage the gateway asked for is not shown to the client.
+    assert b'"choices":[]' not in response.content
+    assert response.content.endswith(b"data: [DONE]\n\n")

@@ -16,7 +16,7 @@ from gateway.settings import Settings
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_LIMITS = ("rpm", "tpm", "tpd", "concurrency")
+_LIMITS = ("rpm", "tpm", "tpd", "concurrency", "weight")
 
 
 def expiry(text: str) -> float | None:
@@ -46,6 +46,14 @@ def limit(text: str) -> int | None:
     raise argparse.ArgumentTypeError(f"{text!r} is not a number, 'unlimited' or 'default'")
 
 
+def weight(text: str) -> int | None:
+    if text == "default":
+        return None
+    if text.isdigit() and 1 <= int(text) <= 100:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a weight from 1 to 100 or 'default'")
+
+
 def pattern(text: str) -> str:
     try:
         parse_pattern(text)
@@ -60,8 +68,15 @@ def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None
     parser.add_argument("--model", action="append", type=pattern, dest="models", metavar="GLOB")
     if update:
         parser.add_argument("--all-models", action="store_true", help="remove every model restriction")
-    for name in _LIMITS:
+    for name in _LIMITS[:4]:
         parser.add_argument(f"--{name}", type=limit, default=argparse.SUPPRESS, metavar="N|unlimited|default")
+    parser.add_argument(
+        "--weight",
+        type=weight,
+        default=argparse.SUPPRESS,
+        metavar="N|default",
+        help="share of the upstream when queued",
+    )
     parser.add_argument("--expires", type=expiry, default=argparse.SUPPRESS, metavar="30d|2027-01-31|never")
 
 

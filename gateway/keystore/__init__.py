@@ -30,6 +30,8 @@ class Limits:
     tpm: int | None = None
     tpd: int | None = None
     concurrency: int | None = None
+    # Share of the upstream when requests queue (requests per round-robin turn); None = 1.
+    weight: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,16 @@ from gateway import keys
 from gateway.database import connect
 from gateway.keystore import KeyRecord, KeyStoreError, Limits, Scope
 
-_COLUMNS = "id, name, digest, created_at, last_used_at, expires_at, revoked, scopes, models, rpm, tpm, tpd, concurrency"
+_COLUMNS = (
+    "id, name, digest, created_at, last_used_at, expires_at, revoked, scopes, models, "
+    "rpm, tpm, tpd, concurrency, weight"
+)
 
 
 def _record(row: tuple[object, ...]) -> KeyRecord:
-    (key_id, name, digest, created, last_used, expires, revoked, scopes, models, rpm, tpm, tpd, concurrency) = row
+    (key_id, name, digest, created, last_used, expires, revoked, scopes, models, rpm, tpm, tpd, concurrency, weight) = (
+        row
+    )
     return KeyRecord(
         id=str(key_id),
         name=str(name),
@@ -28,7 +33,7 @@ def _record(row: tuple[object, ...]) -> KeyRecord:
         revoked=bool(revoked),
         scopes=frozenset(Scope(item) for item in json.loads(str(scopes))),
         models=tuple(json.loads(str(models))),
-        limits=Limits(rpm, tpm, tpd, concurrency),  # type: ignore[arg-type]
+        limits=Limits(rpm, tpm, tpd, concurrency, weight),  # type: ignore[arg-type]
     )
 
 
@@ -75,7 +80,7 @@ class SqliteKeyStore:
             stored = replace(record, id=new.key_id, digest=new.digest, created_at=time.time())
             try:
                 self._write(
-                    f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                     _row(stored),
                 )
             except sqlite3.IntegrityError as error:
@@ -87,8 +92,8 @@ class SqliteKeyStore:
 
     def update(self, record: KeyRecord) -> KeyRecord:
         self._write(
-            "UPDATE keys SET expires_at = ?, scopes = ?, models = ?, rpm = ?, tpm = ?, tpd = ?, concurrency = ? "
-            "WHERE id = ?",
+            "UPDATE keys SET expires_at = ?, scopes = ?, models = ?, rpm = ?, tpm = ?, tpd = ?, concurrency = ?, "
+            "weight = ? WHERE id = ?",
             (*_row(record)[5:6], *_row(record)[7:], record.id),
         )
         return record
@@ -132,4 +137,5 @@ def _row(record: KeyRecord) -> tuple[object, ...]:
         record.limits.tpm,
         record.limits.tpd,
         record.limits.concurrency,
+        record.limits.weight,
     )

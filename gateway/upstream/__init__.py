@@ -35,3 +35,30 @@ class Upstream(Protocol):
     async def send(self, request: Outbound) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+def open_upstream(
+    client: str,
+    base_url: str,
+    *,
+    connect_timeout: float,
+    read_timeout: float | None,
+    write_timeout: float | None,
+    max_connections: int,
+) -> Upstream:
+    """The upstream client named by settings (the other library is never imported)."""
+    if client == "httpx":
+        from gateway.upstream.httpx_impl import HttpxUpstream
+
+        return HttpxUpstream(
+            base_url,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            write_timeout=write_timeout,
+            max_connections=max_connections,
+        )
+    from gateway.upstream.aiohttp_impl import AiohttpUpstream
+
+    return AiohttpUpstream(
+        base_url, connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections
+    )

