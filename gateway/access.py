@@ -77,6 +77,9 @@ class AccessPolicy:
                 raise Forbidden(f"{route.name} cannot be checked against model permissions and is disabled here")
             return
         names = await self._names(flow, inbound)
+        if names:
+            # Recorded before the checks, so a refusal's log line names the model asked for.
+            flow.model = names[0].short
         for name in names:
             if name.is_cloud and not self._allow_cloud:
                 raise Forbidden(
@@ -84,8 +87,6 @@ class AccessPolicy:
                 )
             if not allowed(name, principal.patterns):
                 raise Forbidden(f"this API key may not use model '{name.short}'")
-        if names:
-            flow.model = names[0].short
 
     def finish(self, flow: Flow) -> None:
         pass

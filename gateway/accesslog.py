@@ -77,7 +77,7 @@ class AccessLog:
             f" tokens={record.prompt_tokens}+{record.completion_tokens}" if record.route_class == "inference" else ""
         )
         self._write(
-            f"{line['time']} {record.status} {record.method} {record.path} {line['duration_ms']}ms "
+            f"{line['time']} {record.status} {record.method} {_escaped(record.path)} {line['duration_ms']}ms "
             f"key={record.key_name or '-'} model={record.model or '-'} outcome={record.outcome}{tokens} "
             f"id={record.request_id}"
         )
@@ -88,3 +88,8 @@ def _stdout_line(line: str) -> None:
     with contextlib.suppress(OSError):
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+def _escaped(text: str) -> str:
+    # A refused path may hold decoded control characters; one request must stay one line.
+    return text.encode("unicode_escape").decode("ascii")

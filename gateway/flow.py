@@ -64,9 +64,11 @@ class Flow:
             self.reader = UsageReader(header(headers, b"content-type"))
 
     def chunk(self, data: bytes) -> None:
-        self.bytes_out += len(data)
         if self.reader is not None:
             self.reader.feed(data)
+
+    def sent(self, size: int) -> None:
+        self.bytes_out = size
 
     def failed(self, error: GatewayError) -> None:
         self.fail(error)

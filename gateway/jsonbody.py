@@ -9,7 +9,6 @@ Python's dict semantics would check one model while Ollama runs another.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from gateway.errors import BadRequest
@@ -28,6 +27,11 @@ class JsonBody:
 
     def __init__(self, pairs: list[tuple[str, Any]]) -> None:
         self.pairs = pairs
+        # Folded name -> every non-null value Go would assign, in order (folding once, here).
+        self._values: dict[str, list[Any]] = {}
+        for key, value in pairs:
+            if value is not None:
+                self._values.setdefault(_fold(key), []).append(value)
 
     @classmethod
     def parse(cls, raw: bytes) -> JsonBody:
@@ -48,17 +52,13 @@ class JsonBody:
             raise BadRequest("request body must be a JSON object")
         return cls(top[-1])
 
-    def values(self, field: str) -> Iterator[Any]:
+    def values(self, field: str) -> list[Any]:
         """Every non-null value Go would assign to ``field``, in order (the last one wins)."""
-        for key, value in self.pairs:
-            if value is not None and _fold(key) == field:
-                yield value
+        return self._values.get(field, [])
 
     def get(self, field: str) -> Any:
-        result = None
-        for result in self.values(field):  # noqa: B007 - the last assignment is the one Go keeps
-            pass
-        return result
+        values = self._values.get(field)
+        return values[-1] if values else None
 
     def string(self, field: str) -> str | None:
         """The string Go would decode; any non-string value makes Ollama refuse the body, so 400."""
@@ -81,5 +81,5 @@ class JsonBody:
             if item is not None or folded not in canonical:
                 canonical[folded] = item
         canonical[field] = value
-        self.pairs = list(canonical.items())
+        self.__init__(list(canonical.items()))  # type: ignore[misc]
         return json.dumps(canonical, separators=(",", ":"), ensure_ascii=False).encode()

@@ -8,6 +8,8 @@ its client mid-stream) the reservation is settled to the tokens really used.
 
 from __future__ import annotations
 
+import time
+
 from gateway.access import read_json
 from gateway.estimate import estimate
 from gateway.flow import Flow
@@ -80,9 +82,11 @@ class LimitPolicy:
             flow.response_headers.extend(window_headers(grant.requests, grant.tokens))
         if not inference or self._queue is None:
             return
+        queued_at = time.perf_counter()
         try:
             ticket = await self._queue.acquire(principal.key_id, principal.limits.weight or 1)
         except BaseException:
+            flow.queue_wait = time.perf_counter() - queued_at
             # Refused or abandoned while queued: the request never ran.
             if grant is not None:
                 self._limiter.settle(principal.key_id, quota, grant, 0)

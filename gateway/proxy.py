@@ -24,6 +24,9 @@ class Observer(Protocol):
 
     def chunk(self, data: bytes) -> None: ...
 
+    def sent(self, size: int) -> None:
+        """How many body bytes the client was sent in all (once, when the relay ends)."""
+
     def failed(self, error: GatewayError) -> None: ...
 
 
@@ -51,6 +54,7 @@ async def forward(
     transform: BodyTransform | None = None,
 ) -> None:
     response = await upstream.send(request)
+    size = 0
     try:
         headers = client_response_headers(response.headers)
         content_type = header(headers, b"content-type")
@@ -70,6 +74,7 @@ async def forward(
                     data = transform.feed(data)
                     if not data:
                         continue
+                size += len(data)
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         except GatewayError as error:
             observer.failed(error)
@@ -81,6 +86,8 @@ async def forward(
         if transform is not None:
             tail = transform.end() + tail
         inbound.stop()
+        size += len(tail)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     finally:
+        observer.sent(size)
         await response.aclose()

@@ -272,12 +272,11 @@ def test_upstream_cut_mid_stream(logged: Logged, fake: FakeOllama) -> None:
     )
     lines = response.text.splitlines()
     assert lines[-1] == '{"error":"upstream connection lost"}'
-    relayed = len("".join(f"{line}\n" for line in lines[:-1]))
     assert stable(logged.line(rid), started) == expected(
         logged,
         rid,
         bytes_in=len(body),
-        bytes_out=relayed,
+        bytes_out=len(response.content),
         completion_tokens=2,
         tokens_exact=False,
         outcome="upstream_error",
@@ -460,7 +459,6 @@ def test_auth_throttled(logged: Logged, fake: FakeOllama) -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="the error frame the relay appends is not counted in bytes_out (proxy.py)")
 def test_bytes_out_includes_the_appended_error_frame(logged: Logged, fake: FakeOllama) -> None:
     fake.behaviour = Behaviour(tokens=5, cut_after=2)
     rid = new_id()
@@ -640,3 +638,11 @@ def test_prompts_are_logged_only_for_the_keys_named(logged: Logged, fake: FakeOl
     assert set(logged.line(rid)) == FIELDS
     for secret in logged.keys.values():
         assert all(secret not in text for text in logged.process.stdout.lines)
+
+
+def test_a_text_line_cannot_be_split_by_the_path() -> None:
+    lines: list[str] = []
+    AccessLog(fmt="text", write=lines.append)(_record(path="/api/x\n2026-01-01 200 GET /forged", status=400))
+    assert len(lines) == 1
+    assert "\n" not in lines[0]
+    assert "/api/x\\n2026-01-01 200 GET /forged" in lines[0]
