@@ -718,7 +718,10 @@ def test_container_command_serves_keeps_its_database_on_the_volume_and_drains_on
 
 def _nginx_binary() -> str | None:
     # Debian installs it in /usr/sbin, which is not on every user's PATH.
-    return shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"]))
+    # make unpacks Debian's nginx into the virtualenv; a system nginx works as well.
+    local = ROOT / ".venv" / "nginx" / "usr" / "sbin"
+    search = [str(local), os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"]
+    return shutil.which("nginx", path=os.pathsep.join(search))
 
 
 def _nginx_config(prefix: Path, listen: int, gateway_port: int) -> Path:

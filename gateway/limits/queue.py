@@ -40,6 +40,9 @@ class FairQueue:
         self._queues: OrderedDict[str, deque[_Waiter]] = OrderedDict()
         self._deficit: dict[str, float] = {}
         self._weights: dict[str, int] = {}
+        # The key whose turn ended last: a key that starts waiting goes ahead of it, or a key
+        # alone in the queue would get a second turn before the newcomer had its first.
+        self._finished: str | None = None
         self.waiting = 0
 
     async def acquire(self, key: str, weight: int = 1) -> Ticket:
@@ -49,7 +52,12 @@ class FairQueue:
         position = self.waiting
         waiter = _Waiter(key, asyncio.get_running_loop().create_future())
         self._weights[key] = max(weight, 1)
-        self._queues.setdefault(key, deque()).append(waiter)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            if self._finished is not None and next(iter(self._queues)) == self._finished:
+                self._queues.move_to_end(key, last=False)
+        queue.append(waiter)
         self.waiting += 1
         try:
             async with asyncio.timeout(self._timeout):
@@ -88,9 +96,11 @@ class FairQueue:
         if not queue:
             del self._queues[key]
             self._deficit.pop(key, None)
+            self._finished = key
         elif self._deficit[key] < 1:
             # This key's turn is over: the next key goes first.
             self._queues.move_to_end(key)
+            self._finished = key
         return waiter
 
     def _remove(self, waiter: _Waiter) -> None:
