@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -149,3 +150,22 @@ def gateway_process(
         err.join(timeout=5)
         process.stdout.close()
         process.stderr.close()
+
+
+def raw_post(url: str, path: str, body: bytes, headers: Mapping[str, str]) -> socket.socket:
+    """A POST over a plain socket, so a test can hang up at exactly the moment it wants."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    head = "".join(f"{name}: {value}\r\n" for name, value in {**headers, "Content-Length": str(len(body))}.items())
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: gw\r\n{head}\r\n".encode() + body)
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes, count: int = 1) -> bytes:
+    """Receive until ``marker`` has arrived ``count`` times; the response must not end first."""
+    received = b""
+    while received.count(marker) < count:
+        data = sock.recv(65536)
+        assert data, "the response ended early"
+        received += data
+    return received

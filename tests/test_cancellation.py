@@ -5,26 +5,17 @@ from __future__ import annotations
 import json
 import socket
 import time
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
-from tests.servers import RunningGateway
+from tests.servers import RunningGateway, raw_post, read_until
 
 pytestmark = pytest.mark.timeout(20)
 
 
 def _open(gateway: RunningGateway, path: str, body: dict[str, object]) -> socket.socket:
-    parts = urlsplit(gateway.url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
-    payload = json.dumps(body).encode()
-    sock.sendall(
-        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-        b"Authorization: Bearer " + gateway.key.encode() + b"\r\n"
-        b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
-    )
-    return sock
+    return raw_post(gateway.url, path, json.dumps(body).encode(), gateway.auth)
 
 
 def _assert_upstream_closed_promptly(fake: FakeOllama) -> None:
@@ -41,11 +32,7 @@ def test_disconnect_mid_stream(gateway: RunningGateway, fake: FakeOllama) -> Non
     fake.behaviour = Behaviour(tokens=50, gate=gate)
     sock = _open(gateway, "/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]})
     gate.release(2)
-    received = b""
-    while received.count(b'"done":false') < 2:
-        data = sock.recv(65536)
-        assert data, "stream ended early"
-        received += data
+    read_until(sock, b'"done":false', 2)
     sock.close()
     _assert_upstream_closed_promptly(fake)
     assert fake.requests[0].chunks_sent <= 3
@@ -74,10 +61,6 @@ def test_sse_disconnect_mid_stream(gateway: RunningGateway, fake: FakeOllama) ->
     body = {"model": "llama3.2", "stream": True, "messages": [{"role": "user", "content": "x"}]}
     sock = _open(gateway, "/v1/chat/completions", body)
     gate.release(2)
-    received = b""
-    while received.count(b"data: ") < 2:
-        data = sock.recv(65536)
-        assert data, "stream ended early"
-        received += data
+    read_until(sock, b"data: ", 2)
     sock.close()
     _assert_upstream_closed_promptly(fake)

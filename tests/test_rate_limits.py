@@ -8,7 +8,6 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -17,7 +16,7 @@ import pytest
 from gateway.keystore import Limits
 from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
-from tests.servers import RunningGateway
+from tests.servers import RunningGateway, raw_post, read_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -73,18 +72,9 @@ def test_a_stream_cut_short_is_charged_what_it_produced(
     gate = StepGate()
     fake.behaviour = Behaviour(tokens=50, gate=gate)
     body = json.dumps(_chat(options={"num_predict": 90})).encode()
-    parts = urlsplit(gateway.url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(
-            b"POST /api/chat HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer " + key.encode() + b"\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
+    with raw_post(gateway.url, "/api/chat", body, _bearer(key)) as sock:
         gate.release(1)
-        received = b""
-        while received.count(b'"done":false') < 2:
-            data = sock.recv(65536)
-            assert data
-            received += data
+        read_until(sock, b'"done":false', 2)
     assert fake.wait_for_request().client_disconnected.wait(2)
     # The ~95-token reservation was given back except for the ~2 tokens produced, so a second
     # request reserving ~95 fits in the 100-token day.
@@ -218,16 +208,9 @@ def test_a_client_leaving_the_queue_is_never_forwarded(
 ) -> None:
     gateway = make_gateway(upstream_concurrency=1)
     fake.behaviour = Behaviour(hang=True)
-    parts = urlsplit(gateway.url)
 
     def open_request(prompt: str) -> socket.socket:
-        body = json.dumps(_chat(prompt, stream=False)).encode()
-        sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
-        sock.sendall(
-            b"POST /api/chat HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer " + gateway.key.encode() + b"\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
-        return sock
+        return raw_post(gateway.url, "/api/chat", json.dumps(_chat(prompt, stream=False)).encode(), gateway.auth)
 
     first = open_request("first")
     fake.wait_for_request()
@@ -246,13 +229,7 @@ def test_a_client_leaving_the_queue_is_never_forwarded(
 def test_queue_timeout_is_503_not_429(make_gateway: Callable[..., RunningGateway], fake: FakeOllama) -> None:
     gateway = make_gateway(upstream_concurrency=1, queue_timeout=0.2)
     fake.behaviour = Behaviour(hang=True)
-    parts = urlsplit(gateway.url)
-    body = json.dumps(_chat(stream=False)).encode()
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(
-            b"POST /api/chat HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer " + gateway.key.encode() + b"\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
+    with raw_post(gateway.url, "/api/chat", json.dumps(_chat(stream=False)).encode(), gateway.auth):
         fake.wait_for_request()
         native = httpx.post(gateway.url + "/api/chat", json=_chat(stream=False), headers=gateway.auth, timeout=10)
         compat = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(), headers=gateway.auth, timeout=10)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
-from tests.servers import RunningGateway, free_port
+from tests.servers import RunningGateway, free_port, raw_post
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.parametrize("client", ["aiohttp", "httpx"])]
 
@@ -36,13 +34,7 @@ def test_disconnect_before_first_byte(
 ) -> None:
     gateway = make_gateway(upstream_client=client)
     fake.behaviour = Behaviour(hang=True)
-    parts = urlsplit(gateway.url)
-    body = json.dumps(CHAT).encode()
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(
-            b"POST /api/chat HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer " + gateway.key.encode() + b"\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
+    with raw_post(gateway.url, "/api/chat", json.dumps(CHAT).encode(), gateway.auth):
         recorded = fake.wait_for_request()
     assert recorded.client_disconnected.wait(1.0)
 

@@ -7,10 +7,13 @@ import datetime as dt
 import json
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from gateway.keystore import DEFAULT_SCOPES, UNLIMITED, KeyRecord, KeyStoreError, Limits, Scope, open_keystore
+from gateway.keystore import DEFAULT_SCOPES, UNLIMITED, KeyRecord, Limits, Scope, open_keystore
+from gateway.keystore.sqlite import SqliteKeyStore
 from gateway.models import InvalidModelName, parse_pattern
 from gateway.settings import Settings
 
@@ -125,23 +128,26 @@ def _policy(args: argparse.Namespace, base: KeyRecord) -> KeyRecord:
     return replace(base, scopes=scopes, models=models, limits=limits, expires_at=expires)
 
 
-def _create(args: argparse.Namespace, settings: Settings) -> int:
+@contextmanager
+def _store(settings: Settings) -> Iterator[SqliteKeyStore]:
     store = open_keystore(settings.database_url)
     try:
-        policy = _policy(args, KeyRecord(id="", name=args.name, digest="", created_at=0.0, scopes=DEFAULT_SCOPES))
-        record, secret = store.create(policy)
+        yield store
     finally:
         store.close()
+
+
+def _create(args: argparse.Namespace, settings: Settings) -> int:
+    with _store(settings) as store:
+        policy = _policy(args, KeyRecord(id="", name=args.name, digest="", created_at=0.0, scopes=DEFAULT_SCOPES))
+        record, secret = store.create(policy)
     _print_secret(record, secret, args.json)
     return 0
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_keystore(settings.database_url)
-    try:
+    with _store(settings) as store:
         records = store.load()
-    finally:
-        store.close()
     if args.json:
         print(json.dumps([describe(record) for record in records], indent=2))
         return 0
@@ -156,41 +162,29 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_keystore(settings.database_url)
-    try:
+    with _store(settings) as store:
         record = store.get(args.name)
-    finally:
-        store.close()
     _print_record(record, args.json)
     return 0
 
 
 def _update(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_keystore(settings.database_url)
-    try:
+    with _store(settings) as store:
         record = store.update(_policy(args, store.get(args.name)))
-    finally:
-        store.close()
     _print_record(record, args.json)
     return 0
 
 
 def _revoke(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_keystore(settings.database_url)
-    try:
+    with _store(settings) as store:
         record = store.revoke(args.name)
-    finally:
-        store.close()
     print(f"revoked {record.name} ({record.id})")
     return 0
 
 
 def _rotate(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_keystore(settings.database_url)
-    try:
+    with _store(settings) as store:
         record, secret = store.rotate(args.name)
-    finally:
-        store.close()
     _print_secret(record, secret, args.json)
     return 0
 
@@ -242,6 +236,3 @@ def _print_secret(record: KeyRecord, secret: str, as_json: bool) -> None:
         f"Key {record.name!r} ({record.id}). Store it now: it is not shown again.",
         file=sys.stderr,
     )
-
-
-__all__ = ["KeyStoreError", "add_commands"]
