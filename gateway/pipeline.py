@@ -145,7 +145,8 @@ class Forwarder:
                 flow.outcome = "client_disconnect"
             if flow.status == 0 and flow.outcome == "client_disconnect":
                 flow.status = 499  # nginx's convention: the client closed the request
-            flow.bytes_in = inbound.bytes_in if flow.body is None else len(flow.body)
+            # What the client sent (a body the gateway rewrote is longer or shorter upstream).
+            flow.bytes_in = inbound.bytes_in
             flow.finished_at = time.perf_counter()
             for policy in reversed(admitted):
                 policy.finish(flow)

@@ -646,3 +646,18 @@ def test_a_text_line_cannot_be_split_by_the_path() -> None:
     assert len(lines) == 1
     assert "\n" not in lines[0]
     assert "/api/x\\n2026-01-01 200 GET /forged" in lines[0]
+
+
+def test_a_rewritten_stream_logs_what_the_client_sent_and_received(logged: Logged, fake: FakeOllama) -> None:
+    # The gateway asks Ollama for usage on this stream (a longer body upstream) and hides it.
+    rid = new_id()
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    response = logged.client.post(
+        "/v1/chat/completions", content=body, headers={**logged.bearer("alice"), "X-Request-Id": rid}, timeout=10
+    )
+    assert response.status_code == 200
+    assert b'"usage"' not in response.content
+    assert fake.requests[-1].body_size > len(body)
+    line = logged.line(rid)
+    assert (line["bytes_in"], line["bytes_out"]) == (len(body), len(response.content))
+    assert line["tokens_exact"] is True
