@@ -82,9 +82,11 @@ async def forward(
                 inbound.stop()
                 raise ResponseAborted from error
             event_stream = (content_type or b"").startswith(b"text/event-stream")
+            # Whatever a transform still holds is half a frame: dropped, the error frame ends it.
             tail = render_in_stream(error, dialect, event_stream=event_stream)
-        if transform is not None:
-            tail = transform.end() + tail
+        else:
+            if transform is not None:
+                tail = transform.end()
         inbound.stop()
         size += len(tail)
         await send({"type": "http.response.body", "body": tail, "more_body": False})

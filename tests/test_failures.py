@@ -153,3 +153,16 @@ def test_unknown_gateway_path_is_native_404(gateway: RunningGateway) -> None:
     assert response.status_code == 404
     assert response.json() == {"error": "not found"}
     assert len(response.headers["x-request-id"]) == 32
+
+
+def test_a_broken_stream_the_gateway_rewrites_still_ends_with_one_clean_error_event(
+    gateway: RunningGateway, fake: FakeOllama
+) -> None:
+    # No include_usage from the client: the gateway rewrites this stream (see sse.py).
+    fake.behaviour = Behaviour(tokens=10, cut_after=3)
+    body = {**CHAT, "stream": True}
+    response = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=gateway.auth, timeout=10)
+    frames = response.content.split(b"\n\n")
+    assert frames[-1] == b""
+    assert all(frame.startswith(b"data: {") for frame in frames[:-1])
+    assert json.loads(frames[-2][len(b"data: ") :])["error"]["code"] == "upstream_connection_lost"
