@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -66,11 +67,20 @@ def configure_logging(level: str) -> None:
     logger.propagate = False
 
 
+def _freeze_heap() -> None:
+    # Everything built so far (imports, the app) lives as long as the process: moving it out of
+    # the collector's reach makes every full collection on the request path far cheaper.
+    gc.collect()
+    gc.freeze()
+
+
 def app_from_environment() -> Gateway:
     """The app factory each worker process calls when GATEWAY_WORKERS > 1."""
     settings = Settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    _freeze_heap()
+    return app
 
 
 def _serve_workers(settings: Settings) -> int:
@@ -93,6 +103,8 @@ def serve(settings: Settings) -> int:
         side = _SideServer(
             uvicorn.Config(app.metrics_app, host=host, port=int(port), lifespan="off", log_level=settings.log_level)
         )
+    config.load()
+    _freeze_heap()
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         runner.run(_serve_all(main, side))
     return 0 if main.started else 1
