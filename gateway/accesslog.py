@@ -8,9 +8,9 @@ Request bodies (prompts) are logged only for the keys the ``log_prompts`` settin
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +20,9 @@ _PROMPT_LIMIT = 16_384
 
 
 def _iso(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # time.strftime is several times cheaper than datetime on the per-request path.
+    whole = int(timestamp)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((timestamp - whole) * 1000):03d}Z"
 
 
 def fields(record: RequestRecord) -> dict[str, Any]:

@@ -31,12 +31,19 @@ def _text_length(value: Any) -> int:
 
 
 def prompt_tokens(body: JsonBody) -> int:
-    characters = sum(_text_length(body.get(name)) for name in _TEXT_FIELDS)
+    characters = 0
+    for name in _TEXT_FIELDS:
+        value = body.get(name)
+        if value is not None:
+            characters += _text_length(value)
     messages = body.get("messages")
     count = 0
     if isinstance(messages, list):
         count = len(messages)
-        characters += sum(_text_length(message) for message in messages)
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            # Plain string content is the common case; parts (text, images) take the long way.
+            characters += len(content) if isinstance(content, str) else _text_length(message)
     return characters // _CHARS_PER_TOKEN + count * _PER_MESSAGE + 1
 
 

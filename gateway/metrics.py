@@ -8,6 +8,7 @@ the key store (which operators control), statuses are HTTP codes, and model name
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -26,6 +27,7 @@ class Metrics:
     def __init__(self, *, max_models: int = 100) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._models: set[str] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._max_models = max_models
         self.requests = Counter(
             "gateway_requests",
@@ -84,24 +86,31 @@ class Metrics:
     def track_queue_depth(self, read: Callable[[], float]) -> None:
         self.queue_depth.set_function(read)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # prometheus_client's labels() costs microseconds per call; the label sets are bounded.
+        child = self._children.get((id(metric), labels))
+        if child is None:
+            child = self._children[(id(metric), labels)] = metric.labels(*labels)
+        return child
+
     def __call__(self, record: RequestRecord) -> None:
         """A sink: observe one finished request."""
         key = record.key_name or ""
-        self.requests.labels(record.route_class, record.route, str(record.status), key).inc()
-        self.duration.labels(record.route_class).observe(record.duration)
+        self._child(self.requests, record.route_class, record.route, str(record.status), key).inc()
+        self._child(self.duration, record.route_class).observe(record.duration)
         if record.ttfb is not None:
-            self.ttfb.labels(record.route_class).observe(record.ttfb)
+            self._child(self.ttfb, record.route_class).observe(record.ttfb)
         if record.route_class == "inference" and (record.forwarded or record.queue_wait > 0):
             # Only requests that reached the queue: refusals before it would pile up at zero.
             self.queue_wait.observe(record.queue_wait)
         if record.prompt_tokens or record.completion_tokens:
             model = self._model_label(record.model or "")
-            self.tokens.labels(key, model, "prompt").inc(record.prompt_tokens)
-            self.tokens.labels(key, model, "completion").inc(record.completion_tokens)
+            self._child(self.tokens, key, model, "prompt").inc(record.prompt_tokens)
+            self._child(self.tokens, key, model, "completion").inc(record.completion_tokens)
         if record.outcome in _REFUSALS:
-            self.refusals.labels(record.outcome).inc()
+            self._child(self.refusals, record.outcome).inc()
         elif record.outcome in ("upstream_error", "upstream_timeout"):
-            self.upstream_errors.labels(record.outcome).inc()
+            self._child(self.upstream_errors, record.outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

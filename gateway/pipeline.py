@@ -7,6 +7,7 @@ Order: path safety -> route table -> policies (auth, permissions, limits, ... in
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Protocol
@@ -39,6 +40,7 @@ class Policy(Protocol):
 Sink = Callable[[RequestRecord], None]
 
 _SAFE_PATH_CHARS = "/:@!$&'()*+,;=-._~"
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
 _UNCHECKED = Route("invalid", RouteClass.ADMIN, Dialect.NATIVE)
 _UNCHECKED_OPENAI = Route("invalid", RouteClass.ADMIN, Dialect.OPENAI)
 
@@ -101,7 +103,8 @@ class Forwarder:
             for policy in self._policies:
                 await policy.admit(flow, inbound)
                 admitted.append(policy)
-            target = quote(path, safe=_SAFE_PATH_CHARS) + ("?" + query.decode() if query else "")
+            plain = path if _PLAIN_PATH.fullmatch(path) else quote(path, safe=_SAFE_PATH_CHARS)
+            target = plain + ("?" + query.decode() if query else "")
             outbound = Outbound(
                 method=scope["method"],
                 target=target,
