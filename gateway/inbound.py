@@ -48,6 +48,18 @@ class Inbound:
                 self._body_done = True
                 self._start_watcher()
 
+    async def coalesced(self, size: int) -> AsyncIterator[bytes]:
+        """The body in pieces of about ``size`` bytes: far fewer writes for a multi-GB upload
+        (uvicorn hands it over in pieces of at most 64 KiB). Memory stays bounded by ``size``."""
+        pending = bytearray()
+        async for chunk in self.stream(None):
+            pending += chunk
+            if len(pending) >= size:
+                yield bytes(pending)
+                pending.clear()
+        if pending:
+            yield bytes(pending)
+
     async def read(self, limit: int) -> bytes:
         return b"".join([chunk async for chunk in self.stream(limit)])
 

@@ -40,6 +40,7 @@ class Policy(Protocol):
 Sink = Callable[[RequestRecord], None]
 
 _SAFE_PATH_CHARS = "/:@!$&'()*+,;=-._~"
+_UPLOAD_PIECE = 1024 * 1024
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
 _UNCHECKED = Route("invalid", RouteClass.ADMIN, Dialect.NATIVE)
 _UNCHECKED_OPENAI = Route("invalid", RouteClass.ADMIN, Dialect.OPENAI)
@@ -160,7 +161,9 @@ class Forwarder:
     def _body(self, flow: Flow, inbound: Inbound, has_body: bool, limit: int | None) -> bytes | AsyncIterable[bytes]:
         if flow.body is not None:
             return flow.body
-        return inbound.stream(limit) if has_body else b""
+        if not has_body:
+            return b""
+        return inbound.stream(limit) if limit is not None else inbound.coalesced(_UPLOAD_PIECE)
 
     async def _preflight(self, flow: Flow, origin: bytes, rid: bytes, send: Send) -> None:
         assert self._cors is not None

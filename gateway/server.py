@@ -72,6 +72,7 @@ def _freeze_heap() -> None:
     # the collector's reach makes every full collection on the request path far cheaper.
     gc.collect()
     gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def app_from_environment() -> Gateway:
