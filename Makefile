@@ -38,5 +38,9 @@ $(NGINX):
 		{ apt-get update -qq >/dev/null 2>&1 && apt-get download nginx >/dev/null 2>&1; }; } && \
 		dpkg -x nginx_*.deb . && rm -f nginx_*.deb || echo "nginx could not be fetched; its live test will be skipped"
 
+# The reproducible benchmark (see bench/README.md): minutes, pinned to CPUs; not part of test.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,89 @@
+"""One measured window: wall time, CPU of every process in the run, and the gateway's RSS.
+
+CPU is read for each role (gateway, upstream, load) so a reader can tell who saturated: a role at
+~100 % of one core was the bottleneck. The gateway's RSS is sampled every ``every`` seconds
+during the window, and its kernel high-water mark is reset at the start where permitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+from bench import procstat
+
+
+@dataclass(frozen=True)
+class Window:
+    seconds: float
+    cpu_ms: dict[str, float]
+    rss_before_kb: int  # the watched process; 0 when none is watched
+    rss_peak_kb: int
+    others_ms: float  # everything else on the machine: other processes, kernel work
+
+    def cpu_pct(self, role: str) -> float:
+        """Share of one core the role used over the window."""
+        return self._pct(self.cpu_ms[role])
+
+    def others_pct(self) -> float:
+        """Noise: a busy shared machine shows here (loopback networking in the kernel does too)."""
+        return self._pct(max(self.others_ms, 0.0))
+
+    def _pct(self, ms: float) -> float:
+        return 100 * ms / (self.seconds * 1000) if self.seconds > 0 else 0.0
+
+
+class Meter:
+    """``async with Meter(...) as meter:`` measures the block; ``meter.window`` holds the result."""
+
+    def __init__(self, pids: Mapping[str, int], watch: int | None = None, every: float = 0.05) -> None:
+        self._pids = dict(pids)
+        self._watch = watch
+        self._every = every
+        self._started = 0.0
+        self._cpu: dict[str, float] = {}
+        self._machine = 0.0
+        self._rss_before = 0
+        self._rss_peak = 0
+        self._hwm_reset = False
+        self._sampler: asyncio.Task[None] | None = None
+        self.window: Window | None = None
+
+    async def __aenter__(self) -> Meter:
+        if self._watch is not None:
+            self._hwm_reset = procstat.reset_peak(self._watch)
+            self._rss_before = self._rss_peak = procstat.rss_kb(self._watch)
+            self._sampler = asyncio.get_running_loop().create_task(self._sample(self._watch))
+        self._cpu = {role: procstat.cpu_ms(pid) for role, pid in self._pids.items()}
+        self._machine = procstat.machine_busy_ms()
+        self._started = time.perf_counter()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        seconds = time.perf_counter() - self._started
+        cpu = {role: procstat.cpu_ms(pid) - self._cpu[role] for role, pid in self._pids.items()}
+        others = procstat.machine_busy_ms() - self._machine - sum(cpu.values())
+        if self._sampler is not None:
+            # Not awaited: awaiting here could swallow a cancellation meant for the caller.
+            self._sampler.cancel()
+        if self._watch is not None:
+            self._rss_peak = max(self._rss_peak, procstat.rss_kb(self._watch))
+            if self._hwm_reset:
+                self._rss_peak = max(self._rss_peak, procstat.peak_rss_kb(self._watch))
+        self.window = Window(seconds, cpu, self._rss_before, self._rss_peak, others)
+
+    async def _sample(self, pid: int) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            self._rss_peak = max(self._rss_peak, procstat.rss_kb(pid))
+
+    @property
+    def result(self) -> Window:
+        if self.window is None:
+            raise RuntimeError("the window has not ended")
+        return self.window

@@ -1,0 +1,67 @@
+"""What the load side sends: the two targets and the exact request bytes of each scenario.
+
+Both targets get byte-for-byte the same requests (the key too: the fake ignores it), so the
+only difference between a direct and a gateway figure is the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from bench.stamps import Format
+
+_MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # "direct" or "gateway"
+    host: str
+    port: int
+    key: str | None = None
+
+    def request(self, method: str, path: str, body: bytes = b"", *, length: int | None = None) -> bytes:
+        """Request head plus ``body``; ``length`` announces a body that is sent separately."""
+        lines = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "User-Agent: ollama-gateway-bench",
+            "Accept: */*",
+        ]
+        if self.key:
+            lines.append(f"Authorization: Bearer {self.key}")
+        if method == "POST":
+            lines.append("Content-Type: application/json")
+            lines.append(f"Content-Length: {len(body) if length is None else length}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def small_chat(target: Target, path: str) -> bytes:
+    """A small non-streamed chat on /api/chat or /v1/chat/completions."""
+    body = {"model": "bench", "messages": _MESSAGES, "stream": False}
+    return target.request("POST", path, _json(body))
+
+
+def stream_chat(target: Target, fmt: Format, tokens: int, interval: float, tag: str | None = None) -> bytes:
+    bench: dict[str, object] = {"interval_ms": interval * 1000}
+    if tag is not None:
+        bench["tag"] = tag
+    body: dict[str, object] = {"model": "bench", "messages": _MESSAGES, "stream": True, "bench": bench}
+    if fmt is Format.NDJSON:
+        body["options"] = {"num_predict": tokens}
+        return target.request("POST", "/api/chat", _json(body))
+    body["max_tokens"] = tokens
+    body["stream_options"] = {"include_usage": True}
+    return target.request("POST", "/v1/chat/completions", _json(body))
+
+
+BLOB_DIGEST = "sha256:" + "ab" * 32
+
+
+def blob_head(target: Target, size: int) -> bytes:
+    return target.request("POST", f"/api/blobs/{BLOB_DIGEST}", length=size)

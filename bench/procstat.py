@@ -1,0 +1,57 @@
+"""Process CPU and memory, read from /proc (Linux).
+
+CPU is utime + stime of every thread of the process, from /proc/<pid>/stat, in milliseconds
+(clock-tick resolution, usually 10 ms: measured windows are long enough for that not to matter).
+"""
+
+from __future__ import annotations
+
+import os
+
+_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        # The command name may hold spaces and parentheses; the fields start after the last ")".
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    # Fields 14 and 15 of proc(5): utime, stime; here counted from field 3 (state) at index 0.
+    return (int(fields[11]) + int(fields[12])) * _TICK_MS
+
+
+def _status_kb(pid: int, name: bytes) -> int:
+    with open(f"/proc/{pid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(name):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_kb(pid: int) -> int:
+    return _status_kb(pid, b"VmRSS:")
+
+
+def peak_rss_kb(pid: int) -> int:
+    """VmHWM: the highest RSS since start or since ``reset_peak``."""
+    return _status_kb(pid, b"VmHWM:")
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (proc(5), clear_refs "5"); False where not permitted."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def machine_busy_ms() -> float:
+    """CPU time spent by everything on the machine, all CPUs (first line of /proc/stat).
+
+    user + nice + system + irq + softirq; guest time is already inside user. Steal is left out:
+    some hypervisors report it even while a virtual CPU idles, so it measures nothing reliable.
+    """
+    with open("/proc/stat", "rb") as stat:
+        fields = [int(field) for field in stat.readline().split()[1:]]
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) * _TICK_MS

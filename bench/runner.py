@@ -1,0 +1,153 @@
+"""One benchmark run: start the fast upstream and the gateway, probe, measure, always clean up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import re
+import resource
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import uvloop
+
+from bench import procstat
+from bench.children import Child
+from bench.context import Context
+from bench.features import probe
+from bench.gateway import python_path, running_gateway, source_digest
+from bench.payloads import Target
+from bench.pinning import Pinning, choose
+from bench.plan import Plan
+from bench.report import build
+from bench.scenarios import BUILDERS, Outcome, run_scenario
+from bench.upstream import READY
+
+PREPARE_TIMEOUT = 120.0
+_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Options:
+    plan: Plan
+    scenarios: tuple[str, ...]
+    pin: bool
+    max_seconds: float
+    quick: bool
+    command: str
+    log: Path | None = None  # the children's output is appended here
+    gateway_env: dict[str, str] = field(default_factory=dict)
+
+
+@contextmanager
+def running_upstream(workdir: Path, pinning: Pinning, lifetime: float, log: Path | None) -> Iterator[tuple[Child, int]]:
+    env = {**os.environ, "PYTHONPATH": python_path()}
+    argv = [*pinning.prefix(pinning.load_cpu), sys.executable, "-m", "bench.upstream", "--lifetime", str(lifetime)]
+    child = Child("upstream", argv, env, workdir, log)
+    try:
+        line = child.wait_for(READY, 15.0)
+        yield child, int(line.rsplit(":", 1)[1])
+    finally:
+        child.stop()
+
+
+def _raise_fd_limit() -> None:
+    # Every stream holds a socket here, and two in the gateway (which inherits this limit).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _cpu_model() -> str:
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def _public(settings: Mapping[str, str]) -> dict[str, str]:
+    return {name: "<redacted>" if _SECRET_NAME.search(name) else value for name, value in settings.items()}
+
+
+def run(options: Options) -> dict[str, Any]:
+    started = datetime.now(UTC)
+    began = time.monotonic()
+    load_before = os.getloadavg()
+    pinning = choose(options.pin)
+    pinning.apply_to_self()
+    _raise_fd_limit()
+    with (
+        TemporaryDirectory(prefix="gateway-bench-") as tmp,
+        running_upstream(Path(tmp), pinning, options.max_seconds + 60, options.log) as (upstream, port),
+    ):
+        url = f"http://127.0.0.1:{port}"
+        with running_gateway(url, Path(tmp), pinning, options.gateway_env, options.log) as server:
+            ctx = Context(
+                direct=Target("direct", "127.0.0.1", port, server.key),
+                upstream=Target("upstream", "127.0.0.1", port),
+                upstream_pid=upstream.pid,
+                server=server,
+                plan=options.plan,
+                tag=secrets.token_hex(4),
+                warm_seconds=0.1 if options.quick else 0.3,
+            )
+            meta, outcomes = uvloop.run(_measure(ctx, options))
+            meta["gateway"] = {"version": server.version, "source_sha256": source_digest()}
+            meta["gateway_settings"] = _public(server.settings)
+            meta["gateway_starts"] = server.starts
+    meta.update(
+        {
+            "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "duration_s": round(time.monotonic() - began, 1),
+            "command": options.command,
+            "quick": options.quick,
+            "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "pinning": pinning.note,
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "repeat": options.plan.repeat,
+            "plan": asdict(options.plan),
+        }
+    )
+    return build(meta, [BUILDERS[key](ctx) for key in options.scenarios], outcomes)
+
+
+async def _measure(ctx: Context, options: Options) -> tuple[dict[str, Any], list[Outcome]]:
+    deadline = asyncio.get_running_loop().time() + options.max_seconds
+    async with asyncio.timeout(PREPARE_TIMEOUT):
+        rss_start = procstat.rss_kb(ctx.server.pid) / 1024
+        gateway = ctx.gateway()
+        features = await probe(ctx.server, gateway)
+        await ctx.warm_up(ctx.direct)
+        await ctx.warm_up(gateway)
+        await asyncio.sleep(0.5)
+    meta: dict[str, Any] = {
+        "features": features,
+        "gateway_rss_start_mib": rss_start,
+        "gateway_rss_idle_mib": procstat.rss_kb(ctx.server.pid) / 1024,
+    }
+    scenarios = [BUILDERS[key](ctx) for key in options.scenarios]
+    outcomes = [Outcome.of(scenario) for scenario in scenarios]
+    try:
+        async with asyncio.timeout_at(deadline):
+            for scenario, outcome in zip(scenarios, outcomes, strict=True):
+                print(f"bench: scenario ({scenario.key}) ...", file=sys.stderr, flush=True)
+                await run_scenario(ctx, scenario, outcome)
+    except TimeoutError:
+        # The report still gets written, with what was measured before the cap.
+        for outcome in outcomes:
+            if not outcome.finished:
+                outcome.error = f"stopped by the run's hard cap ({options.max_seconds / 60:g} min)"
+    return meta, outcomes
