@@ -43,7 +43,7 @@ class Grant:
     lease: str
     reserved_minute: int  # tokens taken from the per-minute budget
     reserved_day: int  # tokens taken from the per-day budget
-    day: str  # the UTC day the day budget was charged to
+    day: int  # the UTC day (days since the epoch) the day budget was charged to
     requests: Window | None
     tokens: Window | None
 

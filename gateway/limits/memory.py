@@ -8,7 +8,6 @@ and charge, so concurrent requests on the event loop cannot both take the last u
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from gateway.limits import Grant, Quota, Window, refusal
 
 SECONDS_PER_MINUTE = 60.0
+SECONDS_PER_DAY = 86400.0
 
 
 @dataclass(slots=True)
@@ -38,20 +38,19 @@ class _Bucket:
 class _KeyState:
     requests: _Bucket | None = None
     tokens: _Bucket | None = None
-    day: str = ""
+    day: int = -1
     day_used: int = 0
     in_flight: int = 0
     leases: set[str] = field(default_factory=set)
 
 
-def utc_day(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).date().isoformat()
+def utc_day(timestamp: float) -> int:
+    """Days since the epoch, UTC (what Redis's script computes too)."""
+    return int(timestamp // SECONDS_PER_DAY)
 
 
 def seconds_to_midnight(timestamp: float) -> float:
-    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
-    midnight = dt.datetime.combine(moment.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
-    return (midnight - moment).total_seconds()
+    return SECONDS_PER_DAY - timestamp % SECONDS_PER_DAY
 
 
 class MemoryLimiter:

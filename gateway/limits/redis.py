@@ -20,7 +20,6 @@ A background task pings Redis every ``retry_interval`` and switches back by itse
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import logging
 import math
@@ -48,7 +47,6 @@ SOCKET_TIMEOUT = 0.5
 MAX_CONNECTIONS = 64
 DEGRADED = "degraded: redis unreachable, serving on local limits"
 UNAVAILABLE = "unavailable"
-_EPOCH = dt.date(1970, 1, 1)
 # What "Redis is away" looks like; anything else is a bug and propagates.
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -286,8 +284,7 @@ class RedisLimiter:
             held.discard(grant.lease)
             if not held:
                 del self._held[leases]
-        day = (dt.date.fromisoformat(grant.day) - _EPOCH).days
-        args = (grant.lease, _arg(quota.tpm), grant.reserved_minute, used, day, grant.reserved_day)
+        args = (grant.lease, _arg(quota.tpm), grant.reserved_minute, used, grant.day, grant.reserved_day)
         self._spawn(self._settle_remote(key, args))
 
     def _decide(self, key: str, quota: Quota, tokens: int, lease: str, reply: Sequence[Any]) -> Grant:
@@ -306,7 +303,7 @@ class RedisLimiter:
         self._held.setdefault(_keys(key)[1], set()).add(lease)
         minute = 0 if quota.tpm is None else min(tokens, quota.tpm)
         daily = tokens if quota.tpd is None else min(tokens, quota.tpd)
-        day = (_EPOCH + dt.timedelta(days=int(reply[4]))).isoformat()
+        day = int(reply[4])
         return Grant(lease, minute, daily, day, requests, token_window)
 
     def _abandoned(self, call: asyncio.Future[Any], key: str, quota: Quota, tokens: int, lease: str) -> None:
