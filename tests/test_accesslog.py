@@ -21,9 +21,9 @@ import pytest
 
 from gateway.accesslog import AccessLog
 from gateway.keystore import Scope
-from gateway.record import RequestRecord
 from tests.conftest import ALL_SCOPES, issue_key
 from tests.fake_ollama import RUNNER_FAILED, Behaviour, FakeOllama, StepGate
+from tests.records import make_record
 from tests.servers import GatewayProcess, gateway_process
 
 pytestmark = pytest.mark.timeout(30)
@@ -468,42 +468,11 @@ def test_bytes_out_includes_the_appended_error_frame(logged: Logged, fake: FakeO
     assert logged.line(rid)["bytes_out"] == len(response.content)
 
 
-def _record(**fields: object) -> RequestRecord:
-    base: dict[str, object] = {
-        "time": 1_767_225_600.25,  # 2026-01-01T00:00:00.250Z
-        "request_id": "r1",
-        "key_id": "k1",
-        "key_name": "alice",
-        "client": "192.0.2.1",
-        "method": "POST",
-        "path": "/api/chat",
-        "route": "/api/chat",
-        "route_class": "inference",
-        "model": "llama3.2",
-        "status": 200,
-        "upstream_status": 200,
-        "bytes_in": 10,
-        "bytes_out": 20,
-        "duration": 1.5,
-        "ttfb": 0.25,
-        "overhead": 0.0012345,
-        "queue_wait": 0.0,
-        "forwarded": True,
-        "streamed": True,
-        "prompt_tokens": 7,
-        "completion_tokens": 3,
-        "tokens_exact": True,
-        "outcome": "ok",
-        "request_body": b'{"prompt":"secret plans"}',
-    }
-    return RequestRecord(**(base | fields))  # type: ignore[arg-type]
-
-
 def test_json_and_text_formats() -> None:
     lines: list[str] = []
-    AccessLog(write=lines.append)(_record())
-    AccessLog(fmt="text", write=lines.append)(_record())
-    AccessLog(fmt="text", write=lines.append)(_record(route_class="read", key_name=None, model=None, status=401))
+    AccessLog(write=lines.append)(make_record())
+    AccessLog(fmt="text", write=lines.append)(make_record())
+    AccessLog(fmt="text", write=lines.append)(make_record(route_class="read", key_name=None, model=None, status=401))
     assert json.loads(lines[0]) == {
         "time": "2026-01-01T00:00:00.250Z",
         "request_id": "r1",
@@ -537,10 +506,10 @@ def test_json_and_text_formats() -> None:
 
 def test_prompts_only_for_the_keys_named() -> None:
     lines: list[str] = []
-    AccessLog(log_prompts=("bob",), write=lines.append)(_record())
-    AccessLog(log_prompts=("alice",), write=lines.append)(_record())
-    AccessLog(log_prompts=("*",), write=lines.append)(_record(key_name="carol"))
-    AccessLog(log_prompts=("*",), write=lines.append)(_record(key_name=None, key_id=None))
+    AccessLog(log_prompts=("bob",), write=lines.append)(make_record())
+    AccessLog(log_prompts=("alice",), write=lines.append)(make_record())
+    AccessLog(log_prompts=("*",), write=lines.append)(make_record(key_name="carol"))
+    AccessLog(log_prompts=("*",), write=lines.append)(make_record(key_name=None, key_id=None))
     logged = [json.loads(line).get("request_body") for line in lines]
     assert logged == [None, '{"prompt":"secret plans"}', '{"prompt":"secret plans"}', None]
 
@@ -554,7 +523,7 @@ def test_a_broken_stdout_does_not_raise(monkeypatch: pytest.MonkeyPatch, tmp_pat
             raise BrokenPipeError
 
     monkeypatch.setattr("sys.stdout", Broken())
-    AccessLog()(_record())
+    AccessLog()(make_record())
 
 
 PROMPT = "zebra-quartz-7431 secret plans"
@@ -642,7 +611,7 @@ def test_prompts_are_logged_only_for_the_keys_named(logged: Logged, fake: FakeOl
 
 def test_a_text_line_cannot_be_split_by_the_path() -> None:
     lines: list[str] = []
-    AccessLog(fmt="text", write=lines.append)(_record(path="/api/x\n2026-01-01 200 GET /forged", status=400))
+    AccessLog(fmt="text", write=lines.append)(make_record(path="/api/x\n2026-01-01 200 GET /forged", status=400))
     assert len(lines) == 1
     assert "\n" not in lines[0]
     assert "/api/x\\n2026-01-01 200 GET /forged" in lines[0]

@@ -20,6 +20,7 @@ from gateway.record import RequestRecord
 from gateway.usagestore import SqliteUsageStore, UsageCounts, UsageKey
 from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
+from tests.records import make_record
 from tests.servers import RunningGateway, gateway_process
 
 pytestmark = pytest.mark.timeout(30)
@@ -136,33 +137,8 @@ def test_graceful_shutdown_writes_everything(fake: FakeOllama, database_url: str
 
 
 def record(**fields: object) -> RequestRecord:
-    base: dict[str, object] = {
-        "time": 1_767_225_600.0,  # 2026-01-01T00:00:00Z
-        "request_id": "r",
-        "key_id": "k1",
-        "key_name": "alice",
-        "client": "192.0.2.1",
-        "method": "POST",
-        "path": "/api/chat",
-        "route": "/api/chat",
-        "route_class": "inference",
-        "model": "llama3.2:latest",
-        "status": 200,
-        "upstream_status": 200,
-        "bytes_in": 1,
-        "bytes_out": 1,
-        "duration": 0.1,
-        "ttfb": 0.05,
-        "overhead": 0.001,
-        "queue_wait": 0.0,
-        "forwarded": True,
-        "streamed": True,
-        "prompt_tokens": 7,
-        "completion_tokens": 3,
-        "tokens_exact": True,
-        "outcome": "ok",
-    }
-    return RequestRecord(**(base | fields))  # type: ignore[arg-type]
+    # Usage rows carry the model as normalised by the access policy.
+    return make_record(**{"time": 1_767_225_600.0, "model": "llama3.2:latest", **fields})
 
 
 class MemoryStore:
