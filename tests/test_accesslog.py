@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -24,7 +23,7 @@ from gateway.keystore import Scope
 from tests.conftest import ALL_SCOPES, issue_key
 from tests.fake_ollama import RUNNER_FAILED, Behaviour, FakeOllama, StepGate
 from tests.records import make_record
-from tests.servers import GatewayProcess, gateway_process
+from tests.servers import GatewayProcess, gateway_process, raw_post, read_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -223,15 +222,8 @@ def test_read_route_has_no_model_and_no_tokens(logged: Logged, fake: FakeOllama)
 
 
 def _open_stream(logged: Logged, rid: str, body: bytes) -> socket.socket:
-    parts = urlsplit(logged.url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
-    sock.sendall(
-        b"POST /api/chat HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-        b"Authorization: Bearer " + logged.keys["alice"].encode() + b"\r\n"
-        b"X-Request-Id: " + rid.encode() + b"\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
-    return sock
+    headers = {"Content-Type": "application/json", **logged.bearer("alice"), "X-Request-Id": rid}
+    return raw_post(logged.url, "/api/chat", body, headers)
 
 
 def test_client_disconnect_mid_stream(logged: Logged, fake: FakeOllama) -> None:
@@ -242,11 +234,7 @@ def test_client_disconnect_mid_stream(logged: Logged, fake: FakeOllama) -> None:
     with _open_stream(logged, rid, body) as sock:
         gate.release(1)
         gate.wait_sent(2)
-        received = b""
-        while received.count(b'"done":false') < 2:
-            data = sock.recv(65536)
-            assert data, "stream ended early"
-            received += data
+        received = read_until(sock, b'"done":false', 2)
     line = logged.line(rid)
     assert isinstance(line["bytes_out"], int)
     assert stable(line, started) == expected(

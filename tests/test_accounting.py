@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -21,7 +19,7 @@ from gateway.usagestore import SqliteUsageStore, UsageCounts, UsageKey
 from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
 from tests.records import make_record
-from tests.servers import RunningGateway, gateway_process
+from tests.servers import RunningGateway, gateway_process, raw_post, read_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -78,20 +76,10 @@ def test_usage_rows_for_every_dialect_and_a_disconnect(
 
     gate = StepGate()
     fake.behaviour = Behaviour(tokens=50, gate=gate)
-    parts = urlsplit(gateway.url)
-    body = json.dumps(CHAT).encode()
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(
-            b"POST /api/chat HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer " + keys["cut"].encode() + b"\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {keys['cut']}"}
+    with raw_post(gateway.url, "/api/chat", json.dumps(CHAT).encode(), headers) as sock:
         gate.release(1)
-        received = b""
-        while received.count(b'"done":false') < 2:
-            data = sock.recv(65536)
-            assert data, "stream ended early"
-            received += data
+        read_until(sock, b'"done":false', 2)
 
     llama, embedder = "llama3.2:latest", "nomic-embed-text:latest"
     assert wait_for_requests(database_url, len(names)) == [
