@@ -57,8 +57,18 @@ def open_upstream(
             write_timeout=write_timeout,
             max_connections=max_connections,
         )
-    from gateway.upstream.aiohttp_impl import AiohttpUpstream
+    if client == "aiohttp":
+        from gateway.upstream.aiohttp_impl import AiohttpUpstream
 
-    return AiohttpUpstream(
-        base_url, connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections
+        return AiohttpUpstream(
+            base_url, connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections
+        )
+    from gateway.upstream.httptools_impl import HttptoolsUpstream
+
+    return HttptoolsUpstream(
+        base_url,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        write_timeout=write_timeout,
+        max_connections=max_connections,
     )

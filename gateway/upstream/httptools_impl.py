@@ -1,0 +1,491 @@
+"""The upstream client on httptools: keep-alive HTTP/1.1 connections to the one Ollama.
+
+The gateway always talks to the same origin, with a request it has already checked, and relays
+the answer untouched, so a general-purpose client's per-request machinery (URL objects, cookie,
+redirect, proxy and header bookkeeping) is pure cost: aiohttp spent ~0.26 ms of CPU per small
+request where writing the bytes and parsing the answer cost ~0.03 ms (README, Performance).
+Parsing and framing stay in llhttp, the C parser uvicorn uses on the client side; this module
+writes the request, keeps the pool and applies flow control and timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+from gateway.errors import UpstreamBroken, UpstreamTimeout, UpstreamUnavailable
+from gateway.headers import Headers, header
+from gateway.upstream import Outbound
+
+# Bytes of response held for a slow client before the upstream socket stops being read.
+_HIGH_WATER = 1024 * 1024
+# Methods whose request may be sent again if a kept-alive connection turned out to be closed.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+# Methods that carry no body unless one is given (no "content-length: 0" for them).
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+class _Closed(Exception):
+    """The connection closed under a write (the reason reaches the exchange by itself)."""
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection to Ollama; carries one exchange at a time."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self._pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.exchange: _Response | None = None
+        self.closed = False
+        self.reused = False
+        self.counted = True  # holds one of the pool's connection slots
+        self._drained: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but have its interface.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is None:
+            # Bytes nobody asked for: the connection can no longer be trusted with framing.
+            self.close()
+            return
+        self.exchange.feed(data)
+
+    def eof_received(self) -> bool:
+        if self.exchange is not None:
+            self.exchange.ended(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.exchange is not None:
+            self.exchange.ended(exc)
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)  # the writer finds the connection closed
+        self._pool.forget(self)
+
+    def pause_writing(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    async def write(self, data: bytes, limit: float | None) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise _Closed
+        self.transport.write(data)
+        if self._drained is not None:
+            try:
+                async with asyncio.timeout(limit):
+                    await asyncio.shield(self._drained)
+            except TimeoutError:
+                raise UpstreamTimeout("upstream timed out") from None
+            if self.closed:
+                raise _Closed
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Pool:
+    """Idle kept-alive connections, and a cap on how many may be open at once."""
+
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, *, limit: int, connect_timeout: float) -> None:
+        self._host = host
+        self._port = port
+        self._tls = tls
+        self._limit = limit
+        self._connect_timeout = connect_timeout
+        self._idle: deque[_Connection] = deque()
+        self._open = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, *, fresh: bool = False) -> _Connection:
+        while self._idle and not fresh:
+            # The most recently used first: the least likely to have been closed meanwhile.
+            conn = self._idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        while self._open >= self._limit:
+            await self._slot()
+        self._open += 1
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self),
+                    self._host,
+                    self._port,
+                    ssl=self._tls,
+                    server_hostname=self._host if self._tls is not None else None,
+                )
+        except TimeoutError:
+            self._free()
+            raise UpstreamTimeout("upstream timed out") from None
+        except OSError as error:
+            self._free()
+            raise UpstreamUnavailable("upstream unavailable") from error
+        except BaseException:
+            self._free()
+            raise
+        return conn
+
+    async def _slot(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await waiter
+        except TimeoutError:
+            raise UpstreamUnavailable("upstream connection limit reached") from None
+        finally:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+
+    def release(self, conn: _Connection) -> None:
+        """The exchange ended cleanly: keep the connection for the next one."""
+        conn.exchange = None
+        if conn.closed:
+            return
+        self._idle.append(conn)
+        self._wake()
+
+    def discard(self, conn: _Connection) -> None:
+        """Close a connection that is half-used or broken (that is how Ollama learns to stop)."""
+        conn.close()
+        self._drop(conn)
+
+    def forget(self, conn: _Connection) -> None:
+        """The connection closed (either side)."""
+        if conn in self._idle:
+            self._idle.remove(conn)
+        self._drop(conn)
+
+    def close(self) -> None:
+        while self._idle:
+            self.discard(self._idle.pop())
+
+    def _drop(self, conn: _Connection) -> None:
+        if conn.counted:
+            conn.counted = False
+            self._free()
+
+    def _free(self) -> None:
+        self._open -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class _Response:
+    """One exchange: the parser's callbacks on one side, the relay's body iterator on the other."""
+
+    def __init__(self, pool: _Pool, conn: _Connection, method: str, read_timeout: float | None) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_only = method == "HEAD"
+        self._read_timeout = read_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._framed = False  # Content-Length or chunked: the body does not end at EOF
+        self._keep_alive = False
+        self._released = False
+        self.received = 0
+        self.status = 0
+        self.headers: Headers = []
+        self.started = False
+        self.complete = False
+        self.error: BaseException | None = None
+        # The task writing a streamed request body, while it runs.
+        self.writer: asyncio.Task[None] | None = None
+
+    # The parser's callbacks.
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            self._spurious()
+            return
+        self.headers.append((name, value))
+        lowered = name.lower()
+        if lowered == b"content-length" or lowered == b"transfer-encoding":
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        if self.complete:
+            self._spurious()
+            return
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            self.headers = []
+            self._framed = False
+            return
+        self.status = status
+        self.started = True
+        if self._head_only:
+            # No body follows a HEAD answer, whatever its Content-Length says.
+            self._finish(keep_alive=False)
+        else:
+            self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            self._spurious()
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._paused and self._conn.transport is not None:
+            self._paused = True
+            self._conn.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.started and not self.complete:
+            self._finish(keep_alive=self._parser.should_keep_alive())
+
+    def _spurious(self) -> None:
+        # Bytes after the end of the answer (or after a HEAD answer): never relayed, and the
+        # connection is not trusted with another exchange.
+        self._keep_alive = False
+
+    # Events from the connection.
+    def feed(self, data: bytes) -> None:
+        if self.complete or self.error is not None:
+            self._spurious()
+            return
+        self.received += len(data)
+        self._last_read = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(UpstreamBroken("upstream sent a malformed response"))
+
+    def ended(self, exc: Exception | None) -> None:
+        """The upstream closed its side (EOF) or the connection is gone."""
+        if self.complete or self.error is not None:
+            return
+        if self.started and not self._framed:
+            # A body delimited by the connection's end (HTTP/1.0 style): this is its end.
+            self._finish(keep_alive=False)
+        elif self.started:
+            self._fail(UpstreamBroken("upstream connection lost"))
+        else:
+            self._fail(UpstreamUnavailable("upstream unavailable"))
+
+    def sent(self) -> None:
+        """The request is fully written: from now on the upstream must keep answering."""
+        if self._read_timeout is not None and not self.complete and self.error is None:
+            self._last_read = self._loop.time()
+            self._timer = self._loop.call_at(self._last_read + self._read_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self.complete or self.error is not None or self._read_timeout is None:
+            return
+        due = self._last_read + self._read_timeout
+        if self._paused or self._loop.time() < due:
+            # Data arrived meanwhile, or our own client is the slow one: look again later.
+            base = self._loop.time() if self._paused else self._last_read
+            self._timer = self._loop.call_at(base + self._read_timeout, self._check_idle)
+            return
+        self._fail(UpstreamTimeout("upstream timed out"))
+
+    def _finish(self, *, keep_alive: bool) -> None:
+        self.complete = True
+        self._keep_alive = keep_alive
+        self._stop_timer()
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        self._stop_timer()
+        self._conn.close()
+        self._wake()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until the next event (bytes, the head, the end, an error, the body writer)."""
+        self._waiter = self._loop.create_future()
+        await self._waiter
+
+    def writer_done(self, task: asyncio.Task[None]) -> None:
+        """The streamed request body ended: sent, or failed (read here, so never left unread)."""
+        error = None if task.cancelled() else task.exception()
+        if error is not None and self.started and not self.complete and self.error is None:
+            # The answer had begun (Ollama may answer before the body is complete): end it.
+            self._fail(error if not isinstance(error, _Closed) else UpstreamBroken("upstream connection lost"))
+        self._wake()
+
+    # The relay's side (the UpstreamResponse protocol).
+    async def body(self) -> AsyncIterator[bytes]:
+        chunks = self._chunks
+        while True:
+            if chunks:
+                data = chunks.popleft()
+                self._buffered -= len(data)
+                if self._paused and not chunks and self._conn.transport is not None:
+                    self._paused = False
+                    self._conn.transport.resume_reading()
+                yield data
+            elif self.error is not None:
+                raise self.error
+            elif self.complete:
+                return
+            else:
+                await self.wait()
+
+    async def aclose(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._stop_timer()
+        writer = self.writer
+        writing = writer is not None and not writer.done()
+        if writing:
+            assert writer is not None
+            writer.cancel()
+        self._conn.exchange = None
+        if self.complete and self.error is None and self._keep_alive and not writing and not self._conn.closed:
+            self._pool.release(self._conn)
+        else:
+            self._pool.discard(self._conn)
+
+
+class HttptoolsUpstream:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float | None,
+        write_timeout: float | None,
+        max_connections: int,
+    ) -> None:
+        parts = urlsplit(base_url)
+        tls = ssl.create_default_context() if parts.scheme == "https" else None
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or (443 if tls is not None else 80)
+        self._prefix = parts.path.rstrip("/").encode("ascii")
+        self._host = parts.netloc.encode("ascii")
+        self._read_timeout = read_timeout
+        self._write_timeout = write_timeout
+        self._pool = _Pool(host, port, tls, limit=max_connections, connect_timeout=connect_timeout)
+
+    async def send(self, request: Outbound) -> _Response:
+        fresh = False
+        while True:
+            conn = await self._pool.acquire(fresh=fresh)
+            response = _Response(self._pool, conn, request.method, self._read_timeout)
+            try:
+                await self._exchange(conn, response, request)
+            except UpstreamUnavailable as error:
+                # A kept-alive connection found closed before any answer: a request that may
+                # safely be repeated goes once more, on a new connection.
+                if fresh or isinstance(error, UpstreamBroken) or not _may_retry(conn, response, request):
+                    raise
+                fresh = True
+                continue
+            return response
+
+    async def _exchange(self, conn: _Connection, response: _Response, request: Outbound) -> None:
+        conn.exchange = response
+        try:
+            body = request.body
+            if isinstance(body, bytes):
+                length = None if not body and request.method in _BODILESS else str(len(body)).encode()
+                try:
+                    await conn.write(self._head(request, length) + body, self._write_timeout)
+                except _Closed:
+                    raise UpstreamUnavailable("upstream unavailable") from None
+                response.sent()
+            else:
+                declared = header(request.headers, b"content-length")
+                head = self._head(request, declared, chunked=declared is None)
+                response.writer = asyncio.get_running_loop().create_task(
+                    self._write_body(conn, response, head, body, chunked=declared is None)
+                )
+                response.writer.add_done_callback(response.writer_done)
+            while not response.started:
+                if response.error is not None:
+                    raise response.error
+                writer = response.writer
+                if writer is not None and writer.done():
+                    response.writer = None
+                    error = writer.exception()
+                    if error is not None and not isinstance(error, _Closed):
+                        # The client's body failed (too large, client gone) or could not be sent in time.
+                        raise error
+                    continue
+                await response.wait()
+        except BaseException:
+            if response.writer is not None:
+                response.writer.cancel()
+            conn.exchange = None
+            self._pool.discard(conn)
+            raise
+
+    async def _write_body(
+        self, conn: _Connection, response: _Response, head: bytes, body: AsyncIterable[bytes], *, chunked: bool
+    ) -> None:
+        await conn.write(head, self._write_timeout)
+        async for piece in body:
+            if piece:
+                await conn.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece, self._write_timeout)
+        if chunked:
+            await conn.write(b"0\r\n\r\n", self._write_timeout)
+        response.sent()
+
+    def _head(self, request: Outbound, length: bytes | None, *, chunked: bool = False) -> bytes:
+        lines = [
+            b"%s %s%s HTTP/1.1\r\nhost: %s\r\n"
+            % (request.method.encode("ascii"), self._prefix, request.target.encode("ascii"), self._host)
+        ]
+        lines.extend(b"%s: %s\r\n" % pair for pair in request.headers if pair[0] != b"content-length")
+        if length is not None:
+            lines.append(b"content-length: %s\r\n" % length)
+        if chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    async def aclose(self) -> None:
+        self._pool.close()
+
+
+def _may_retry(conn: _Connection, response: _Response, request: Outbound) -> bool:
+    return conn.reused and response.received == 0 and request.method in _IDEMPOTENT and isinstance(request.body, bytes)
