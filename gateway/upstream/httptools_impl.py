@@ -114,13 +114,19 @@ class _Pool:
         self._waiting: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self, *, fresh: bool = False) -> _Connection:
-        while self._idle and not fresh:
-            # The most recently used first: the least likely to have been closed meanwhile.
-            conn = self._idle.pop()
-            if not conn.closed:
-                conn.reused = True
-                return conn
-        while self._open >= self._limit:
+        while True:
+            while self._idle and not fresh:
+                # The most recently used first: the least likely to have been closed meanwhile.
+                conn = self._idle.pop()
+                if not conn.closed:
+                    conn.reused = True
+                    return conn
+            if self._open < self._limit:
+                break
+            if self._idle:
+                # A new connection is wanted and idle ones fill the cap: make room.
+                self.discard(self._idle.popleft())
+                continue
             await self._slot()
         self._open += 1
         loop = asyncio.get_running_loop()

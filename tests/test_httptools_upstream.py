@@ -1,0 +1,293 @@
+"""The httptools upstream client against scripted raw HTTP servers: the framing, pooling and flow
+control cases a well-behaved fake never produces (Ollama's own answers are covered everywhere else).
+
+Each test runs on uvloop, as the gateway does, with its server on 127.0.0.1 in the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvloop
+
+from gateway.errors import UpstreamBroken, UpstreamUnavailable
+from gateway.upstream import Outbound
+from gateway.upstream.httptools_impl import _HIGH_WATER, HttptoolsUpstream
+
+pytestmark = pytest.mark.timeout(20)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+@dataclass
+class Server:
+    port: int = 0
+    connections: int = 0
+    requests: list[tuple[bytes, bytes]] = field(default_factory=list)  # (head, body) in arrival order
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    uvloop.run(asyncio.wait_for(scenario(), 15))
+
+
+@asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[Server]:
+    state = Server()
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        try:
+            await handler(reader, writer, state)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(connected, "127.0.0.1", 0)
+    state.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield state
+
+
+async def read_request(reader: asyncio.StreamReader, state: Server) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    length = next((int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length:")), None)
+    if length is not None:
+        body = await reader.readexactly(length)
+    elif b"transfer-encoding: chunked" in lines:
+        pieces = []
+        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+            pieces.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+        await reader.readexactly(2)
+        body = b"".join(pieces)
+    else:
+        body = b""
+    state.requests.append((head, body))
+    return head, body
+
+
+def upstream(state: Server, path: str = "", *, connections: int = 10, read_timeout: float = 5.0) -> HttptoolsUpstream:
+    return HttptoolsUpstream(
+        f"http://127.0.0.1:{state.port}{path}",
+        connect_timeout=2.0,
+        read_timeout=read_timeout,
+        write_timeout=2.0,
+        max_connections=connections,
+    )
+
+
+def outbound(method: str = "POST", body: bytes | AsyncIterator[bytes] = b'{"model":"m"}') -> Outbound:
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", b"r1")]
+    return Outbound(method=method, target="/api/chat?x=1", headers=headers, body=body)
+
+
+async def fetch(client: HttptoolsUpstream, request: Outbound) -> tuple[int, bytes]:
+    response = await client.send(request)
+    try:
+        return response.status, b"".join([chunk async for chunk in response.body()])
+    finally:
+        await response.aclose()
+
+
+async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+    while True:
+        await read_request(reader, state)
+        writer.write(OK)
+
+
+def test_one_connection_carries_every_request_with_its_own_framing() -> None:
+    async def scenario() -> None:
+        async with serving(answer_each) as state:
+            client = upstream(state, "/ollama")
+            for _ in range(5):
+                assert await fetch(client, outbound()) == (200, b"{}")
+            assert await fetch(client, outbound("GET", b"")) == (200, b"{}")
+            await client.aclose()
+        assert state.connections == 1
+        head, body = state.requests[0]
+        assert head.startswith(b"POST /ollama/api/chat?x=1 HTTP/1.1\r\n")
+        assert f"host: 127.0.0.1:{state.port}\r\n".encode() in head
+        assert b"content-length: 13\r\n" in head
+        assert body == b'{"model":"m"}'
+        get_head = state.requests[-1][0]
+        assert get_head.startswith(b"GET ")
+        assert b"content-length" not in get_head
+
+    run(scenario)
+
+
+def test_head_answers_and_bytes_after_an_answer_are_never_relayed() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        head, _ = await read_request(reader, state)
+        if head.startswith(b"HEAD"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        else:
+            # A second, unasked-for answer in the same packet as the real one.
+            writer.write(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!")
+        await reader.read()
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state)
+            assert await fetch(client, outbound("HEAD", b"")) == (200, b"")
+            assert await fetch(client, outbound()) == (200, b"{}")
+            assert await fetch(client, outbound()) == (200, b"{}")
+            await client.aclose()
+        # Neither a HEAD answer nor a connection that carried stray bytes is used again.
+        assert state.connections == 3
+
+    run(scenario)
+
+
+def test_interim_answers_close_delimited_bodies_and_broken_answers() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await read_request(reader, state)
+        script = [
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Kind: close\r\nConnection: close\r\n\r\nhello world",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..",
+            b"NOT HTTP AT ALL\r\n\r\n",
+        ]
+        writer.write(script[state.connections - 1])
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state)
+            response = await client.send(outbound())
+            assert (response.status, response.headers[0]) == (200, (b"X-Kind", b"close"))
+            assert b"".join([chunk async for chunk in response.body()]) == b"hello world"
+            await response.aclose()
+            cut = await client.send(outbound())
+            body = cut.body()
+            assert await anext(body) == b"only ten.."
+            with pytest.raises(UpstreamBroken, match="upstream connection lost"):
+                await anext(body)
+            await cut.aclose()
+            with pytest.raises(UpstreamUnavailable, match="malformed"):
+                await client.send(outbound())
+            await client.aclose()
+
+    run(scenario)
+
+
+def test_a_kept_alive_connection_found_closed_repeats_only_safe_requests() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await read_request(reader, state)
+        writer.write(OK)
+        if state.connections % 2 == 1:
+            # Close as the next request arrives, answering nothing (an idle close racing it).
+            await read_request(reader, state)
+            return
+        await answer_each(reader, writer, state)
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state)
+            assert await fetch(client, outbound()) == (200, b"{}")
+            assert await fetch(client, outbound("GET", b"")) == (200, b"{}")
+            assert state.connections == 2
+            await client.aclose()
+            client = upstream(state)
+            assert await fetch(client, outbound()) == (200, b"{}")
+            with pytest.raises(UpstreamUnavailable):
+                await fetch(client, outbound())
+            await client.aclose()
+        methods = [head.split(b" ")[0] for head, _ in state.requests]
+        # The GET went twice (the second time on a new connection); the failed POST once only.
+        assert methods == [b"POST", b"GET", b"GET", b"POST", b"POST"]
+
+    run(scenario)
+
+
+def test_a_slow_reader_pauses_the_upstream_and_loses_nothing() -> None:
+    size = 16 * 1024 * 1024
+    data = bytes(range(256)) * (size // 256)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await read_request(reader, state)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + data)
+        await writer.drain()
+        await reader.read()
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state)
+            response = await client.send(outbound())
+            for _ in range(400):  # bounded: until the client stops reading (or 4 s)
+                if response._paused:
+                    break
+                await asyncio.sleep(0.01)
+            assert response._paused
+            assert response._buffered < _HIGH_WATER + 512 * 1024
+            digest = hashlib.sha256()
+            async for chunk in response.body():
+                digest.update(chunk)
+            assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+            await response.aclose()
+            await client.aclose()
+
+    run(scenario)
+
+
+def test_the_connection_cap_queues_and_a_cancelled_request_frees_its_slot() -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        while True:
+            head, _ = await read_request(reader, state)
+            if b"x-request-id: hang" in head:
+                # The gateway gave up on this one: it must close the connection, not reuse it.
+                assert await reader.read() == b""
+                release.set()
+                return
+            writer.write(OK)
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state, connections=1)
+            first = asyncio.create_task(fetch(client, outbound()))
+            second = asyncio.create_task(fetch(client, outbound()))
+            assert list(await asyncio.gather(first, second)) == [(200, b"{}")] * 2
+            assert state.connections == 1
+            hanging = outbound()
+            hanging.headers = [(b"x-request-id", b"hang")]
+            waiting = asyncio.create_task(fetch(client, hanging))
+            for _ in range(400):  # bounded: until the server has the request (or 2 s)
+                if len(state.requests) == 3:
+                    break
+                await asyncio.sleep(0.005)
+            waiting.cancel()
+            await release.wait()
+            # The only slot is free again: a new connection carries the next request.
+            assert await fetch(client, outbound()) == (200, b"{}")
+            assert state.connections == 2
+            await client.aclose()
+
+    run(scenario)
+
+
+def test_an_upload_answered_before_it_is_complete_gets_that_answer() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno")
+        await writer.drain()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield b"x" * 1024 * 1024
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state)
+            assert await fetch(client, outbound(body=body())) == (400, b"no")
+            await client.aclose()
+
+    run(scenario)
