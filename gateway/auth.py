@@ -53,6 +53,13 @@ class Authenticator:
         self._clock = clock
         self._principals: dict[str, tuple[KeyRecord, Principal]] = {}
 
+    async def catch_up(self, headers: Headers) -> None:
+        """A well-formed key this server has not seen may be newer than its last look at the store."""
+        key = presented_key(headers)
+        key_id = keys.key_id_of(key) if key else None
+        if key_id and self._keyring.get(key_id) is None:
+            await self._keyring.catch_up()
+
     def authenticate(self, headers: Headers, address: str) -> Principal:
         self._throttle.check(address)
         key = presented_key(headers)
@@ -93,6 +100,7 @@ class AuthPolicy:
         self._authenticator = authenticator
 
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
+        await self._authenticator.catch_up(flow.headers)
         flow.principal = self._authenticator.authenticate(flow.headers, flow.client.ip)
 
     def finish(self, flow: Flow) -> None:

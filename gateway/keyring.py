@@ -3,7 +3,9 @@
 Lookups on the request path are a dict access: no database call, nothing that can block the
 event loop. A background task polls the store's change counter (written by the CLI) and reloads
 when it moves, so created, changed, revoked and rotated keys take effect within about one
-refresh interval. Last-use times are collected in memory and written in batches.
+refresh interval. A key id seen for the first time makes the server look at the change counter at
+once (at most every ``MISS_RECHECK`` seconds), so a key works the moment the CLI has printed it.
+Last-use times are collected in memory and written in batches.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from collections.abc import Callable
 
 from gateway.keystore import KeyRecord, KeyStore
 
+# Unknown key ids trigger at most this many store checks per second, whoever sends them.
+MISS_RECHECK = 0.1
+
 log = logging.getLogger("gateway.keys")
 
 
@@ -29,9 +34,34 @@ class Keyring:
         self._version = -1
         self._used: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
+        self._next_catch_up = 0.0
 
     def get(self, key_id: str) -> KeyRecord | None:
         return self._keys.get(key_id)
+
+    async def catch_up(self) -> None:
+        """Reload now if the store changed since the last poll (rate-limited; never raises)."""
+        now = time.monotonic()
+        if self._refreshing is None and now < self._next_catch_up:
+            return
+        self._next_catch_up = now + MISS_RECHECK
+        try:
+            await self._refreshed()
+        except sqlite3.Error as error:
+            log.warning("key store unavailable: %s", error)
+
+    async def _refreshed(self) -> None:
+        # One check at a time, shared by the poller and every request that asks meanwhile.
+        if self._refreshing is None:
+            self._refreshing = asyncio.get_running_loop().create_task(asyncio.to_thread(self._refresh))
+            self._refreshing.add_done_callback(self._refresh_done)
+        await asyncio.shield(self._refreshing)
+
+    def _refresh_done(self, task: asyncio.Task[None]) -> None:
+        self._refreshing = None
+        if not task.cancelled():
+            task.exception()  # read here, so an error nobody awaited is not reported twice
 
     def note_use(self, key_id: str) -> None:
         self._used[key_id] = time.time()
@@ -56,7 +86,7 @@ class Keyring:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                await asyncio.to_thread(self._refresh)
+                await self._refreshed()
                 await self._flush()
             except sqlite3.Error as error:
                 # Keep serving with the keys we have; the next round tries again.

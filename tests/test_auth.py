@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -14,7 +15,9 @@ import ollama
 import openai
 import pytest
 
+from gateway.keyring import MISS_RECHECK, Keyring
 from gateway.keystore import Scope
+from gateway.keystore.sqlite import SqliteKeyStore
 from tests.conftest import issue_key
 from tests.fake_ollama import FakeOllama
 from tests.servers import ROOT, RunningGateway
@@ -113,6 +116,45 @@ def test_gateway_endpoints_need_no_key_and_reveal_nothing(gateway: RunningGatewa
     for body in (health.text, ready.text):
         assert "llama" not in body
         assert "ogw_" not in body
+
+
+def test_a_new_key_works_at_once_and_unknown_ids_do_not_hammer_the_store(
+    make_gateway: Callable[..., RunningGateway], fake: FakeOllama, database_url: str
+) -> None:
+    # The poll is 5 s away: only the look-up on a miss can let the new key in.
+    gateway = make_gateway(key_refresh_interval=5)
+    key = issue_key(database_url, "fresh")
+    assert httpx.get(gateway.url + "/api/tags", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+async def test_unknown_key_ids_look_at_the_store_at_most_every_recheck_interval(database_url: str) -> None:
+    store = SqliteKeyStore(database_url)
+    checks = 0
+    version = store.version
+
+    def counted() -> int:
+        nonlocal checks
+        checks += 1
+        return version()
+
+    store.version = counted  # type: ignore[method-assign]
+    keyring = Keyring(lambda: store, refresh_interval=5)
+    await keyring.start()
+    try:
+        checks = 0
+        started = time.monotonic()
+        # Many requests with unknown ids at once share one check; a stream of them is rate-limited.
+        await asyncio.gather(*(keyring.catch_up() for _ in range(50)))
+        assert checks == 1
+        for _ in range(200):
+            await keyring.catch_up()
+        assert checks <= (time.monotonic() - started) / MISS_RECHECK + 1
+        key = issue_key(database_url, "late")
+        await asyncio.sleep(MISS_RECHECK)  # the rate limit's own interval, not synchronisation
+        await keyring.catch_up()
+        assert keyring.get(key.split("_")[1]) is not None
+    finally:
+        await keyring.close()
 
 
 def test_revocation_and_rotation_reach_a_running_server(
