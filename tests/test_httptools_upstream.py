@@ -291,3 +291,85 @@ def test_an_upload_answered_before_it_is_complete_gets_that_answer() -> None:
             await client.aclose()
 
     run(scenario)
+
+
+def test_an_abandoned_answer_never_hands_its_connection_on() -> None:
+    """A paused connection, or one under a half-sent body, must not carry the next request."""
+    # Its last byte is the one that fills the buffer past the mark: complete, and reading paused.
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (_HIGH_WATER + 1) + b"b" * (_HIGH_WATER + 1)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            state.requests.append((head, b""))
+            if head.startswith(b"POST /api/blobs/"):
+                # Answer at once, before the declared body has come, and keep the connection:
+                # whatever else arrives on it, the test looks at.
+                writer.write(OK)
+                state.requests.append((b"rest", await reader.read()))
+                return
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(big if b"x-request-id: big" in head else OK)
+
+    answered = asyncio.Event()
+
+    async def failing_body() -> AsyncIterator[bytes]:
+        yield b"a" * 10
+        await answered.wait()
+        raise ConnectionAbortedError("the client left")
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state, read_timeout=2.0)
+            response = await client.send(Outbound("POST", "/api/show", [(b"x-request-id", b"big")], b"{}"))
+            for _ in range(400):  # bounded: until the whole answer is in and reading paused
+                if response.complete:
+                    break
+                await asyncio.sleep(0.005)
+            assert response.complete
+            assert response._paused
+            await response.aclose()  # the relay gave up without reading it
+            assert await fetch(client, outbound()) == (200, b"{}")
+            upload = Outbound("POST", "/api/blobs/x", [(b"content-length", b"1000")], failing_body())
+            response = await client.send(upload)
+            assert response.status == 200
+            answered.set()
+            for _ in range(400):  # bounded: until the body writer has failed
+                if response.writer is None or response.writer.done():
+                    break
+                await asyncio.sleep(0.005)
+            await response.aclose()
+            assert await fetch(client, outbound()) == (200, b"{}")
+            await client.aclose()
+        heads = [head.split(b" ")[1] for head, _ in state.requests if head != b"rest"]
+        assert heads == [b"/api/show", b"/api/chat?x=1", b"/api/blobs/x", b"/api/chat?x=1"]
+        # The paused connection was dropped, so was the one under the half-sent body: after the
+        # upload's 10 bytes, its connection carried nothing more (the last request went elsewhere).
+        assert state.connections == 3
+        assert [rest for head, rest in state.requests if head == b"rest"] == [b"a" * 10]
+
+    run(scenario)
+
+
+def test_a_turn_passed_to_a_request_that_left_goes_to_the_next() -> None:
+    async def scenario() -> None:
+        async with serving(answer_each) as state:
+            client = upstream(state, connections=1)
+            holder = await client.send(outbound())
+            woken = asyncio.create_task(fetch(client, outbound()))
+            after = asyncio.create_task(fetch(client, outbound()))
+            for _ in range(400):  # bounded: until both wait for the only connection
+                if len(client._pool._waiting) == 2:
+                    break
+                await asyncio.sleep(0.005)
+            assert [chunk async for chunk in holder.body()] == [b"{}"]
+            await holder.aclose()  # wakes the first waiter...
+            woken.cancel()  # ...whose client leaves before it runs
+            started = asyncio.get_running_loop().time()
+            assert await after == (200, b"{}")
+            # Served by the freed connection at once, not after the 2 s slot timeout.
+            assert asyncio.get_running_loop().time() - started < 1.0
+            await client.aclose()
+
+    run(scenario)

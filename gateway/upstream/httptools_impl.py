@@ -95,9 +95,11 @@ class _Connection(asyncio.Protocol):
                 raise _Closed
 
     def close(self) -> None:
+        # abort(), not close(): nothing half-sent is worth flushing, and Ollama should see the
+        # connection end now, not after a stuck upload drains.
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
 
 class _Pool:
@@ -114,6 +116,7 @@ class _Pool:
         self._waiting: deque[asyncio.Future[None]] = deque()
 
     async def acquire(self, *, fresh: bool = False) -> _Connection:
+        deadline = asyncio.get_running_loop().time() + self._connect_timeout
         while True:
             while self._idle and not fresh:
                 # The most recently used first: the least likely to have been closed meanwhile.
@@ -127,37 +130,48 @@ class _Pool:
                 # A new connection is wanted and idle ones fill the cap: make room.
                 self.discard(self._idle.popleft())
                 continue
-            await self._slot()
+            await self._slot(deadline)
         self._open += 1
-        loop = asyncio.get_running_loop()
+        made: list[_Connection] = []
+
+        def connection() -> _Connection:
+            made.append(_Connection(self))
+            return made[0]
+
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self),
+                await asyncio.get_running_loop().create_connection(
+                    connection,
                     self._host,
                     self._port,
                     ssl=self._tls,
                     server_hostname=self._host if self._tls is not None else None,
                 )
-        except TimeoutError:
-            self._free()
-            raise UpstreamTimeout("upstream timed out") from None
-        except OSError as error:
-            self._free()
-            raise UpstreamUnavailable("upstream unavailable") from error
-        except BaseException:
-            self._free()
+        except BaseException as error:
+            # Give the slot back exactly once, whether or not the socket had been made.
+            if made:
+                self.discard(made[0])
+            else:
+                self._free()
+            if isinstance(error, TimeoutError):
+                raise UpstreamTimeout("upstream timed out") from None
+            if isinstance(error, OSError):
+                raise UpstreamUnavailable("upstream unavailable") from error
             raise
-        return conn
+        return made[0]
 
-    async def _slot(self) -> None:
+    async def _slot(self, deadline: float) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout_at(deadline):
                 await waiter
-        except TimeoutError:
-            raise UpstreamUnavailable("upstream connection limit reached") from None
+        except BaseException as error:
+            if waiter.done() and not waiter.cancelled():
+                self._wake()  # woken, but leaving before using the turn: pass it on
+            if isinstance(error, TimeoutError):
+                raise UpstreamUnavailable("upstream connection limit reached") from None
+            raise
         finally:
             if waiter in self._waiting:
                 self._waiting.remove(waiter)
@@ -226,11 +240,16 @@ class _Response:
         self.headers: Headers = []
         self.started = False
         self.complete = False
+        self.request_sent = False
         self.error: BaseException | None = None
         # The task writing a streamed request body, while it runs.
         self.writer: asyncio.Task[None] | None = None
 
     # The parser's callbacks.
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self._spurious()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.complete:
             self._spurious()
@@ -287,14 +306,20 @@ class _Response:
         self._last_read = self._loop.time()
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self._malformed()
+
+    def _malformed(self) -> None:
+        if self.complete:
+            self._spurious()  # junk after a complete answer: that answer stands
+        else:
             self._fail(UpstreamBroken("upstream sent a malformed response"))
 
     def ended(self, exc: Exception | None) -> None:
         """The upstream closed its side (EOF) or the connection is gone."""
         if self.complete or self.error is not None:
             return
-        if self.started and not self._framed:
+        if self.started and not self._framed and exc is None:
             # A body delimited by the connection's end (HTTP/1.0 style): this is its end.
             self._finish(keep_alive=False)
         elif self.started:
@@ -304,6 +329,7 @@ class _Response:
 
     def sent(self) -> None:
         """The request is fully written: from now on the upstream must keep answering."""
+        self.request_sent = True
         if self._read_timeout is not None and not self.complete and self.error is None:
             self._last_read = self._loop.time()
             self._timer = self._loop.call_at(self._last_read + self._read_timeout, self._check_idle)
@@ -386,7 +412,16 @@ class _Response:
             assert writer is not None
             writer.cancel()
         self._conn.exchange = None
-        if self.complete and self.error is None and self._keep_alive and not writing and not self._conn.closed:
+        reusable = (
+            self.complete
+            and self.request_sent  # a half-sent body would prefix the next request
+            and self.error is None
+            and self._keep_alive
+            and not self._paused  # nobody else would resume reading
+            and not self._chunks
+            and not self._conn.closed
+        )
+        if reusable and not writing:
             self._pool.release(self._conn)
         else:
             self._pool.discard(self._conn)
@@ -440,10 +475,11 @@ class HttptoolsUpstream:
                     raise UpstreamUnavailable("upstream unavailable") from None
                 response.sent()
             else:
-                declared = header(request.headers, b"content-length")
-                head = self._head(request, declared, chunked=declared is None)
+                length = header(request.headers, b"content-length")
+                declared = int(length) if length is not None and length.isdigit() else None
+                head = self._head(request, None if declared is None else b"%d" % declared, chunked=declared is None)
                 response.writer = asyncio.get_running_loop().create_task(
-                    self._write_body(conn, response, head, body, chunked=declared is None)
+                    self._write_body(conn, response, head, body, declared=declared)
                 )
                 response.writer.add_done_callback(response.writer_done)
             while not response.started:
@@ -466,12 +502,27 @@ class HttptoolsUpstream:
             raise
 
     async def _write_body(
-        self, conn: _Connection, response: _Response, head: bytes, body: AsyncIterable[bytes], *, chunked: bool
+        self,
+        conn: _Connection,
+        response: _Response,
+        head: bytes,
+        body: AsyncIterable[bytes],
+        *,
+        declared: int | None,
     ) -> None:
+        chunked = declared is None
         await conn.write(head, self._write_timeout)
+        written = 0
         async for piece in body:
             if piece:
+                written += len(piece)
+                if declared is not None and written > declared:
+                    break
                 await conn.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece, self._write_timeout)
+        if declared is not None and written != declared:
+            # Never let a body run past (or stop short of) its framing: the bytes would be read
+            # as (part of) another request on this connection.
+            raise UpstreamBroken("request body does not match its content-length")
         if chunked:
             await conn.write(b"0\r\n\r\n", self._write_timeout)
         response.sent()
