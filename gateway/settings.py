@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     write_timeout: float = Field(default=60.0, ge=0)
     upstream_max_connections: int = Field(default=1000, ge=1)
     # The HTTP client that talks to Ollama (see README, Performance).
-    upstream_client: Literal["httptools", "aiohttp", "httpx"] = "httptools"
+    upstream_client: Literal["httptools", "httpx"] = "httptools"
 
     # JSON request bodies (everything except /api/blobs uploads) larger than this get a 413.
     max_body_bytes: int = Field(default=100 * MiB, ge=1024)

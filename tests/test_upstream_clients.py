@@ -12,7 +12,7 @@ import pytest
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
 from tests.servers import RunningGateway, free_port, raw_post
 
-pytestmark = [pytest.mark.timeout(20), pytest.mark.parametrize("client", ["httptools", "aiohttp", "httpx"])]
+pytestmark = [pytest.mark.timeout(20), pytest.mark.parametrize("client", ["httptools", "httpx"])]
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -46,7 +46,7 @@ def open_upstream(
     write_timeout: float | None,
     max_connections: int,
 ) -> Upstream:
-    """The upstream client named by settings (the other library is never imported)."""
+    """The upstream client named by settings (the other one is never imported)."""
     if client == "httpx":
         from gateway.upstream.httpx_impl import HttpxUpstream
 
@@ -56,12 +56,6 @@ def open_upstream(
             read_timeout=read_timeout,
             write_timeout=write_timeout,
             max_connections=max_connections,
-        )
-    if client == "aiohttp":
-        from gateway.upstream.aiohttp_impl import AiohttpUpstream
-
-        return AiohttpUpstream(
-            base_url, connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=max_connections
         )
     from gateway.upstream.httptools_impl import HttptoolsUpstream
 
