@@ -8,6 +8,7 @@ Request bodies (prompts) are logged only for the keys the ``log_prompts`` settin
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -17,12 +18,19 @@ from typing import Any
 from gateway.record import RequestRecord
 
 _PROMPT_LIMIT = 16_384
+# One encoder for every line (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _iso(timestamp: float) -> str:
-    # time.strftime is several times cheaper than datetime on the per-request path.
     whole = int(timestamp)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((timestamp - whole) * 1000):03d}Z"
+    return _second(whole) + f".{int((timestamp - whole) * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=2)
+def _second(whole: int) -> str:
+    # Formatted once per second, not once per request.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def fields(record: RequestRecord) -> dict[str, Any]:
@@ -73,7 +81,7 @@ class AccessLog:
         if record.request_body is not None and self.wants_prompt(record.key_name):
             line["request_body"] = record.request_body[:_PROMPT_LIMIT].decode("utf-8", "replace")
         if self._json:
-            self._write(json.dumps(line, separators=(",", ":"), ensure_ascii=False))
+            self._write(_ENCODER.encode(line))
             return
         tokens = (
             f" tokens={record.prompt_tokens}+{record.completion_tokens}" if record.route_class == "inference" else ""

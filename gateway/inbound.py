@@ -34,34 +34,31 @@ class Inbound:
     async def stream(self, limit: int | None) -> AsyncIterator[bytes]:
         """The request body, chunk by chunk as it arrives; ``BodyTooLarge`` past ``limit``."""
         while not self._body_done:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.gone = True
-                raise ClientDisconnected
-            chunk: bytes = message.get("body", b"")
+            chunk = await self._piece(limit)
             if chunk:
-                self.bytes_in += len(chunk)
-                if limit is not None and self.bytes_in > limit:
-                    raise BodyTooLarge(f"request body is larger than {limit} bytes")
                 yield chunk
-            if not message.get("more_body", False):
-                self._body_done = True
-                self._start_watcher()
-
-    async def coalesced(self, size: int) -> AsyncIterator[bytes]:
-        """The body in pieces of about ``size`` bytes: far fewer writes for a multi-GB upload
-        (uvicorn hands it over in pieces of at most 64 KiB). Memory stays bounded by ``size``."""
-        pending = bytearray()
-        async for chunk in self.stream(None):
-            pending += chunk
-            if len(pending) >= size:
-                yield bytes(pending)
-                pending.clear()
-        if pending:
-            yield bytes(pending)
 
     async def read(self, limit: int) -> bytes:
-        return b"".join([chunk async for chunk in self.stream(limit)])
+        pieces = []
+        while not self._body_done:
+            pieces.append(await self._piece(limit))
+        # Most bodies arrive in one piece: no copy then.
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _piece(self, limit: int | None) -> bytes:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.gone = True
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            self.bytes_in += len(chunk)
+            if limit is not None and self.bytes_in > limit:
+                raise BodyTooLarge(f"request body is larger than {limit} bytes")
+        if not message.get("more_body", False):
+            self._body_done = True
+            self._start_watcher()
+        return chunk
 
     def watch(self) -> None:
         """Cancel the current task if the client disconnects (from when the body is complete)."""

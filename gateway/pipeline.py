@@ -40,7 +40,6 @@ class Policy(Protocol):
 Sink = Callable[[RequestRecord], None]
 
 _SAFE_PATH_CHARS = "/:@!$&'()*+,;=-._~"
-_UPLOAD_PIECE = 1024 * 1024
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
 _UNCHECKED = Route("invalid", RouteClass.ADMIN, Dialect.NATIVE)
 _UNCHECKED_OPENAI = Route("invalid", RouteClass.ADMIN, Dialect.OPENAI)
@@ -163,7 +162,7 @@ class Forwarder:
             return flow.body
         if not has_body:
             return b""
-        return inbound.stream(limit) if limit is not None else inbound.coalesced(_UPLOAD_PIECE)
+        return inbound.stream(limit)
 
     async def _preflight(self, flow: Flow, origin: bytes, rid: bytes, send: Send) -> None:
         assert self._cors is not None

@@ -25,6 +25,7 @@ from gateway.upstream import Outbound
 
 # Bytes of response held for a slow client before the upstream socket stops being read.
 _HIGH_WATER = 1024 * 1024
+_WRITE_HIGH_WATER = 4 * 1024 * 1024
 # Methods whose request may be sent again if a kept-alive connection turned out to be closed.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 # Methods that carry no body unless one is given (no "content-length: 0" for them).
@@ -50,6 +51,9 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but have its interface.
         self.transport = cast(asyncio.Transport, transport)
+        # Room for a few upload pieces in flight, so reading the client's next piece overlaps
+        # with the kernel sending this one (the default 64 KiB stops the relay at every piece).
+        self.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
         if self.exchange is None:
