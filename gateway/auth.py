@@ -53,17 +53,24 @@ class Authenticator:
         self._clock = clock
         self._principals: dict[str, tuple[KeyRecord, Principal]] = {}
 
-    async def catch_up(self, headers: Headers) -> None:
-        """A well-formed key this server has not seen may be newer than its last look at the store."""
-        key = presented_key(headers)
-        key_id = keys.key_id_of(key) if key else None
-        if key_id and self._keyring.get(key_id) is None:
-            await self._keyring.catch_up()
-
-    def authenticate(self, headers: Headers, address: str) -> Principal:
+    async def authenticate(self, headers: Headers, address: str) -> Principal:
         self._throttle.check(address)
         key = presented_key(headers)
         key_id = keys.key_id_of(key) if key else None
+        record = self._valid(key, key_id)
+        if record is None and key is not None and key_id is not None:
+            # A key created or rotated a moment ago may be newer than this server's last look at
+            # the store: look again (shared and rate-limited by the keyring) before refusing.
+            await self._keyring.catch_up()
+            record = self._valid(key, key_id)
+        if record is None:
+            self._throttle.failed(address)
+            raise Unauthorized(_MESSAGE, headers=CHALLENGE)
+        self._throttle.succeeded(address)
+        self._keyring.note_use(record.id)
+        return self._principal(record)
+
+    def _valid(self, key: str | None, key_id: str | None) -> KeyRecord | None:
         record = self._keyring.get(key_id) if key_id else None
         if (
             key is None
@@ -72,11 +79,8 @@ class Authenticator:
             or record.revoked
             or (record.expires_at is not None and record.expires_at <= self._clock())
         ):
-            self._throttle.failed(address)
-            raise Unauthorized(_MESSAGE, headers=CHALLENGE)
-        self._throttle.succeeded(address)
-        self._keyring.note_use(record.id)
-        return self._principal(record)
+            return None
+        return record
 
     def _principal(self, record: KeyRecord) -> Principal:
         cached = self._principals.get(record.id)
@@ -100,8 +104,7 @@ class AuthPolicy:
         self._authenticator = authenticator
 
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
-        await self._authenticator.catch_up(flow.headers)
-        flow.principal = self._authenticator.authenticate(flow.headers, flow.client.ip)
+        flow.principal = await self._authenticator.authenticate(flow.headers, flow.client.ip)
 
     def finish(self, flow: Flow) -> None:
         pass

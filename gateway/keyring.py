@@ -19,8 +19,11 @@ from collections.abc import Callable
 
 from gateway.keystore import KeyRecord, KeyStore
 
-# Unknown key ids trigger at most this many store checks per second, whoever sends them.
+# Unknown key ids trigger at most one store check per this many seconds, whoever sends them.
 MISS_RECHECK = 0.1
+# A store that cannot be read (locked, gone) or holds a record this version cannot read (written
+# by a newer CLI): keep serving the keys already loaded.
+_STORE_ERRORS = (sqlite3.Error, ValueError)
 
 log = logging.getLogger("gateway.keys")
 
@@ -41,14 +44,19 @@ class Keyring:
         return self._keys.get(key_id)
 
     async def catch_up(self) -> None:
-        """Reload now if the store changed since the last poll (rate-limited; never raises)."""
-        now = time.monotonic()
-        if self._refreshing is None and now < self._next_catch_up:
-            return
-        self._next_catch_up = now + MISS_RECHECK
+        """Reload if the store changed since the last look (shared, at most every MISS_RECHECK s)."""
+        wait = self._next_catch_up - time.monotonic()
+        if self._refreshing is None and wait > 0:
+            # Looked a moment ago, perhaps before the key was committed: wait for the next look
+            # (shared by everyone waiting) rather than answer from that view.
+            await asyncio.sleep(wait)
+        if self._refreshing is None:
+            if time.monotonic() < self._next_catch_up:
+                return  # a look that began after we arrived has just finished
+            self._next_catch_up = time.monotonic() + MISS_RECHECK
         try:
             await self._refreshed()
-        except sqlite3.Error as error:
+        except _STORE_ERRORS as error:
             log.warning("key store unavailable: %s", error)
 
     async def _refreshed(self) -> None:
@@ -77,6 +85,9 @@ class Keyring:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._refreshing is not None:
+            # A look a request started runs in a thread: let it finish before the store closes.
+            await asyncio.wait([self._refreshing])
         if self._store is not None:
             await self._flush()
             self._store.close()
@@ -88,7 +99,7 @@ class Keyring:
             try:
                 await self._refreshed()
                 await self._flush()
-            except sqlite3.Error as error:
+            except _STORE_ERRORS as error:
                 # Keep serving with the keys we have; the next round tries again.
                 log.warning("key store unavailable: %s", error)
 

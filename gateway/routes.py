@@ -50,8 +50,7 @@ def metrics_router(metrics: Metrics, authenticator: Authenticator | None) -> API
     async def metrics_endpoint(request: Request) -> Response:
         if authenticator is not None:
             try:
-                await authenticator.catch_up(request.scope["headers"])
-                principal = authenticator.authenticate(
+                principal = await authenticator.authenticate(
                     request.scope["headers"], request.client.host if request.client else ""
                 )
                 if Scope.ADMIN not in principal.scopes:

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
             raise ValueError("must be sqlite:///<path> (e.g. sqlite:////data/gateway.db)")
         return value
 
+    @field_validator("upstream_client", mode="before")
+    @classmethod
+    def _former_client(cls, value: object) -> object:
+        # "aiohttp" was a choice in earlier versions; its successor keeps such settings starting.
+        return "httptools" if isinstance(value, str) and value.strip().lower() == "aiohttp" else value
+
     @field_validator("default_rpm", "default_tpm", "default_tpd", "default_concurrency", mode="before")
     @classmethod
     def _unlimited(cls, value: object) -> object:

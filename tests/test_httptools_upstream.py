@@ -373,3 +373,19 @@ def test_a_turn_passed_to_a_request_that_left_goes_to_the_next() -> None:
             await client.aclose()
 
     run(scenario)
+
+
+def test_an_early_answer_to_a_large_buffered_body_is_relayed() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state)
+            # Far more than the socket and the write buffer hold, never read by the upstream.
+            assert await fetch(client, outbound(body=b"x" * 32 * 1024 * 1024)) == (413, b"no")
+            await client.aclose()
+
+    run(scenario)

@@ -26,6 +26,11 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.trusted_proxies == ("10.0.0.0/8", "192.168.1.1")
 
 
+def test_the_former_upstream_client_name_still_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_UPSTREAM_CLIENT", "aiohttp")
+    assert Settings(_env_file=None).upstream_client == "httptools"  # type: ignore[call-arg]
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [

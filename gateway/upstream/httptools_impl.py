@@ -85,10 +85,23 @@ class _Connection(asyncio.Protocol):
         if drained is not None and not drained.done():
             drained.set_result(None)
 
-    async def write(self, data: bytes, limit: float | None) -> None:
-        if self.closed or self.transport is None or self.transport.is_closing():
-            raise _Closed
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    def idle_writer(self) -> bool:
+        """Everything written has left for the socket (nothing half-sent would prefix a reuse)."""
+        return self.transport is not None and self.transport.get_write_buffer_size() == 0
+
+    def send(self, data: bytes) -> bool:
+        if not self.usable():
+            return False
+        assert self.transport is not None
         self.transport.write(data)
+        return True
+
+    async def write(self, data: bytes, limit: float | None) -> None:
+        if not self.send(data):
+            raise _Closed
         if self._drained is not None:
             try:
                 async with asyncio.timeout(limit):
@@ -118,6 +131,7 @@ class _Pool:
         self._idle: deque[_Connection] = deque()
         self._open = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
+        self._closed = False
 
     async def acquire(self, *, fresh: bool = False) -> _Connection:
         deadline = asyncio.get_running_loop().time() + self._connect_timeout
@@ -125,7 +139,7 @@ class _Pool:
             while self._idle and not fresh:
                 # The most recently used first: the least likely to have been closed meanwhile.
                 conn = self._idle.pop()
-                if not conn.closed:
+                if conn.usable():
                     conn.reused = True
                     return conn
             if self._open < self._limit:
@@ -183,6 +197,9 @@ class _Pool:
     def release(self, conn: _Connection) -> None:
         """The exchange ended cleanly: keep the connection for the next one."""
         conn.exchange = None
+        if self._closed:
+            self.discard(conn)
+            return
         if conn.closed:
             return
         self._idle.append(conn)
@@ -200,6 +217,7 @@ class _Pool:
         self._drop(conn)
 
     def close(self) -> None:
+        self._closed = True
         while self._idle:
             self.discard(self._idle.pop())
 
@@ -423,7 +441,8 @@ class _Response:
             and self._keep_alive
             and not self._paused  # nobody else would resume reading
             and not self._chunks
-            and not self._conn.closed
+            and self._conn.usable()
+            and self._conn.idle_writer()
         )
         if reusable and not writing:
             self._pool.release(self._conn)
@@ -473,10 +492,11 @@ class HttptoolsUpstream:
             body = request.body
             if isinstance(body, bytes):
                 length = None if not body and request.method in _BODILESS else str(len(body)).encode()
-                try:
-                    await conn.write(self._head(request, length) + body, self._write_timeout)
-                except _Closed:
-                    raise UpstreamUnavailable("upstream unavailable") from None
+                # Handed to the transport whole, not awaited: Ollama may answer (413, an error)
+                # before it has read a large body, and that answer must win. A connection with
+                # bytes still unsent is never reused (see aclose).
+                if not conn.send(self._head(request, length) + body):
+                    raise UpstreamUnavailable("upstream unavailable")
                 response.sent()
             else:
                 length = header(request.headers, b"content-length")
