@@ -35,16 +35,20 @@ async def test_parallel_requests_against_rpm_are_exact(
     key = issue_key(database_url, "fifty", limits=Limits(rpm=50))
     gateway = make_gateway(upstream_concurrency=0)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    started = time.monotonic()
     async with httpx.AsyncClient(base_url=gateway.url, headers=_bearer(key), limits=limits, timeout=20) as client:
         responses = await asyncio.gather(*(client.get("/api/version") for _ in range(200)))
+    # The bucket refills one request every 1.2 s: a slow machine may legitimately see one more.
+    refilled = int((time.monotonic() - started) * 50 / 60)
     statuses = [response.status_code for response in responses]
-    assert statuses.count(200) == 50
-    assert statuses.count(429) == 150
+    admitted = statuses.count(200)
+    assert 50 <= admitted <= 50 + refilled
+    assert statuses.count(429) == 200 - admitted
     refused = next(response for response in responses if response.status_code == 429)
     assert refused.json() == {"error": "rate limit reached: 50 requests per minute"}
     assert 1 <= int(refused.headers["retry-after"]) <= 2
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
-    assert len(fake.requests) == 50
+    assert len(fake.requests) == admitted
 
 
 def test_token_budget_is_charged_from_real_counts(
@@ -149,6 +153,10 @@ def test_openai_sdk_retries_a_429_and_succeeds(
     with httpx.Client(base_url=gateway.url, headers=_bearer(key)) as client:
         for _ in range(30):
             assert client.get("/api/version").status_code == 200
+        # Empty the bucket for sure (it refills while a slow machine sends the 30).
+        for _ in range(10):
+            if client.get("/api/version").status_code == 429:
+                break
     statuses: list[int] = []
     http_client = openai.DefaultHttpxClient(
         event_hooks={"response": [lambda response: statuses.append(response.status_code)]}

@@ -164,8 +164,10 @@ async def test_backends_answer_a_sequence_alike(
 async def test_a_burst_larger_than_the_pool_is_exact(
     redis_url: str, open_redis_limiters: Callable[..., RedisLimiter]
 ) -> None:
-    first = open_redis_limiters(redis_url, max_connections=4)
-    second = open_redis_limiters(redis_url, max_connections=4)
+    # Socket timeouts wide enough that a slow, shared machine is never mistaken for an outage
+    # (the queue for a pooled connection may wait up to four of them).
+    first = open_redis_limiters(redis_url, max_connections=4, socket_timeout=2.0)
+    second = open_redis_limiters(redis_url, max_connections=4, socket_timeout=2.0)
     await first.start()
     await second.start()
     quota = Quota(rpm=50)

@@ -5,7 +5,8 @@ the answer untouched, so a general-purpose client's per-request machinery (URL o
 redirect, proxy and header bookkeeping) is pure cost: aiohttp spent ~0.26 ms of CPU per small
 request where writing the bytes and parsing the answer cost ~0.03 ms (README, Performance).
 Parsing and framing stay in llhttp, the C parser uvicorn uses on the client side; this module
-writes the request, keeps the pool and applies flow control and timeouts.
+writes requests and reads answers (flow control, timeouts, reuse decisions); the connections and
+their pool are in ``connections.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -22,226 +22,20 @@ import httptools
 from gateway.errors import UpstreamBroken, UpstreamTimeout, UpstreamUnavailable
 from gateway.headers import Headers, header
 from gateway.upstream import Outbound
+from gateway.upstream.connections import Closed, Connection, Pool
 
 # Bytes of response held for a slow client before the upstream socket stops being read.
 _HIGH_WATER = 1024 * 1024
-_WRITE_HIGH_WATER = 4 * 1024 * 1024
 # Methods whose request may be sent again if a kept-alive connection turned out to be closed.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 # Methods that carry no body unless one is given (no "content-length: 0" for them).
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
-class _Closed(Exception):
-    """The connection closed under a write (the reason reaches the exchange by itself)."""
-
-
-class _Connection(asyncio.Protocol):
-    """One TCP connection to Ollama; carries one exchange at a time."""
-
-    def __init__(self, pool: _Pool) -> None:
-        self._pool = pool
-        self.transport: asyncio.Transport | None = None
-        self.exchange: _Response | None = None
-        self.closed = False
-        self.reused = False
-        self.counted = True  # holds one of the pool's connection slots
-        self._drained: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, but have its interface.
-        self.transport = cast(asyncio.Transport, transport)
-        # Room for a few upload pieces in flight, so reading the client's next piece overlaps
-        # with the kernel sending this one (the default 64 KiB stops the relay at every piece).
-        self.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        if self.exchange is None:
-            # Bytes nobody asked for: the connection can no longer be trusted with framing.
-            self.close()
-            return
-        self.exchange.feed(data)
-
-    def eof_received(self) -> bool:
-        if self.exchange is not None:
-            self.exchange.ended(None)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.exchange is not None:
-            self.exchange.ended(exc)
-        drained, self._drained = self._drained, None
-        if drained is not None and not drained.done():
-            drained.set_result(None)  # the writer finds the connection closed
-        self._pool.forget(self)
-
-    def pause_writing(self) -> None:
-        if self._drained is None:
-            self._drained = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        drained, self._drained = self._drained, None
-        if drained is not None and not drained.done():
-            drained.set_result(None)
-
-    def usable(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
-
-    def idle_writer(self) -> bool:
-        """Everything written has left for the socket (nothing half-sent would prefix a reuse)."""
-        return self.transport is not None and self.transport.get_write_buffer_size() == 0
-
-    def send(self, data: bytes) -> bool:
-        if not self.usable():
-            return False
-        assert self.transport is not None
-        self.transport.write(data)
-        return True
-
-    async def write(self, data: bytes, limit: float | None) -> None:
-        if not self.send(data):
-            raise _Closed
-        if self._drained is not None:
-            try:
-                async with asyncio.timeout(limit):
-                    await asyncio.shield(self._drained)
-            except TimeoutError:
-                raise UpstreamTimeout("upstream timed out") from None
-            if self.closed:
-                raise _Closed
-
-    def close(self) -> None:
-        # abort(), not close(): nothing half-sent is worth flushing, and Ollama should see the
-        # connection end now, not after a stuck upload drains.
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-
-
-class _Pool:
-    """Idle kept-alive connections, and a cap on how many may be open at once."""
-
-    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, *, limit: int, connect_timeout: float) -> None:
-        self._host = host
-        self._port = port
-        self._tls = tls
-        self._limit = limit
-        self._connect_timeout = connect_timeout
-        self._idle: deque[_Connection] = deque()
-        self._open = 0
-        self._waiting: deque[asyncio.Future[None]] = deque()
-        self._closed = False
-
-    async def acquire(self, *, fresh: bool = False) -> _Connection:
-        deadline = asyncio.get_running_loop().time() + self._connect_timeout
-        while True:
-            while self._idle and not fresh:
-                # The most recently used first: the least likely to have been closed meanwhile.
-                conn = self._idle.pop()
-                if conn.usable():
-                    conn.reused = True
-                    return conn
-            if self._open < self._limit:
-                break
-            if self._idle:
-                # A new connection is wanted and idle ones fill the cap: make room.
-                self.discard(self._idle.popleft())
-                continue
-            await self._slot(deadline)
-        self._open += 1
-        made: list[_Connection] = []
-
-        def connection() -> _Connection:
-            made.append(_Connection(self))
-            return made[0]
-
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                await asyncio.get_running_loop().create_connection(
-                    connection,
-                    self._host,
-                    self._port,
-                    ssl=self._tls,
-                    server_hostname=self._host if self._tls is not None else None,
-                )
-        except BaseException as error:
-            # Give the slot back exactly once, whether or not the socket had been made.
-            if made:
-                self.discard(made[0])
-            else:
-                self._free()
-            if isinstance(error, TimeoutError):
-                raise UpstreamTimeout("upstream timed out") from None
-            if isinstance(error, OSError):
-                raise UpstreamUnavailable("upstream unavailable") from error
-            raise
-        return made[0]
-
-    async def _slot(self, deadline: float) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
-        try:
-            async with asyncio.timeout_at(deadline):
-                await waiter
-        except BaseException as error:
-            if waiter.done() and not waiter.cancelled():
-                self._wake()  # woken, but leaving before using the turn: pass it on
-            if isinstance(error, TimeoutError):
-                raise UpstreamUnavailable("upstream connection limit reached") from None
-            raise
-        finally:
-            if waiter in self._waiting:
-                self._waiting.remove(waiter)
-
-    def release(self, conn: _Connection) -> None:
-        """The exchange ended cleanly: keep the connection for the next one."""
-        conn.exchange = None
-        if self._closed:
-            self.discard(conn)
-            return
-        if conn.closed:
-            return
-        self._idle.append(conn)
-        self._wake()
-
-    def discard(self, conn: _Connection) -> None:
-        """Close a connection that is half-used or broken (that is how Ollama learns to stop)."""
-        conn.close()
-        self._drop(conn)
-
-    def forget(self, conn: _Connection) -> None:
-        """The connection closed (either side)."""
-        if conn in self._idle:
-            self._idle.remove(conn)
-        self._drop(conn)
-
-    def close(self) -> None:
-        self._closed = True
-        while self._idle:
-            self.discard(self._idle.pop())
-
-    def _drop(self, conn: _Connection) -> None:
-        if conn.counted:
-            conn.counted = False
-            self._free()
-
-    def _free(self) -> None:
-        self._open -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-
 class _Response:
     """One exchange: the parser's callbacks on one side, the relay's body iterator on the other."""
 
-    def __init__(self, pool: _Pool, conn: _Connection, method: str, read_timeout: float | None) -> None:
+    def __init__(self, pool: Pool, conn: Connection, method: str, read_timeout: float | None) -> None:
         self._pool = pool
         self._conn = conn
         self._loop = asyncio.get_running_loop()
@@ -402,7 +196,7 @@ class _Response:
         error = None if task.cancelled() else task.exception()
         if error is not None and self.started and not self.complete and self.error is None:
             # The answer had begun (Ollama may answer before the body is complete): end it.
-            self._fail(error if not isinstance(error, _Closed) else UpstreamBroken("upstream connection lost"))
+            self._fail(error if not isinstance(error, Closed) else UpstreamBroken("upstream connection lost"))
         self._wake()
 
     # The relay's side (the UpstreamResponse protocol).
@@ -468,7 +262,7 @@ class HttptoolsUpstream:
         self._host = parts.netloc.encode("ascii")
         self._read_timeout = read_timeout
         self._write_timeout = write_timeout
-        self._pool = _Pool(host, port, tls, limit=max_connections, connect_timeout=connect_timeout)
+        self._pool = Pool(host, port, tls, limit=max_connections, connect_timeout=connect_timeout)
 
     async def send(self, request: Outbound) -> _Response:
         fresh = False
@@ -486,7 +280,7 @@ class HttptoolsUpstream:
                 continue
             return response
 
-    async def _exchange(self, conn: _Connection, response: _Response, request: Outbound) -> None:
+    async def _exchange(self, conn: Connection, response: _Response, request: Outbound) -> None:
         conn.exchange = response
         try:
             body = request.body
@@ -513,7 +307,7 @@ class HttptoolsUpstream:
                 if writer is not None and writer.done():
                     response.writer = None
                     error = writer.exception()
-                    if error is not None and not isinstance(error, _Closed):
+                    if error is not None and not isinstance(error, Closed):
                         # The client's body failed (too large, client gone) or could not be sent in time.
                         raise error
                     continue
@@ -527,7 +321,7 @@ class HttptoolsUpstream:
 
     async def _write_body(
         self,
-        conn: _Connection,
+        conn: Connection,
         response: _Response,
         head: bytes,
         body: AsyncIterable[bytes],
@@ -568,5 +362,5 @@ class HttptoolsUpstream:
         self._pool.close()
 
 
-def _may_retry(conn: _Connection, response: _Response, request: Outbound) -> bool:
+def _may_retry(conn: Connection, response: _Response, request: Outbound) -> bool:
     return conn.reused and response.received == 0 and request.method in _IDEMPOTENT and isinstance(request.body, bytes)
