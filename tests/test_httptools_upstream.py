@@ -17,7 +17,7 @@ import pytest
 import uvloop
 
 from gateway.errors import UpstreamBroken, UpstreamUnavailable
-from gateway.upstream import Outbound
+from gateway.upstream import Outbound, httptools_impl
 from gateway.upstream.httptools_impl import _HIGH_WATER, HttptoolsUpstream
 
 pytestmark = pytest.mark.timeout(20)
@@ -386,6 +386,39 @@ def test_an_early_answer_to_a_large_buffered_body_is_relayed() -> None:
             client = upstream(state)
             # Far more than the socket and the write buffer hold, never read by the upstream.
             assert await fetch(client, outbound(body=b"x" * 32 * 1024 * 1024)) == (413, b"no")
+            await client.aclose()
+
+    run(scenario)
+
+
+def test_a_request_given_up_before_its_answer_leaves_no_timer_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    exchanges: list[httptools_impl._Response] = []
+
+    class Recorded(httptools_impl._Response):
+        def sent(self) -> None:
+            exchanges.append(self)
+            super().sent()
+
+    monkeypatch.setattr(httptools_impl, "_Response", Recorded)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await read_request(reader, state)
+        await reader.read()  # never answers
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state, read_timeout=600.0)
+            waiting = asyncio.create_task(fetch(client, outbound()))
+            for _ in range(400):  # bounded: until the server has the request (or 2 s)
+                if state.requests:
+                    break
+                await asyncio.sleep(0.005)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            # An armed 600 s read timer would keep the abandoned exchange alive that long.
+            assert len(exchanges) == 1
+            assert exchanges[0]._timer is None
             await client.aclose()
 
     run(scenario)

@@ -313,10 +313,8 @@ class HttptoolsUpstream:
                     continue
                 await response.wait()
         except BaseException:
-            if response.writer is not None:
-                response.writer.cancel()
-            conn.exchange = None
-            self._pool.discard(conn)
+            # The same end as a relayed answer's: writer and read timer stopped, connection dropped.
+            await response.aclose()
             raise
 
     async def _write_body(
