@@ -45,6 +45,17 @@ class _KeyState:
     leases: set[str] = field(default_factory=set)
 
 
+def _windows(state: _KeyState, quota: Quota) -> tuple[Window | None, Window | None]:
+    requests = state.requests.window(quota.rpm) if state.requests and quota.rpm is not None else None
+    tokens = state.tokens.window(quota.tpm) if state.tokens and quota.tpm is not None else None
+    return requests, tokens
+
+
+def _refused(state: _KeyState, quota: Quota, message: str, wait: float, *, can_wait: bool = True) -> RateLimited:
+    # The windows as they stand (nothing was charged), for the 429's headers.
+    return refusal(message, wait, *_windows(state, quota), can_wait=can_wait)
+
+
 def utc_day(timestamp: float) -> int:
     """Days since the epoch, UTC (what Redis's script computes too)."""
     return int(timestamp // SECONDS_PER_DAY)
@@ -91,43 +102,36 @@ class MemoryLimiter:
         now, wall = self._clock(), self._wall()
         state = self._state(key, quota, now)
         minute = tokens if quota.tpm is None else min(tokens, quota.tpm)
-
-        def refused(message: str, wait: float, *, can_wait: bool = True) -> RateLimited:
-            # The windows as they stand (nothing was charged), for the 429's headers.
-            return refusal(message, wait, *self._windows(state, quota), can_wait=can_wait)
-
         if quota.concurrency is not None and state.in_flight >= quota.concurrency:
-            raise refused(f"too many concurrent requests for this key (limit {quota.concurrency})", 1.0)
+            raise _refused(state, quota, f"too many concurrent requests for this key (limit {quota.concurrency})", 1.0)
         if state.requests is not None and quota.rpm is not None and state.requests.level < 1:
             wait = (1 - state.requests.level) * SECONDS_PER_MINUTE / max(quota.rpm, 1)
-            raise refused(f"rate limit reached: {quota.rpm} requests per minute", wait)
+            raise _refused(state, quota, f"rate limit reached: {quota.rpm} requests per minute", wait)
         if state.tokens is not None and quota.tpm is not None and state.tokens.level < minute:
             wait = (minute - state.tokens.level) * SECONDS_PER_MINUTE / max(quota.tpm, 1)
-            raise refused(f"rate limit reached: {quota.tpm} tokens per minute", wait)
+            raise _refused(state, quota, f"rate limit reached: {quota.tpm} tokens per minute", wait)
         day = utc_day(wall)
         if state.day != day:
             state.day, state.day_used = day, 0
         daily = tokens if quota.tpd is None else min(tokens, quota.tpd)
         if quota.tpd is not None and state.day_used + daily > quota.tpd:
-            raise refused(
-                f"daily token budget spent ({quota.tpd} tokens per day)", seconds_to_midnight(wall), can_wait=False
+            raise _refused(
+                state,
+                quota,
+                f"daily token budget spent ({quota.tpd} tokens per day)",
+                seconds_to_midnight(wall),
+                can_wait=False,
             )
         if state.requests is not None:
             state.requests.level -= 1
         if state.tokens is not None:
             state.tokens.level -= minute
-        requests, token_window = self._windows(state, quota)
+        requests, token_window = _windows(state, quota)
         state.day_used += daily
         state.in_flight += 1
         lease = f"{key}:{next(self._ids)}"
         state.leases.add(lease)
         return Grant(lease, minute if quota.tpm is not None else 0, daily, day, requests, token_window)
-
-    @staticmethod
-    def _windows(state: _KeyState, quota: Quota) -> tuple[Window | None, Window | None]:
-        requests = state.requests.window(quota.rpm) if state.requests and quota.rpm is not None else None
-        tokens = state.tokens.window(quota.tpm) if state.tokens and quota.tpm is not None else None
-        return requests, tokens
 
     def settle(self, key: str, quota: Quota, grant: Grant, used: int) -> None:
         state = self._keys.get(key)

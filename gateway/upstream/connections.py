@@ -13,7 +13,6 @@ from typing import Protocol, cast
 
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 
-# Room for a few upload pieces in flight before a writer waits for the socket.
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 
 

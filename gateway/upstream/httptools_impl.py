@@ -61,14 +61,15 @@ class _Response:
         # The task writing a streamed request body, while it runs.
         self.writer: asyncio.Task[None] | None = None
 
-    # The parser's callbacks.
+    # The parser's callbacks. After the answer is complete they ignore everything: a second
+    # message begins with on_message_begin (marked there), and body bytes after a HEAD answer
+    # arrive on a connection already marked not to be reused.
     def on_message_begin(self) -> None:
         if self.complete:
             self._spurious()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.complete:
-            self._spurious()
             return
         self.headers.append((name, value))
         lowered = name.lower()
@@ -77,7 +78,6 @@ class _Response:
 
     def on_headers_complete(self) -> None:
         if self.complete:
-            self._spurious()
             return
         status = self._parser.get_status_code()
         if 100 <= status < 200:
@@ -95,7 +95,6 @@ class _Response:
 
     def on_body(self, body: bytes) -> None:
         if self.complete:
-            self._spurious()
             return
         self._chunks.append(body)
         self._buffered += len(body)
@@ -224,12 +223,12 @@ class _Response:
         self._stop_timer()
         writer = self.writer
         writing = writer is not None and not writer.done()
-        if writing:
-            assert writer is not None
+        if writer is not None and writing:
             writer.cancel()
         self._conn.exchange = None
         reusable = (
-            self.complete
+            not writing
+            and self.complete
             and self.request_sent  # a half-sent body would prefix the next request
             and self.error is None
             and self._keep_alive
@@ -238,7 +237,7 @@ class _Response:
             and self._conn.usable()
             and self._conn.idle_writer()
         )
-        if reusable and not writing:
+        if reusable:
             self._pool.release(self._conn)
         else:
             self._pool.discard(self._conn)
