@@ -3,8 +3,9 @@
 Lookups on the request path are a dict access: no database call, nothing that can block the
 event loop. A background task polls the store's change counter (written by the CLI) and reloads
 when it moves, so created, changed, revoked and rotated keys take effect within about one
-refresh interval. A key id seen for the first time makes the server look at the change counter at
-once (at most every ``MISS_RECHECK`` seconds), so a key works the moment the CLI has printed it.
+refresh interval. A key the server does not recognise (new, or rotated a moment ago) makes it look
+at the change counter before refusing (one shared look at most every ``MISS_RECHECK`` seconds),
+so a key works the moment the CLI has printed it.
 Last-use times are collected in memory and written in batches.
 """
 
@@ -39,19 +40,22 @@ class Keyring:
         self._task: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._next_catch_up = 0.0
+        self._looks = 0  # looks at the store begun so far
 
     def get(self, key_id: str) -> KeyRecord | None:
         return self._keys.get(key_id)
 
     async def catch_up(self) -> None:
         """Reload if the store changed since the last look (shared, at most every MISS_RECHECK s)."""
+        looks = self._looks
         wait = self._next_catch_up - time.monotonic()
         if self._refreshing is None and wait > 0:
             # Looked a moment ago, perhaps before the key was committed: wait for the next look
             # (shared by everyone waiting) rather than answer from that view.
             await asyncio.sleep(wait)
         if self._refreshing is None:
-            if time.monotonic() < self._next_catch_up:
+            # Counted, not timed: a timer may wake us a hair before the interval is over.
+            if self._looks != looks:
                 return  # a look that began after we arrived has just finished
             self._next_catch_up = time.monotonic() + MISS_RECHECK
         try:
@@ -62,6 +66,7 @@ class Keyring:
     async def _refreshed(self) -> None:
         # One check at a time, shared by the poller and every request that asks meanwhile.
         if self._refreshing is None:
+            self._looks += 1
             self._refreshing = asyncio.get_running_loop().create_task(asyncio.to_thread(self._refresh))
             self._refreshing.add_done_callback(self._refresh_done)
         await asyncio.shield(self._refreshing)
