@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import LimiterUnavailable, RateLimited
 from gateway.keystore import Limits
@@ -328,6 +329,55 @@ async def test_fail_closed_refuses_while_redis_is_away(
     own_redis.start()
     await _poll(lambda: limiter.status() == "ok")
     await limiter.acquire("c", Quota(rpm=5), 0)
+
+
+async def test_close_ends_the_maintainer_even_when_its_cancel_becomes_a_timeout(
+    own_redis: RedisServer, open_redis_limiters: Callable[..., RedisLimiter]
+) -> None:
+    # redis-py turns a cancel that meets its socket timeout into a TimeoutError; the maintainer
+    # takes that for an outage, so close() must not rely on the cancel alone.
+    limiter = open_redis_limiters(own_redis.url, retry_interval=0.05)
+    own_redis.kill()
+    await limiter.start()
+    assert limiter.status() == DEGRADED
+    pinging = asyncio.Event()
+    turned: list[bool] = []
+
+    async def ping_whose_cancel_times_out() -> bool:
+        pinging.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if turned:
+                raise  # only the first cancel is lost, so the fixture's close() ends a failed run
+            turned.append(True)
+            raise RedisTimeoutError("Timeout reading from redis") from None
+        return True
+
+    limiter._redis.ping = ping_whose_cancel_times_out  # type: ignore[union-attr,method-assign]
+    await asyncio.wait_for(pinging.wait(), WAIT)
+    closing = asyncio.get_running_loop().create_task(limiter.close())
+    done, _ = await asyncio.wait({closing}, timeout=WAIT)
+    assert done, "close() never returned: the maintainer outlived its cancel"
+    await closing
+
+
+async def test_close_survives_connections_that_cannot_close_cleanly(
+    redis_url: str, open_redis_limiters: Callable[..., RedisLimiter], caplog: pytest.LogCaptureFixture
+) -> None:
+    limiter = open_redis_limiters(redis_url)
+    await limiter.start()
+    assert limiter._redis is not None
+    really_close = limiter._redis.aclose
+
+    async def close_that_times_out(close_connection_pool: bool | None = None) -> None:
+        await really_close()
+        raise RedisTimeoutError("Timed out closing connection after 0.5")
+
+    limiter._redis.aclose = close_that_times_out  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="gateway.limits"):
+        await limiter.close()
+    assert "closed uncleanly: Timed out closing connection" in caplog.text
 
 
 # --- gateway processes ----------------------------------------------------------------------------

@@ -207,6 +207,7 @@ class RedisLimiter:
         self._local: set[str] = set()  # leases the fallback granted
         self._tasks: set[asyncio.Task[None]] = set()
         self._maintainer: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self) -> None:
         # A bounded pool that makes a burst wait its turn (a few milliseconds) rather than fail;
@@ -230,12 +231,17 @@ class RedisLimiter:
         self._maintainer = asyncio.get_running_loop().create_task(self._maintain())
 
     async def close(self) -> None:
+        self._closing = True
         if self._maintainer is not None:
             self._maintainer.cancel()
             await asyncio.gather(self._maintainer, return_exceptions=True)
         await self.flush()
         if self._redis is not None:
-            await self._redis.aclose()
+            try:
+                await self._redis.aclose()
+            except _UNREACHABLE as error:
+                # Shutting down either way; a connection that cannot say goodbye is dropped.
+                log.info("redis connections closed uncleanly: %s", str(error) or type(error).__name__)
 
     async def flush(self) -> None:
         """Wait for the settlements on their way to Redis (bounded by the socket timeouts)."""
@@ -357,7 +363,9 @@ class RedisLimiter:
     async def _maintain(self) -> None:
         """Find Redis again after an outage, renew running leases, notice an outage when idle."""
         renew_every = self._lease_ttl / 3
-        while True:
+        # Not only the cancel: redis-py turns a cancel that meets its own socket timeout into a
+        # TimeoutError, which looks like an outage here and would keep this loop alive.
+        while not self._closing:
             await asyncio.sleep(min(self._retry_interval, renew_every))
             assert self._redis is not None
             try:
