@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from gateway.app import Gateway, create_app
+from gateway.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 
 
@@ -19,9 +20,9 @@ def _options(settings: Settings) -> dict[str, Any]:
     return {
         "host": settings.host,
         "port": settings.port,
-        # uvloop and httptools when installed (uvicorn[standard]).
+        # uvloop when installed (uvicorn[standard]); uvicorn's httptools parser, bodies uncopied.
         "loop": "auto",
-        "http": "auto",
+        "http": GatewayHttpProtocol,
         "lifespan": "on",
         # Forwarded headers are handled by the gateway itself, from configured peers only.
         "proxy_headers": False,

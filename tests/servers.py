@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from gateway.app import Gateway, create_app
+from gateway.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +39,13 @@ class RunningGateway:
 
 @contextmanager
 def gateway_thread(settings: Settings) -> Iterator[RunningGateway]:
-    """The gateway app served by uvicorn (httptools, as in production) on a free loopback port."""
+    """The gateway app served by uvicorn (its protocol as in production) on a free loopback port."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=0,
-        http="httptools",
+        http=GatewayHttpProtocol,
         lifespan="on",
         log_level="warning",
         access_log=False,
