@@ -108,5 +108,10 @@ def serve(settings: Settings) -> int:
     config.load()
     _freeze_heap()
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-        runner.run(_serve_all(main, side))
+        try:
+            runner.run(_serve_all(main, side))
+        except KeyboardInterrupt:
+            # uvicorn re-raises the Ctrl-C it has already handled (shut down cleanly): no
+            # traceback for that; 130 is what a shell reports for a command ended by SIGINT.
+            return 130
     return 0 if main.started else 1

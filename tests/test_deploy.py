@@ -713,6 +713,19 @@ def test_container_command_serves_keeps_its_database_on_the_volume_and_drains_on
     assert {path.name for path in data.iterdir()} <= {"gateway.db", "gateway.db-wal", "gateway.db-shm"}
 
 
+@pytest.mark.timeout(60)
+def test_ctrl_c_shuts_down_cleanly_without_a_traceback(fake: FakeOllama, tmp_path: Path) -> None:
+    env = {"GATEWAY_UPSTREAM_URL": fake.url, "GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}"}
+    with gateway_process(env) as gateway:
+        assert httpx.get(gateway.url + "/healthz", timeout=5).status_code == 200
+        gateway.process.send_signal(signal.SIGINT)
+        assert gateway.process.wait(timeout=SHUTDOWN_GRACE) == 130
+        gateway.stderr.join(timeout=5)
+    log = "".join(gateway.stderr.lines)
+    assert "Application shutdown complete." in log
+    assert "Traceback" not in log
+
+
 # --- nginx in front, for real -----------------------------------------------------------------------
 
 
