@@ -5,7 +5,10 @@ uvicorn appends every body piece the parser delivers to a ``bytearray`` and give
 copies are most of the CPU a large upload costs (a 1 GiB blob: about half). Here a piece that
 arrives while nothing is waiting is stored as it is, and ``bytes(piece)`` is the piece itself, so
 it reaches the application without a copy; pieces arriving while one is already waiting are joined
-as before, which the flow control bounds to its 64 KiB high-water mark plus one read.
+in a bytearray as before, which the flow control bounds to its 64 KiB high-water mark plus one read.
+
+It replaces uvicorn's ``on_body`` outright, so the uvicorn version it was checked against is pinned
+(pyproject.toml): read the new ``on_body`` before widening the pin.
 """
 
 from __future__ import annotations
@@ -19,11 +22,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
-        if cycle.body:
-            cycle.body += body
-        else:
+        waiting: bytes | bytearray = cycle.body
+        if not waiting:
             # uvicorn types this a bytearray; receive() only needs bytes(body) and len().
             cycle.body = body  # type: ignore[assignment]
+        else:
+            if isinstance(waiting, bytes):
+                # Joining: grow a bytearray in place, as uvicorn does (bytes would be copied whole
+                # for every piece, quadratic over a read full of tiny chunks).
+                waiting = bytearray(waiting)
+            waiting += body
+            cycle.body = waiting
         if len(cycle.body) > HIGH_WATER_LIMIT:
             self.flow.pause_reading()
         cycle.message_event.set()

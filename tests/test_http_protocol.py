@@ -132,6 +132,24 @@ async def test_pieces_that_queue_up_arrive_joined_in_order_and_reading_pauses() 
     assert bytes(transport.written).startswith(b"HTTP/1.1 204")
 
 
+async def test_a_read_full_of_tiny_chunks_is_joined_in_place() -> None:
+    # A chunked body of 1-byte chunks: one parser callback per chunk, all within one read. Joining
+    # them into a new bytes object each time would copy the whole body per chunk.
+    app = _App()
+    protocol, _ = _protocol(app)
+    protocol.data_received(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await asyncio.wait_for(app.started.wait(), WAIT)
+    body = bytes(range(256)) * 8
+    protocol.data_received(b"".join(b"1\r\n%c\r\n" % byte for byte in body))
+    assert len(protocol.delivered) == len(body)
+    assert type(protocol.cycle.body) is bytearray  # grown in place, not rebuilt per chunk
+    message = await app.take()
+    assert type(message["body"]) is bytes
+    assert message["body"] == body
+    protocol.data_received(b"0\r\n\r\n")
+    assert (await app.take())["more_body"] is False
+
+
 def test_the_served_gateway_uses_it(database_url: str) -> None:
     settings = gateway_settings(database_url=database_url)
     config = uvicorn_config(settings, create_app(settings))

@@ -210,6 +210,7 @@ class RedisLimiter:
         self._closing = False
 
     async def start(self) -> None:
+        self._closing = False
         # A bounded pool that makes a burst wait its turn (a few milliseconds) rather than fail;
         # a wait as long as several socket timeouts means Redis is stuck, and counts as an outage.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -380,7 +381,8 @@ class RedisLimiter:
                     await self._redis.ping()
                     self._contact()
             except _UNREACHABLE as error:
-                self._lost(error)
+                if not self._closing:  # not a cancel that came out as a timeout
+                    self._lost(error)
 
     async def _renew(self) -> None:
         self._last_renewal = time.monotonic()
