@@ -61,13 +61,12 @@ class _Spy(GatewayHttpProtocol):
 
 
 class _App:
-    """Takes one ``receive()`` each time the test allows it; records what it was given."""
+    """Takes one ``receive()`` each time the test allows it, and hands over what it was given."""
 
     def __init__(self) -> None:
-        self.received: list[Message] = []
         self.started = asyncio.Event()
         self.turns: asyncio.Queue[None] = asyncio.Queue()
-        self.took = asyncio.Queue[Message]()
+        self.took: asyncio.Queue[Message] = asyncio.Queue()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.started.set()
