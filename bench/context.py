@@ -25,6 +25,7 @@ class Context:
     plan: Plan
     tag: str  # unique per harness run, for hang-up stream names
     warm_seconds: float
+    steal_lines: dict[str, str]  # role -> /proc/stat line, from the pinning
 
     def gateway(self) -> Target:
         return Target(GATEWAY, "127.0.0.1", self.server.port, self.server.key)
@@ -34,7 +35,8 @@ class Context:
 
     def meter(self, target: Target, watch: bool = False) -> Meter:
         """A meter for one run; ``watch`` samples the gateway's RSS (on gateway runs)."""
-        return Meter(self.pids(), self.server.pid if watch and target.name == GATEWAY else None)
+        watched = self.server.pid if watch and target.name == GATEWAY else None
+        return Meter(self.pids(), watched, steal=self.steal_lines)
 
     async def ready(self, name: str) -> Target:
         """The target for the next run: a gateway run gets a freshly started, warmed gateway.

@@ -3,6 +3,8 @@
 CPU is read for each role (gateway, upstream, load) so a reader can tell who saturated: a role at
 ~100 % of one core was the bottleneck. The gateway's RSS is sampled every ``every`` seconds
 during the window, and its kernel high-water mark is reset at the start where permitted.
+Hypervisor steal is read for the CPUs named in ``steal`` (role -> /proc/stat line), so a run a
+noisy neighbour slowed says so.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Window:
     rss_before_kb: int  # the watched process; 0 when none is watched
     rss_peak_kb: int
     others_ms: float  # everything else on the machine: other processes, kernel work
+    steal_ms: dict[str, float]  # by role, e.g. "gateway" -> steal on the gateway's CPU
 
     def cpu_pct(self, role: str) -> float:
         """Share of one core the role used over the window."""
@@ -32,6 +35,10 @@ class Window:
         """Noise: a busy shared machine shows here (loopback networking in the kernel does too)."""
         return self._pct(max(self.others_ms, 0.0))
 
+    def steal_pct(self) -> dict[str, float]:
+        """Steal by role, as a share of one core (per CPU when pinned: of that CPU's time)."""
+        return {role: self._pct(max(ms, 0.0)) for role, ms in self.steal_ms.items()}
+
     def _pct(self, ms: float) -> float:
         return 100 * ms / (self.seconds * 1000) if self.seconds > 0 else 0.0
 
@@ -39,8 +46,16 @@ class Window:
 class Meter:
     """``async with Meter(...) as meter:`` measures the block; ``meter.window`` holds the result."""
 
-    def __init__(self, pids: Mapping[str, int], watch: int | None = None, every: float = 0.05) -> None:
+    def __init__(
+        self,
+        pids: Mapping[str, int],
+        watch: int | None = None,
+        every: float = 0.05,
+        steal: Mapping[str, str] | None = None,
+    ) -> None:
         self._pids = dict(pids)
+        self._steal_lines = dict(steal or {})
+        self._steal: dict[str, float] = {}
         self._watch = watch
         self._every = every
         self._started = 0.0
@@ -59,6 +74,7 @@ class Meter:
             self._sampler = asyncio.get_running_loop().create_task(self._sample(self._watch))
         self._cpu = {role: procstat.cpu_ms(pid) for role, pid in self._pids.items()}
         self._machine = procstat.machine_busy_ms()
+        self._steal = procstat.steal_ms()
         self._started = time.perf_counter()
         return self
 
@@ -68,6 +84,10 @@ class Meter:
         seconds = time.perf_counter() - self._started
         cpu = {role: procstat.cpu_ms(pid) - self._cpu[role] for role, pid in self._pids.items()}
         others = procstat.machine_busy_ms() - self._machine - sum(cpu.values())
+        steal_now = procstat.steal_ms()
+        steal = {
+            role: steal_now.get(line, 0.0) - self._steal.get(line, 0.0) for role, line in self._steal_lines.items()
+        }
         if self._sampler is not None:
             # Not awaited: awaiting here could swallow a cancellation meant for the caller.
             self._sampler.cancel()
@@ -75,7 +95,7 @@ class Meter:
             self._rss_peak = max(self._rss_peak, procstat.rss_kb(self._watch))
             if self._hwm_reset:
                 self._rss_peak = max(self._rss_peak, procstat.peak_rss_kb(self._watch))
-        self.window = Window(seconds, cpu, self._rss_before, self._rss_peak, others)
+        self.window = Window(seconds, cpu, self._rss_before, self._rss_peak, others, steal)
 
     async def _sample(self, pid: int) -> None:
         while True:

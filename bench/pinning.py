@@ -22,6 +22,12 @@ class Pinning:
     def prefix(self, cpu: int | None) -> list[str]:
         return [] if cpu is None else ["taskset", "-c", str(cpu)]
 
+    def steal_lines(self) -> dict[str, str]:
+        """Which /proc/stat line holds each side's steal: its own CPU when pinned, else all CPUs."""
+        if self.gateway_cpu is None or self.load_cpu is None:
+            return {"machine": "cpu"}
+        return {"gateway": f"cpu{self.gateway_cpu}", "load": f"cpu{self.load_cpu}"}
+
     def apply_to_self(self) -> None:
         if self.load_cpu is not None:
             os.sched_setaffinity(0, {self.load_cpu})

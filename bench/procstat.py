@@ -46,12 +46,25 @@ def reset_peak(pid: int) -> bool:
     return True
 
 
+def _stat_lines() -> list[list[bytes]]:
+    with open("/proc/stat", "rb") as stat:
+        return [line.split() for line in stat if line.startswith(b"cpu")]
+
+
 def machine_busy_ms() -> float:
     """CPU time spent by everything on the machine, all CPUs (first line of /proc/stat).
 
-    user + nice + system + irq + softirq; guest time is already inside user. Steal is left out:
-    some hypervisors report it even while a virtual CPU idles, so it measures nothing reliable.
+    user + nice + system + irq + softirq; guest time is already inside user. Steal is not busy
+    time of this machine: it is reported on its own (``steal_ms``).
     """
-    with open("/proc/stat", "rb") as stat:
-        fields = [int(field) for field in stat.readline().split()[1:]]
+    fields = [int(field) for field in _stat_lines()[0][1:]]
     return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) * _TICK_MS
+
+
+def steal_ms() -> dict[str, float]:
+    """Steal time by /proc/stat line ("cpu" for all CPUs, "cpu0", "cpu1", ...), in milliseconds.
+
+    Steal is time a virtual CPU had work but the hypervisor ran something else: on a shared
+    machine it is what stretches latency tails while every process here looks idle.
+    """
+    return {line[0].decode(): int(line[8]) * _TICK_MS for line in _stat_lines()}

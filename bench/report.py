@@ -46,6 +46,9 @@ LABELS = {
     "upstream_cpu_pct": "fast upstream CPU (% of one core)",
     "load_cpu_pct": "load generator CPU (% of one core)",
     "others_cpu_pct": "rest of the machine, CPU (% of one core)",
+    "steal_load_pct": "steal on the load side's CPU (% of its time)",
+    "steal_gateway_pct": "steal on the gateway's CPU (% of its time)",
+    "steal_machine_pct": "steal, all CPUs (% of one core)",
 }
 
 
@@ -133,6 +136,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- pinning: {meta['pinning']}",
         "- machine load average (1, 5, 15 min): "
         f"{_triple(meta['load_average']['before'])} before, {_triple(meta['load_average']['after'])} after",
+        "- hypervisor steal over the whole run (% of each CPU's time): "
+        + ", ".join(f"CPU {line.removeprefix('cpu')} {pct:.1f}" for line, pct in meta["steal_pct"].items()),
         f"- repetitions: {meta['repeat']}, interleaved (direct, then gateway); "
         f"each figure is the median, (min{DASH}max) across repetitions",
         f"- gateway RSS: {meta['gateway_rss_start_mib']:.1f} MiB after start, "

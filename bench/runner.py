@@ -75,6 +75,12 @@ def _cpu_model() -> str:
     return platform.machine()
 
 
+def _steal_pct(before: Mapping[str, float], seconds: float) -> dict[str, float]:
+    """Steal over the whole run, per CPU, as a share of that CPU's time."""
+    after = procstat.steal_ms()
+    return {line: 100 * (after[line] - before.get(line, 0.0)) / (seconds * 1000) for line in after if line != "cpu"}
+
+
 def _public(settings: Mapping[str, str]) -> dict[str, str]:
     return {name: "<redacted>" if _SECRET_NAME.search(name) else value for name, value in settings.items()}
 
@@ -83,6 +89,7 @@ def run(options: Options) -> dict[str, Any]:
     started = datetime.now(UTC)
     began = time.monotonic()
     load_before = os.getloadavg()
+    steal_before = procstat.steal_ms()
     pinning = choose(options.pin)
     pinning.apply_to_self()
     _raise_fd_limit()
@@ -100,6 +107,7 @@ def run(options: Options) -> dict[str, Any]:
                 plan=options.plan,
                 tag=secrets.token_hex(4),
                 warm_seconds=0.1 if options.quick else 0.3,
+                steal_lines=pinning.steal_lines(),
             )
             meta, outcomes = uvloop.run(_measure(ctx, options))
             meta["gateway"] = {"version": server.version, "source_sha256": source_digest()}
@@ -117,6 +125,7 @@ def run(options: Options) -> dict[str, Any]:
             "python": platform.python_version(),
             "pinning": pinning.note,
             "load_average": {"before": load_before, "after": os.getloadavg()},
+            "steal_pct": _steal_pct(steal_before, time.monotonic() - began),
             "repeat": options.plan.repeat,
             "plan": asdict(options.plan),
         }

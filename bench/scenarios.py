@@ -59,6 +59,7 @@ def _load_side(window: Window) -> Figures:
         "upstream_cpu_pct": window.cpu_pct("upstream"),
         "load_cpu_pct": window.cpu_pct("load"),
         "others_cpu_pct": window.others_pct(),
+        **{f"steal_{role}_pct": pct for role, pct in window.steal_pct().items()},
     }
 
 
@@ -187,13 +188,15 @@ def client_hang_ups(ctx: Context) -> Scenario:
     cap = plan.hang_ups * 1.0 + 30
 
     async def run(target: Target, rep: int) -> Figures:
-        result = await hang_ups(target, ctx.upstream, plan.hang_ups, f"{ctx.tag}-{target.name}-{rep}", 0.1, cap)
+        async with ctx.meter(target) as meter:
+            result = await hang_ups(target, ctx.upstream, plan.hang_ups, f"{ctx.tag}-{target.name}-{rep}", 0.1, cap)
         return {
             "hang_ups": result.attempted,
             "unseen": result.unseen,
             "close_p50_ms": _ms(percentile(result.delays_ns, 50)),
             "close_p99_ms": _ms(percentile(result.delays_ns, 99)),
             "close_max_ms": _ms(max(result.delays_ns, default=None)),
+            **_load_side(meter.result),
         }
 
     return Scenario(

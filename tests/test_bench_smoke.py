@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,9 @@ def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
                 assert case[side], (key, case["case"], side)
                 bad = [name for name, spread in case[side].items() if not _numeric(spread)]
                 assert bad == [], (key, case["case"], side)
+            for side in ("direct", "gateway"):
+                # Unpinned (--no-pin), steal is read over all CPUs.
+                assert "steal_machine_pct" in case[side], (key, case["case"], side)
 
     for case in report["scenarios"]["b"]["cases"]:
         for side in ("direct", "gateway"):
@@ -61,4 +65,5 @@ def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
         assert report["scenarios"]["d"]["cases"][0][side]["unseen"]["max"] == 0
 
     assert report["meta"]["features"]
+    assert set(report["meta"]["steal_pct"]) == {f"cpu{cpu}" for cpu in range(os.cpu_count() or 1)}
     assert out.with_suffix(".md").read_text().startswith("# ollama-gateway benchmark")
