@@ -26,6 +26,7 @@ class Window:
     rss_peak_kb: int
     others_ms: float  # everything else on the machine: other processes, kernel work
     steal_ms: dict[str, float]  # by role, e.g. "gateway" -> steal on the gateway's CPU
+    faults: dict[str, int]  # minor page faults by role
 
     def cpu_pct(self, role: str) -> float:
         """Share of one core the role used over the window."""
@@ -60,6 +61,7 @@ class Meter:
         self._every = every
         self._started = 0.0
         self._cpu: dict[str, float] = {}
+        self._faults: dict[str, int] = {}
         self._machine = 0.0
         self._rss_before = 0
         self._rss_peak = 0
@@ -73,6 +75,7 @@ class Meter:
             self._rss_before = self._rss_peak = procstat.rss_kb(self._watch)
             self._sampler = asyncio.get_running_loop().create_task(self._sample(self._watch))
         self._cpu = {role: procstat.cpu_ms(pid) for role, pid in self._pids.items()}
+        self._faults = {role: procstat.minor_faults(pid) for role, pid in self._pids.items()}
         self._machine = procstat.machine_busy_ms()
         self._steal = procstat.steal_ms()
         self._started = time.perf_counter()
@@ -83,6 +86,7 @@ class Meter:
     ) -> None:
         seconds = time.perf_counter() - self._started
         cpu = {role: procstat.cpu_ms(pid) - self._cpu[role] for role, pid in self._pids.items()}
+        faults = {role: procstat.minor_faults(pid) - self._faults[role] for role, pid in self._pids.items()}
         others = procstat.machine_busy_ms() - self._machine - sum(cpu.values())
         steal_now = procstat.steal_ms()
         steal = {
@@ -95,7 +99,7 @@ class Meter:
             self._rss_peak = max(self._rss_peak, procstat.rss_kb(self._watch))
             if self._hwm_reset:
                 self._rss_peak = max(self._rss_peak, procstat.peak_rss_kb(self._watch))
-        self.window = Window(seconds, cpu, self._rss_before, self._rss_peak, others, steal)
+        self.window = Window(seconds, cpu, self._rss_before, self._rss_peak, others, steal, faults)
 
     async def _sample(self, pid: int) -> None:
         while True:

@@ -11,12 +11,21 @@ import os
 _TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_ms(pid: int) -> float:
+def _stat_fields(pid: int) -> list[bytes]:
     with open(f"/proc/{pid}/stat", "rb") as stat:
         # The command name may hold spaces and parentheses; the fields start after the last ")".
-        fields = stat.read().rsplit(b")", 1)[1].split()
+        return stat.read().rsplit(b")", 1)[1].split()
+
+
+def cpu_ms(pid: int) -> float:
+    fields = _stat_fields(pid)
     # Fields 14 and 15 of proc(5): utime, stime; here counted from field 3 (state) at index 0.
     return (int(fields[11]) + int(fields[12])) * _TICK_MS
+
+
+def minor_faults(pid: int) -> int:
+    """Field 10 of proc(5), minflt: pages the process touched for the first time (or again)."""
+    return int(_stat_fields(pid)[7])
 
 
 def _status_kb(pid: int, name: bytes) -> int:

@@ -37,6 +37,8 @@ LABELS = {
     "seconds": "upload time (s)",
     "mib_per_s": "throughput (MiB/s)",
     "gateway_rss_growth_mib": "gateway RSS growth (MiB)",
+    "gateway_faults_per_mib": "gateway minor page faults per MiB",
+    "upstream_faults_per_mib": "fast upstream minor page faults per MiB",
     "hang_ups": "hang-ups",
     "unseen": "hang-ups the upstream never saw",
     "close_p50_ms": "close reaches upstream p50 (ms)",

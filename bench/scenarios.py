@@ -166,9 +166,12 @@ def blob_upload(ctx: Context) -> Scenario:
             "status": result.status,
             "seconds": result.seconds,
             "mib_per_s": size / MiB / result.seconds if ok and result.seconds else None,
+            # Fresh pages faulted in per MiB moved: each costs microseconds of kernel time.
+            "upstream_faults_per_mib": window.faults["upstream"] * MiB / size,
             **_load_side(window),
         }
         if target.name == GATEWAY:
+            figures["gateway_faults_per_mib"] = window.faults[GATEWAY] * MiB / size
             figures["gateway_rss_growth_mib"] = (window.rss_peak_kb - window.rss_before_kb) / 1024
             figures["gateway_cpu_pct"] = window.cpu_pct(GATEWAY)
         return figures

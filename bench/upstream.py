@@ -32,6 +32,7 @@ import httptools
 import uvloop
 
 from bench.stamps import Format, ending, token
+from gateway.allocator import keep_large_blocks
 
 READY = "bench-upstream listening on"
 MAX_JSON_BODY = 1 << 20
@@ -231,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--lifetime", type=float, default=3600.0, help="exit after this many seconds at most")
     args = parser.parse_args(argv)
+    # The same malloc thresholds as the gateway: without them this process can fault in fresh
+    # pages for most of the body it reads, and a slow upstream flatters the gateway's ratio.
+    keep_large_blocks()
     uvloop.run(serve(args.host, args.port, args.lifetime))
 
 

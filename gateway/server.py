@@ -11,6 +11,7 @@ from typing import Any
 
 import uvicorn
 
+from gateway.allocator import keep_large_blocks
 from gateway.app import Gateway, create_app
 from gateway.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
@@ -68,7 +69,8 @@ def configure_logging(level: str) -> None:
     logger.propagate = False
 
 
-def _freeze_heap() -> None:
+def _prepare_process() -> None:
+    keep_large_blocks()
     # Everything built so far (imports, the app) lives as long as the process: moving it out of
     # the collector's reach makes every full collection on the request path far cheaper.
     gc.collect()
@@ -81,7 +83,7 @@ def app_from_environment() -> Gateway:
     settings = Settings()
     configure_logging(settings.log_level)
     app = create_app(settings)
-    _freeze_heap()
+    _prepare_process()
     return app
 
 
@@ -106,7 +108,7 @@ def serve(settings: Settings) -> int:
             uvicorn.Config(app.metrics_app, host=host, port=int(port), lifespan="off", log_level=settings.log_level)
         )
     config.load()
-    _freeze_heap()
+    _prepare_process()
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         try:
             runner.run(_serve_all(main, side))
