@@ -85,10 +85,21 @@ def check(report: dict[str, Any]) -> list[dict[str, Any]]:
         for case in scenario["cases"] if scenario else []:
             spread = case[goal.side].get(goal.figure) if goal.matches(case["params"]) else None
             if spread is not None:
-                rows.append(_row(goal, case["case"], spread[goal.stat]))
+                rows.append(_row(goal, case["case"], spread[goal.stat], _worst_steal(case)))
     return rows
 
 
-def _row(goal: Goal, case: str, value: float) -> dict[str, Any]:
+def _worst_steal(case: dict[str, Any]) -> float | None:
+    """The highest steal any CPU saw in any of the case's runs: how far to trust its figures."""
+    values = [
+        spread["max"]
+        for side in ("direct", "gateway")
+        for name, spread in case[side].items()
+        if name.startswith("steal_") and spread is not None
+    ]
+    return max(values, default=None)
+
+
+def _row(goal: Goal, case: str, value: float, steal: float | None = None) -> dict[str, Any]:
     met = _OPS[goal.op](value, goal.limit)
-    return {"goal": goal.text, "case": case, "value": value, "stat": goal.stat, "met": met}
+    return {"goal": goal.text, "case": case, "value": value, "stat": goal.stat, "met": met, "steal_max_pct": steal}

@@ -65,5 +65,7 @@ def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
         assert report["scenarios"]["d"]["cases"][0][side]["unseen"]["max"] == 0
 
     assert report["meta"]["features"]
+    # Every goal row of a scenario says how much steal its runs saw.
+    assert all(isinstance(goal["steal_max_pct"], float) for goal in report["goals"] if goal["case"] != "whole run")
     assert set(report["meta"]["steal_pct"]) == {f"cpu{cpu}" for cpu in range(os.cpu_count() or 1)}
     assert out.with_suffix(".md").read_text().startswith("# ollama-gateway benchmark")
