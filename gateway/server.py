@@ -70,7 +70,8 @@ def configure_logging(level: str) -> None:
 
 
 def _prepare_process() -> None:
-    keep_large_blocks()
+    if keep_large_blocks():
+        logging.getLogger("gateway").debug("malloc thresholds fixed for relaying large buffers")
     # Everything built so far (imports, the app) lives as long as the process: moving it out of
     # the collector's reach makes every full collection on the request path far cheaper.
     gc.collect()

@@ -14,8 +14,10 @@ from gateway import allocator, server
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Prints how many blocks glibc served with mmap for one 600 KiB bytes object, in a fresh process
-# (glibc's dynamic threshold starts at 128 KiB there, so by default such a block is mmapped).
+# In a fresh process (glibc's dynamic thresholds untouched): whether the thresholds were applied,
+# how many blocks glibc mmapped for one 600 KiB bytes object (by default: 1, unmapped on free),
+# and how many KiB stay at the heap's top once 3 MB of 100 KiB objects are freed (by default the
+# top is trimmed back to 128 KiB).
 _PROBE = """
 import ctypes, sys
 from gateway.allocator import keep_large_blocks
@@ -29,19 +31,23 @@ libc.mallinfo2.restype = Mallinfo2
 applied = keep_large_blocks() if sys.argv[1] == "tuned" else None
 before = libc.mallinfo2().hblks
 block = bytes(600 * 1024)
-print(applied, libc.mallinfo2().hblks - before)
+mapped = libc.mallinfo2().hblks - before
+pieces = [bytes(100 * 1024) for _ in range(30)]
+del pieces
+print(applied, mapped, libc.mallinfo2().keepcost // 1024)
 """
 
-
-def _glibc() -> bool:
-    try:
-        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-    except (ValueError, OSError):
-        return False
+_GLIBC = allocator.glibc()
+needs_mallinfo2 = pytest.mark.skipif(
+    _GLIBC is None or not hasattr(_GLIBC, "mallinfo2"), reason="the thresholds are glibc's (2.33+ to read them)"
+)
 
 
-def _probe(mode: str, **env: str) -> list[str]:
-    clean = {name: value for name, value in os.environ.items() if name != "GLIBC_TUNABLES"}
+def _probe(mode: str, **env: str) -> tuple[str, int, int]:
+    # The test's own environment must not tune malloc: only what the probe is given.
+    clean = {
+        name: value for name, value in os.environ.items() if name != "GLIBC_TUNABLES" and not name.startswith("MALLOC_")
+    }
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, mode],
         env={**clean, "PYTHONPATH": str(ROOT), **env},
@@ -50,19 +56,33 @@ def _probe(mode: str, **env: str) -> list[str]:
         timeout=30,
         check=True,
     )
-    return done.stdout.split()
+    applied, mapped, kept_kib = done.stdout.split()
+    return applied, int(mapped), int(kept_kib)
 
 
-@pytest.mark.skipif(not _glibc(), reason="the thresholds are glibc's")
-def test_large_blocks_come_from_the_heap_once_the_thresholds_are_fixed() -> None:
-    assert _probe("default") == ["None", "1"]  # glibc's own default: mmapped, unmapped on free
-    assert _probe("tuned") == ["True", "0"]
+@needs_mallinfo2
+def test_large_blocks_stay_in_the_heap_once_the_thresholds_are_fixed() -> None:
+    applied, mapped, kept_kib = _probe("default")
+    assert (applied, mapped) == ("None", 1)
+    assert kept_kib < 1024
+    applied, mapped, kept_kib = _probe("tuned")
+    assert (applied, mapped) == ("True", 0)  # the mmap threshold: 1 MiB
+    assert kept_kib > 2048  # the trim threshold: 4 MiB
 
 
-@pytest.mark.skipif(not _glibc(), reason="the thresholds are glibc's")
+@needs_mallinfo2
 def test_an_operators_own_malloc_tuning_is_left_alone() -> None:
-    tunables = f"glibc.malloc.mmap_threshold={64 * 1024}"
-    assert _probe("tuned", GLIBC_TUNABLES=tunables) == ["False", "1"]
+    applied, mapped, _ = _probe("tuned", GLIBC_TUNABLES=f"glibc.malloc.mmap_threshold={64 * 1024}")
+    assert (applied, mapped) == ("False", 1)
+
+
+def test_other_c_libraries_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    def confstr(name: str) -> str:
+        raise OSError(22, "Invalid argument")  # as musl answers CS_GNU_LIBC_VERSION
+
+    monkeypatch.setattr(os, "confstr", confstr)
+    assert allocator.glibc() is None
+    assert allocator.keep_large_blocks({}) is False
 
 
 @pytest.mark.parametrize(
