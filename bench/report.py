@@ -171,7 +171,7 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "## Goals (one core for the gateway)",
             "",
-            "| goal | case | measured | met | highest steal in its runs (% of a CPU) |",
+            "| goal | case | measured | met | highest steal in its runs (%) |",
             "|---|---|---:|---|---:|",
         ]
         for goal in report["goals"]:
