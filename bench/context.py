@@ -6,6 +6,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 
+from bench import procstat
 from bench.gateway import GatewayServer
 from bench.load import closed_loop
 from bench.meter import Meter
@@ -37,6 +38,12 @@ class Context:
         """A meter for one run; ``watch`` samples the gateway's RSS (on gateway runs)."""
         watched = self.server.pid if watch and target.name == GATEWAY else None
         return Meter(self.pids(), watched, steal=self.steal_lines)
+
+    async def rss_after_mib(self) -> float:
+        """The gateway's RSS once a run's connections are closed and it has had a moment to free
+        what they held: the memory it keeps after a burst."""
+        await asyncio.sleep(self.plan.settle)
+        return procstat.rss_kb(self.server.pid) / 1024
 
     async def ready(self, name: str) -> Target:
         """The target for the next run: a gateway run gets a freshly started, warmed gateway.

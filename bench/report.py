@@ -32,6 +32,7 @@ LABELS = {
     "ttfb_p99_ms": "time to first token p99 (ms)",
     "gateway_cpu_ms_per_1k_chunks": "gateway CPU per 1000 chunks (ms)",
     "gateway_rss_peak_mib": "gateway RSS peak (MiB)",
+    "gateway_rss_after_mib": "gateway RSS after the run, connections closed (MiB)",
     "gateway_kib_per_stream": "gateway RSS growth per open stream (KiB)",
     "status": "HTTP status",
     "seconds": "upload time (s)",

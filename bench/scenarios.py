@@ -130,6 +130,7 @@ def concurrent_streams(ctx: Context) -> Scenario:
                 figures["gateway_cpu_ms_per_1k_chunks"] = window.cpu_ms[GATEWAY] * 1000 / chunks if chunks else None
                 figures["gateway_cpu_pct"] = window.cpu_pct(GATEWAY)
                 figures["gateway_rss_peak_mib"] = window.rss_peak_kb / 1024
+                figures["gateway_rss_after_mib"] = await ctx.rss_after_mib()
                 figures["gateway_kib_per_stream"] = (window.rss_peak_kb - window.rss_before_kb) / count
             return figures
 
@@ -173,6 +174,7 @@ def blob_upload(ctx: Context) -> Scenario:
         if target.name == GATEWAY:
             figures["gateway_faults_per_mib"] = window.faults[GATEWAY] * MiB / size
             figures["gateway_rss_growth_mib"] = (window.rss_peak_kb - window.rss_before_kb) / 1024
+            figures["gateway_rss_after_mib"] = await ctx.rss_after_mib()
             figures["gateway_cpu_pct"] = window.cpu_pct(GATEWAY)
         return figures
 
