@@ -18,16 +18,23 @@ pytestmark = pytest.mark.timeout(20)
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def test_upstream_down_is_502_in_each_dialect(make_gateway: Callable[..., RunningGateway]) -> None:
-    gateway = make_gateway(upstream_url=f"http://127.0.0.1:{free_port()}")
+@pytest.mark.parametrize("client", ["httptools", "httpx"])
+def test_upstream_down_is_502_in_each_dialect_naming_the_address(
+    make_gateway: Callable[..., RunningGateway], client: str
+) -> None:
+    port = free_port()
+    gateway = make_gateway(upstream_url=f"http://127.0.0.1:{port}", upstream_client=client)
     native = httpx.post(gateway.url + "/api/chat", json=CHAT, headers=gateway.auth, timeout=10)
     assert native.status_code == 502
     assert native.headers["content-type"] == "application/json"
-    assert native.json() == {"error": "upstream unavailable"}
+    message = native.json()["error"]
+    # Which server, and why: what an operator needs to read off a client's error.
+    reason = "Connection refused" if client == "httptools" else "All connection attempts failed"
+    assert message == f"upstream 127.0.0.1:{port} unavailable: {reason}"
     compat = httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=gateway.auth, timeout=10)
     assert compat.status_code == 502
     assert compat.json() == {
-        "error": {"message": "upstream unavailable", "type": "api_error", "param": None, "code": "upstream_unavailable"}
+        "error": {"message": message, "type": "api_error", "param": None, "code": "upstream_unavailable"}
     }
     assert native.headers["x-request-id"] != compat.headers["x-request-id"]
 

@@ -601,6 +601,42 @@ def test_cut_after_drops_the_connection(fake: FakeOllama, http: httpx.Client) ->
         http.post("/api/chat", json=CHAT)
 
 
+def test_cut_reset_sends_rst(fake: FakeOllama) -> None:
+    fake.behaviour = Behaviour(tokens=5, cut_after=1, cut_reset=True)
+    received = bytearray()
+    # A FIN would read as the end (b""); what was sent before the reset still arrives first.
+    with raw_request(fake, "/api/chat", dict(CHAT)) as sock, pytest.raises(ConnectionResetError):
+        _read_to_end(sock, received)
+    assert received.startswith(b"HTTP/1.1 200 OK")
+    assert fake.wait_for_request().cut
+    assert fake.wait_for_request().cut
+
+
+def test_header_names_are_written_as_go_writes_them(fake: FakeOllama) -> None:
+    """Go canonicalises names (``Content-Type``); the fake must not hand proxies lower case."""
+    with raw_request(fake, "/api/generate", {"model": MODEL, "prompt": "x"}) as sock:
+        head = read_head(sock)
+    names = [line.split(b":")[0] for line in head.split(b"\r\n")[1:]]
+    assert sorted(names) == [b"Content-Type", b"Date", b"Transfer-Encoding"]
+
+
+def _read_to_end(sock: socket.socket, received: bytearray) -> None:
+    for _ in range(100):
+        data = sock.recv(65536)
+        if not data:
+            return
+        received += data
+
+
+def read_head(sock: socket.socket) -> bytes:
+    received = b""
+    while b"\r\n\r\n" not in received:
+        data = sock.recv(65536)
+        assert data
+        received += data
+    return received.split(b"\r\n\r\n")[0]
+
+
 def test_hang_sees_the_client_leave(fake: FakeOllama, http: httpx.Client) -> None:
     fake.behaviour = Behaviour(hang=True)
     with pytest.raises(httpx.ReadTimeout):

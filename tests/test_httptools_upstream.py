@@ -162,7 +162,7 @@ def test_interim_answers_close_delimited_bodies_and_broken_answers() -> None:
         async with serving(handler) as state:
             client = upstream(state)
             response = await client.send(outbound())
-            assert (response.status, response.headers[0]) == (200, (b"X-Kind", b"close"))
+            assert (response.status, response.headers[0]) == (200, (b"x-kind", b"close"))
             assert b"".join([chunk async for chunk in response.body()]) == b"hello world"
             await response.aclose()
             cut = await client.send(outbound())

@@ -7,10 +7,13 @@ body bytes; it translates its own exceptions into ``UpstreamUnavailable`` / ``Up
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
+from gateway.errors import UpstreamUnavailable
 from gateway.headers import Headers
 
 
@@ -22,9 +25,31 @@ class Outbound:
     body: bytes | AsyncIterable[bytes]
 
 
+def address(base_url: str) -> str:
+    """``host:port`` of an upstream URL: what errors and logs may name (never its user or password)."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def unreachable(where: str, error: OSError | None = None) -> UpstreamUnavailable:
+    """The 502 for an upstream that could not be connected to, or that hung up before answering.
+
+    It names the address so that an operator reading a client's error knows which server and why.
+    """
+    if error is None:
+        return UpstreamUnavailable(f"upstream {where} closed the connection before answering")
+    if error.errno is not None and error.errno > 0:
+        reason = os.strerror(error.errno)
+    else:
+        reason = error.strerror or str(error) or "cannot connect"
+    return UpstreamUnavailable(f"upstream {where} unavailable: {reason}")
+
+
 class UpstreamResponse(Protocol):
     status: int
-    headers: Headers
+    headers: Headers  # names lower-cased, whatever case the upstream wrote them in
 
     def body(self) -> AsyncIterator[bytes]: ...
 

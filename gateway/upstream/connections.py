@@ -12,6 +12,7 @@ from collections import deque
 from typing import Protocol, cast
 
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.upstream import address, unreachable
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 
@@ -116,6 +117,7 @@ class Pool:
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, *, limit: int, connect_timeout: float) -> None:
         self._host = host
         self._port = port
+        self.address = address(f"{'https' if tls is not None else 'http'}://{host}:{port}")
         self._tls = tls
         self._limit = limit
         self._connect_timeout = connect_timeout
@@ -165,7 +167,7 @@ class Pool:
             if isinstance(error, TimeoutError):
                 raise UpstreamTimeout("upstream timed out") from None
             if isinstance(error, OSError):
-                raise UpstreamUnavailable("upstream unavailable") from error
+                raise unreachable(self.address, error) from error
             raise
         return made[0]
 

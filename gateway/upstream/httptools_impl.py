@@ -21,7 +21,7 @@ import httptools
 
 from gateway.errors import UpstreamBroken, UpstreamTimeout, UpstreamUnavailable
 from gateway.headers import Headers, header
-from gateway.upstream import Outbound
+from gateway.upstream import Outbound, unreachable
 from gateway.upstream.connections import Closed, Connection, Pool
 
 # Bytes of response held for a slow client before the upstream socket stops being read.
@@ -71,8 +71,10 @@ class _Response:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.complete:
             return
-        self.headers.append((name, value))
+        # Lower-cased as ASGI has them: Go writes canonical names (``Content-Type``), and every
+        # look-up above this seam compares lower-case names.
         lowered = name.lower()
+        self.headers.append((lowered, value))
         if lowered == b"content-length" or lowered == b"transfer-encoding":
             self._framed = True
 
@@ -140,7 +142,7 @@ class _Response:
         elif self.started:
             self._fail(UpstreamBroken("upstream connection lost"))
         else:
-            self._fail(UpstreamUnavailable("upstream unavailable"))
+            self._fail(unreachable(self._pool.address))
 
     def sent(self) -> None:
         """The request is fully written: from now on the upstream must keep answering."""
@@ -289,7 +291,7 @@ class HttptoolsUpstream:
                 # before it has read a large body, and that answer must win. A connection with
                 # bytes still unsent is never reused (see aclose).
                 if not conn.send(self._head(request, length) + body):
-                    raise UpstreamUnavailable("upstream unavailable")
+                    raise unreachable(self._pool.address)
                 response.sent()
             else:
                 length = header(request.headers, b"content-length")

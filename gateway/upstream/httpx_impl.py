@@ -7,13 +7,13 @@ from contextlib import contextmanager
 
 import httpx
 
-from gateway.errors import UpstreamBroken, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamBroken, UpstreamTimeout
 from gateway.headers import Headers
-from gateway.upstream import Outbound
+from gateway.upstream import Outbound, address, unreachable
 
 
 @contextmanager
-def _translated(started: bool) -> Iterator[None]:
+def _translated(started: bool, where: str = "") -> Iterator[None]:
     """Map httpx's exceptions, once, onto the gateway's own."""
     try:
         yield
@@ -22,14 +22,26 @@ def _translated(started: bool) -> Iterator[None]:
     except httpx.TransportError as exc:
         if started:
             raise UpstreamBroken("upstream connection lost") from exc
-        raise UpstreamUnavailable("upstream unavailable") from exc
+        if isinstance(exc, httpx.ConnectError):
+            raise unreachable(where, _os_error(exc) or OSError("cannot connect")) from exc
+        raise unreachable(where) from exc
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The socket error under httpx's and httpcore's wrappers, for the 502's reason."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        seen = seen.__cause__ or seen.__context__ if seen is not None else None
+        if isinstance(seen, OSError):
+            return seen
+    return None
 
 
 class HttpxResponse:
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
         self.status = response.status_code
-        self.headers: Headers = list(response.headers.raw)
+        self.headers: Headers = [(name.lower(), value) for name, value in response.headers.raw]
 
     async def body(self) -> AsyncIterator[bytes]:
         with _translated(started=True):
@@ -53,6 +65,7 @@ class HttpxUpstream:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._base = httpx.URL(base_url)
+        self._address = address(base_url)
         self._prefix = self._base.raw_path.rstrip(b"/")
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -74,7 +87,7 @@ class HttpxUpstream:
             # A buffered (possibly rewritten) body is framed by its own length.
             headers = [(name, value) for name, value in headers if name != b"content-length"]
         built = self._client.build_request(request.method, url, headers=headers, content=request.body)
-        with _translated(started=False):
+        with _translated(started=False, where=self._address):
             response = await self._client.send(built, stream=True)
         return HttpxResponse(response)
 

@@ -53,6 +53,7 @@ class Behaviour:
 
     fail_after: int | None = None  # after N pieces: an error line (200 already sent)
     cut_after: int | None = None  # after N chunks: close the TCP connection mid-body
+    cut_reset: bool = False  # cut with a TCP reset (RST) instead of an orderly close (FIN)
     status: int | None = None  # answer with this error status before streaming
     error: str | None = None  # message for `status` / `fail_after`
     error_from_stream: bool = False  # pre-chunk error as the stream machinery sends it

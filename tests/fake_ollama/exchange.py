@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping
 
@@ -220,6 +222,10 @@ class Exchange:
         client = self.record.client
         transport = self._transports.get(client) if client else None
         if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if self.knobs.cut_reset and sock is not None:
+                # Linger 0: close() sends RST, as when the Ollama process is killed under load.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.close()
             # let uvicorn see the connection go, so it does not report a half-sent response
             if self._watcher is not None:

@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import Iterable
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -24,14 +25,49 @@ _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
 
 
+def go_header_name(name: bytes) -> bytes:
+    """Go's textproto.CanonicalMIMEHeaderKey: ``content-type`` -> ``Content-Type``."""
+    return b"-".join(part[:1].upper() + part[1:].lower() for part in name.split(b"-"))
+
+
+class _GoWire:
+    """The connection's transport, writing response heads with Go's canonical header names.
+
+    uvicorn lower-cases every header name it writes; Go's net/http writes ``Content-Type``,
+    ``Transfer-Encoding``, ``Date``. A gateway that looks headers up by exact lower-case name
+    would pass against uvicorn and fail against the real server, so the fake writes them as Go does.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.expect_head = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.expect_head and bytes(data[:7]) == b"HTTP/1.":
+            self.expect_head = False
+            head, separator, rest = bytes(data).partition(b"\r\n\r\n")
+            status, *fields = head.split(b"\r\n")
+            renamed = [go_header_name(name) + b":" + value for name, _, value in (f.partition(b":") for f in fields)]
+            data = b"\r\n".join([status, *renamed]) + separator + rest
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def _protocol(transports: Transports) -> type[asyncio.Protocol]:
     """uvicorn's protocol, remembering each connection's transport so the fake can cut it."""
 
     class Protocol(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            self._wire = _GoWire(transport)
+            super().connection_made(self._wire)  # type: ignore[arg-type]
             if self.client is not None:
                 transports[self.client] = transport
+
+        def on_message_begin(self) -> None:
+            self._wire.expect_head = True
+            super().on_message_begin()
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self.client is not None:
