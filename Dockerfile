@@ -17,7 +17,7 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *(d for g, ds in p.get('optional-dependencies', {}).items() if g != 'dev' for d in ds), sep='\n')" \
         > requirements.txt \
     && pip install --only-binary=:all: -r requirements.txt
-COPY README.md ./
+COPY README.md LICENSE ./
 COPY gateway/ gateway/
 RUN pip install --no-deps . \
     && pip uninstall --yes pip

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from gateway.record import RequestRecord
 
@@ -59,6 +59,16 @@ def fields(record: RequestRecord) -> dict[str, Any]:
         "tokens_exact": record.tokens_exact,
         "outcome": record.outcome,
     }
+
+
+def chosen_format(setting: str, stdout: TextIO) -> str:
+    """``auto``: text for a person at a terminal, JSON for everything that reads logs."""
+    if setting != "auto":
+        return setting
+    try:
+        return "text" if stdout.isatty() else "json"
+    except ValueError:  # a closed stdout
+        return "json"
 
 
 class AccessLog:

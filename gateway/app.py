@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +14,7 @@ from starlette.types import Lifespan, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.access import AccessPolicy
-from gateway.accesslog import AccessLog
+from gateway.accesslog import AccessLog, chosen_format
 from gateway.accounting import UsageLedger
 from gateway.auth import Authenticator, AuthPolicy
 from gateway.clientaddr import ClientResolver
@@ -26,8 +28,17 @@ from gateway.limits.queue import FairQueue
 from gateway.metrics import Metrics
 from gateway.pipeline import Forwarder
 from gateway.requestid import request_id
-from gateway.routes import Check, database_check, health_router, limiter_check, metrics_router, upstream_check
+from gateway.routes import (
+    READY_TIMEOUT,
+    Check,
+    database_check,
+    health_router,
+    limiter_check,
+    metrics_router,
+    upstream_check,
+)
 from gateway.settings import Settings
+from gateway.startup import report_start
 from gateway.surfaces import is_forwarded
 from gateway.throttle import FailureThrottle
 from gateway.upstream import Upstream, open_upstream
@@ -111,7 +122,11 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             ),
         ],
         # Every finished request, once, to each of these.
-        sinks=[AccessLog(fmt=settings.log_format, log_prompts=settings.log_prompts), metrics, ledger],
+        sinks=[
+            AccessLog(fmt=chosen_format(settings.log_format, sys.stdout), log_prompts=settings.log_prompts),
+            metrics,
+            ledger,
+        ],
     )
     metrics.track_in_flight(lambda: forwarder.in_flight)
     if queue is not None:
@@ -132,9 +147,15 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         await keyring.start()
         await ledger.start()
         await limiter.start()
+        # In the background: a slow upstream must not hold up the listener.
+        report = asyncio.get_running_loop().create_task(
+            report_start(client, settings.upstream_url, keyring, wait=min(settings.connect_timeout, READY_TIMEOUT))
+        )
         try:
             yield
         finally:
+            report.cancel()
+            await asyncio.gather(report, return_exceptions=True)
             # Requests have drained by now: write the last usage counts, then close.
             await ledger.close()
             await limiter.close()

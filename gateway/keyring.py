@@ -45,6 +45,11 @@ class Keyring:
     def get(self, key_id: str) -> KeyRecord | None:
         return self._keys.get(key_id)
 
+    def has_usable_key(self) -> bool:
+        """Whether any loaded key could authenticate now (not revoked, not expired)."""
+        now = time.time()
+        return any(not r.revoked and (r.expires_at is None or r.expires_at > now) for r in self._keys.values())
+
     async def catch_up(self) -> None:
         """Reload if the store changed since the last look (shared, at most every MISS_RECHECK s)."""
         looks = self._looks

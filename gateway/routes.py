@@ -14,7 +14,7 @@ from gateway.errors import Dialect, Forbidden, GatewayError, render
 from gateway.keystore import Scope
 from gateway.limits import Limiter
 from gateway.metrics import CONTENT_TYPE, Metrics
-from gateway.upstream import Outbound, Upstream
+from gateway.upstream import Upstream, fetch_version
 
 READY_TIMEOUT = 5.0
 # A readiness check: a coroutine answering "ok", "degraded: <why>" (still serving, e.g. on local
@@ -66,15 +66,10 @@ def upstream_check(upstream: Upstream) -> Check:
     async def check() -> str:
         try:
             async with asyncio.timeout(READY_TIMEOUT):
-                response = await upstream.send(Outbound("GET", "/api/version", [], b""))
-                try:
-                    async for _ in response.body():
-                        pass
-                finally:
-                    await response.aclose()
+                status, _ = await fetch_version(upstream)
         except (GatewayError, TimeoutError):
             return "unavailable"
-        return "ok" if response.status == 200 else f"status {response.status}"
+        return "ok" if status == 200 else f"status {status}"
 
     return check
 

@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
 
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    # The access log on stdout: one JSON object per request, or a short text line.
-    log_format: Literal["json", "text"] = "json"
+    # The access log on stdout: one JSON object per request, or a short text line; "auto" is
+    # text on a terminal and JSON otherwise (log shippers, the container).
+    log_format: Literal["auto", "json", "text"] = "auto"
     # Key names whose request bodies (prompts) are logged; "*" = every key. Default: none.
     log_prompts: Annotated[tuple[str, ...], NoDecode] = ()
     # Usage counts are written to the database this often (seconds); a crash loses at most this.

@@ -6,14 +6,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from gateway.keystore import DEFAULT_SCOPES, KeyRecord, Limits, Scope
 from gateway.keystore.sqlite import SqliteKeyStore
 from gateway.settings import Settings
 from tests.fake_ollama import FakeOllama
+from tests.redis_server import RedisServer
 from tests.servers import RunningGateway, gateway_thread
 
 ALL_SCOPES = frozenset(Scope)
+
+
+@pytest.fixture(scope="session")
+def _shared_redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(_shared_redis: RedisServer) -> Iterator[str]:
+    """The session's Redis server, emptied for each test."""
+    client = redis.Redis.from_url(_shared_redis.url)
+    client.flushall()
+    yield _shared_redis.url
+    client.close()
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +78,14 @@ def issue_key(
         store.close()
 
 
+def forget_startup_check(fake: FakeOllama) -> None:
+    """A gateway asks for /api/version once it has started (see gateway/startup.py): wait for
+    that request and drop it, so a test sees only the requests it caused."""
+    probe = fake.wait_for_request()
+    assert (probe.method, probe.path) == ("GET", "/api/version")
+    fake.forget_requests()
+
+
 @pytest.fixture
 def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'gateway.db'}"
@@ -79,6 +104,8 @@ def make_gateway(fake: FakeOllama, database_url: str) -> Iterator[Callable[..., 
             key = issue_key(overrides["database_url"], f"test-admin-{next(counter)}", scopes=ALL_SCOPES)
             running = stack.enter_context(gateway_thread(gateway_settings(**overrides)))
             running.key = key
+            if overrides["upstream_url"] == fake.url:
+                forget_startup_check(fake)
             return running
 
         yield start

@@ -99,13 +99,26 @@ class _Drain(threading.Thread):
         self.marker = marker
         self.lines: list[str] = []
         self.seen = threading.Event()
+        self._arrived = threading.Condition()
 
     def run(self) -> None:
         for line in self.stream:
-            self.lines.append(line)
+            with self._arrived:
+                self.lines.append(line)
+                self._arrived.notify_all()
             if self.marker is not None and self.marker in line:
                 self.seen.set()
         self.seen.set()  # end of stream: stop anyone waiting
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> str:
+        """The first line containing ``text``, once it has arrived (the stream must not end first)."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: any(text in line for line in self.lines) or not self.is_alive(), timeout)
+            matching = [line for line in self.lines if text in line]
+        assert matching, f"no line with {text!r} in:\n" + "".join(self.lines)
+        return matching[0]
 
 
 @dataclass

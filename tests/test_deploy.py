@@ -211,7 +211,22 @@ def test_dockerignore_admits_exactly_what_the_image_copies() -> None:
         if not value.startswith("--from")
         for source in value.split()[:-1]
     }
-    assert admitted == copied == {"pyproject.toml", "README.md", "gateway"}
+    assert admitted == copied == {"pyproject.toml", "README.md", "LICENSE", "gateway"}
+
+
+def test_package_metadata_builds_without_deprecation_warnings() -> None:
+    """pyproject.toml as setuptools applies it on every install: an SPDX licence, no warning."""
+    code = (
+        "from setuptools.config.pyprojecttoml import apply_configuration\n"
+        "from setuptools.dist import Distribution\n"
+        "dist = apply_configuration(Distribution(), 'pyproject.toml')\n"
+        "print(dist.metadata.license_expression, *dist.metadata.license_files)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["MIT", "LICENSE"]
 
 
 # --- Compose ----------------------------------------------------------------------------------

@@ -259,3 +259,51 @@ def test_a_zero_limit_blocks_the_key_for_good(
     assert response.headers["x-should-retry"] == "false"
     assert response.json() == {"error": "this API key may not make requests (rpm limit is 0)"}
     assert fake.requests == []
+
+
+RATELIMIT_HEADERS = [
+    f"x-ratelimit-{part}-{kind}" for kind in ("requests", "tokens") for part in ("limit", "remaining", "reset")
+]
+LIMITED = {
+    "rpm": Limits(rpm=1, tpm=100_000),
+    "tpm": Limits(rpm=100, tpm=60),
+    "tpd": Limits(rpm=100, tpm=100_000, tpd=60),
+    "concurrency": Limits(rpm=100, tpm=100_000, concurrency=1),
+}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def redis_setting(request: pytest.FixtureRequest) -> str | None:
+    """Each test once per limiter backend."""
+    return None if request.param == "memory" else str(request.getfixturevalue("redis_url"))
+
+
+@pytest.mark.parametrize("refused_by", list(LIMITED))
+def test_every_429_of_a_key_with_rpm_and_tpm_carries_all_six_ratelimit_headers(
+    make_gateway: Callable[..., RunningGateway],
+    fake: FakeOllama,
+    database_url: str,
+    redis_setting: str | None,
+    refused_by: str,
+) -> None:
+    limits = LIMITED[refused_by]
+    key = issue_key(database_url, refused_by, limits=limits)
+    gateway = make_gateway(redis_url=redis_setting)
+    # Reserves ~56 tokens, uses 10: a second one no longer fits a 60-token minute or day.
+    body = {"model": "llama3.2", "prompt": "hi", "stream": False, "options": {"num_predict": 55}}
+    with httpx.Client(base_url=gateway.url, headers=_bearer(key), timeout=10) as client:
+        if refused_by == "concurrency":
+            gate = StepGate()
+            fake.behaviour = Behaviour(gate=gate)
+            streamed = json.dumps({**body, "stream": True}).encode()
+            with raw_post(gateway.url, "/api/generate", streamed, _bearer(key)) as held:
+                read_until(held, b"tok0")  # admitted and running: the key's one slot is taken
+                refused = client.post("/api/generate", json=body)
+                gate.release(10)
+        else:
+            assert client.post("/api/generate", json=body).status_code == 200
+            refused = client.post("/api/generate", json=body)
+    assert refused.status_code == 429
+    assert [name for name in RATELIMIT_HEADERS if name not in refused.headers] == []
+    assert refused.headers["x-ratelimit-limit-requests"] == str(limits.rpm)
+    assert refused.headers["x-ratelimit-limit-tokens"] == str(limits.tpm)

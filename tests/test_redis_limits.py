@@ -35,21 +35,6 @@ CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "s
 WAIT = 10.0
 
 
-@pytest.fixture(scope="session")
-def _shared_redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(_shared_redis: RedisServer) -> Iterator[str]:
-    """The session's Redis server, emptied for each test."""
-    client = redis.Redis.from_url(_shared_redis.url)
-    client.flushall()
-    yield _shared_redis.url
-    client.close()
-
-
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A Redis server of this test's own, to kill and restart."""
@@ -383,6 +368,10 @@ async def test_close_survives_connections_that_cannot_close_cleanly(
 # --- gateway processes ----------------------------------------------------------------------------
 
 
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def _env(fake: FakeOllama, database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
     return {
         "GATEWAY_UPSTREAM_URL": fake.url,
@@ -462,12 +451,16 @@ def test_gateways_survive_a_redis_outage_and_share_again(
 ) -> None:
     busy = issue_key(database_url, "busy", limits=Limits(rpm=1000))
     small = issue_key(database_url, "small", limits=Limits(rpm=2))
+    outage = issue_key(database_url, "outage", limits=Limits(rpm=2))
     env = _env(fake, database_url, own_redis.url)
     with (
         gateway_process(env) as first,
         gateway_process(env) as second,
         httpx.Client(timeout=10, headers={"Authorization": f"Bearer {busy}"}) as client,
     ):
+        for gateway in (first, second):
+            gateway.stderr.wait_for("forwarding to")  # its start-up check has been answered
+        fake.forget_requests()
         # A stream admitted through Redis is running when Redis dies.
         fake.behaviour = Behaviour(tokens=20, token_delay=0.03)
         stream_status: list[int] = []
@@ -493,6 +486,11 @@ def test_gateways_survive_a_redis_outage_and_share_again(
         for gateway in (first, second):
             degraded = _wait_for_redis_check(gateway, DEGRADED)
             assert degraded.status_code == 200
+        # While Redis is away each gateway still enforces the key's rpm, on its own.
+        local = [client.post(first.url + "/api/chat", json=CHAT, headers=_bearer(outage)) for _ in range(3)]
+        assert [response.status_code for response in local] == [200, 200, 429]
+        assert local[2].json() == {"error": "rate limit reached: 2 requests per minute"}
+        assert client.post(second.url + "/api/chat", json=CHAT, headers=_bearer(outage)).status_code == 200
 
         own_redis.start()
         for gateway in (first, second):

@@ -62,6 +62,18 @@ class Upstream(Protocol):
     async def aclose(self) -> None: ...
 
 
+async def fetch_version(upstream: Upstream) -> tuple[int, bytes]:
+    """``GET /api/version``: the status and (the first 64 KiB of) the body. Raises GatewayError."""
+    response = await upstream.send(Outbound("GET", "/api/version", [], b""))
+    body = b""
+    try:
+        async for data in response.body():
+            body += data[: 65536 - len(body)]
+    finally:
+        await response.aclose()
+    return response.status, body
+
+
 def open_upstream(
     client: str,
     base_url: str,

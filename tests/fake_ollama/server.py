@@ -238,6 +238,10 @@ class FakeOllama:
         """Every request received so far, in arrival order (a copy)."""
         return self._log.snapshot()
 
+    def forget_requests(self) -> None:
+        """Drop the records so far (behaviour and models stay), e.g. a gateway's start-up check."""
+        self._log.clear()
+
     def wait_for_request(self, n: int = 1, timeout: float = 5.0) -> RecordedRequest:
         """Block until the n-th request (1-based, since the last reset) has arrived."""
         return self._log.wait_for(n, timeout)
