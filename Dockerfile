@@ -10,14 +10,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone, so a code change reuses this layer: the
-# runtime dependencies and every optional group except "dev". Wheels only: nothing is
-# compiled, and no compiler is needed in either stage.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *(d for g, ds in p.get('optional-dependencies', {}).items() if g != 'dev' for d in ds), sep='\n')" \
-        > requirements.txt \
-    && pip install --only-binary=:all: -r requirements.txt
-COPY README.md LICENSE ./
+# Dependencies first, from the lock file alone, so a code change reuses this layer: the runtime
+# dependencies and the redis extra at the exact versions and hashes `make lock` recorded, so an
+# image built twice holds the same packages. Wheels only: nothing is compiled, and no compiler
+# is needed in either stage.
+COPY requirements.lock ./
+RUN pip install --require-hashes --only-binary=:all: --no-deps -r requirements.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY gateway/ gateway/
 RUN pip install --no-deps . \
     && pip uninstall --yes pip

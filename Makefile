@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 NGINX := $(VENV)/nginx/usr/sbin/nginx
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ $(NGINX):
 # The reproducible benchmark (see bench/README.md): minutes, pinned to CPUs; not part of test.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The image installs exactly these versions (hash-checked): run after changing a dependency.
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra redis --universal --python-version 3.11 \
+		--generate-hashes --quiet -o requirements.lock
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import Lifespan, Message, Receive, Scope, Send
 
@@ -19,6 +19,8 @@ from gateway.accounting import UsageLedger
 from gateway.auth import Authenticator, AuthPolicy
 from gateway.clientaddr import ClientResolver
 from gateway.cors import Cors
+from gateway.errors import Dialect, GatewayError, render
+from gateway.guard import admin_scope
 from gateway.headers import header
 from gateway.keyring import Keyring
 from gateway.keystore import open_keystore
@@ -99,9 +101,10 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     ledger = UsageLedger(lambda: SqliteUsageStore(settings.database_url), flush_interval=settings.usage_flush_interval)
     metrics = Metrics()
 
+    resolver = ClientResolver(settings.trusted_proxies)
     forwarder = Forwarder(
         client,
-        resolver=ClientResolver(settings.trusted_proxies),
+        resolver=resolver,
         max_body_bytes=settings.max_body_bytes,
         cors=Cors(settings.cors_origins) if settings.cors_origins else None,
         # The order requests pass through: who is calling, then what they may reach.
@@ -166,9 +169,9 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     api.include_router(health_router(checks))
     metrics_app = _fastapi()
     if settings.metrics_address:
-        metrics_app.include_router(metrics_router(metrics, authenticator=None))
+        metrics_app.include_router(metrics_router(metrics, None))
     else:
-        api.include_router(metrics_router(metrics, authenticator))
+        api.include_router(metrics_router(metrics, admin_scope(authenticator, resolver)))
     return Gateway(api, forwarder, metrics, metrics_app)
 
 
@@ -181,5 +184,9 @@ def _fastapi(lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:
     async def native_error(_: Request, exc: HTTPException) -> JSONResponse:
         # Outside /api and /v1 the gateway speaks Ollama's dialect too.
         return JSONResponse({"error": str(exc.detail).lower()}, exc.status_code, headers=exc.headers)
+
+    @api.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError) -> Response:
+        return Response(render(exc, Dialect.NATIVE), exc.status, exc.headers, "application/json")
 
     return api

@@ -6,12 +6,11 @@ import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from gateway.auth import Authenticator
-from gateway.errors import Dialect, Forbidden, GatewayError, render
-from gateway.keystore import Scope
+from gateway.errors import GatewayError
+from gateway.guard import Guard
 from gateway.limits import Limiter
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.upstream import Upstream, fetch_version
@@ -42,21 +41,12 @@ def health_router(checks: dict[str, Check]) -> APIRouter:
     return router
 
 
-def metrics_router(metrics: Metrics, authenticator: Authenticator | None) -> APIRouter:
-    """``/metrics``; with an authenticator, only for admin keys (the metrics name keys)."""
-    router = APIRouter()
+def metrics_router(metrics: Metrics, guard: Guard | None) -> APIRouter:
+    """``/metrics``; with a guard, only for admin keys (the metrics name keys)."""
+    router = APIRouter(dependencies=[Depends(guard)] if guard is not None else [])
 
     @router.get("/metrics")
-    async def metrics_endpoint(request: Request) -> Response:
-        if authenticator is not None:
-            try:
-                principal = await authenticator.authenticate(
-                    request.scope["headers"], request.client.host if request.client else ""
-                )
-                if Scope.ADMIN not in principal.scopes:
-                    raise Forbidden("this API key lacks the 'admin' scope required for /metrics")
-            except GatewayError as error:
-                return Response(render(error, Dialect.NATIVE), error.status, error.headers, "application/json")
+    async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return router

@@ -58,12 +58,20 @@ async def _serve_all(main: uvicorn.Server, side: uvicorn.Server | None) -> None:
             await side_task
 
 
+class _Aligned(logging.Formatter):
+    """``WARNING:  gateway: …`` lined up with uvicorn's own ``INFO:     …`` lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelprefix = f"{record.levelname}:".ljust(9)
+        return super().format(record)
+
+
 def configure_logging(level: str) -> None:
     """The gateway's own warnings (Redis down, usage not written, ...) on stderr, beside uvicorn's."""
     logger = logging.getLogger("gateway")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        handler.setFormatter(_Aligned("%(levelprefix)s %(name)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False

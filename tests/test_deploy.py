@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from gateway.database import sqlite_path
 from gateway.settings import Settings
@@ -145,22 +147,46 @@ def test_image_is_built_on_one_pinned_slim_python() -> None:
 def test_dependencies_are_a_layer_of_their_own_before_the_project() -> None:
     build = _stages()[0]
     order = [(item.keyword, item.value) for item in build.body]
-    copy_pyproject = order.index(("COPY", "pyproject.toml ./"))
-    install = next(i for i, (kw, value) in enumerate(order) if kw == "RUN" and "-r requirements.txt" in value)
+    copy_lock = order.index(("COPY", "requirements.lock ./"))
+    install = next(i for i, (kw, value) in enumerate(order) if kw == "RUN" and "-r requirements.lock" in value)
     copy_code = order.index(("COPY", "gateway/ gateway/"))
-    assert copy_pyproject < install < copy_code
-    # Only wheels: nothing is compiled, so no compiler is needed.
-    assert "--only-binary=:all:" in order[install][1]
-    # The listing the layer installs is pyproject's runtime dependencies, without the dev tools.
+    assert copy_lock < install < copy_code
     words = shlex.split(order[install][1])
-    code = words[words.index("-c") + 1]
-    listed = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True
-    ).stdout.split()
+    # Exactly the locked versions, checked against their hashes, wheels only (nothing compiled).
+    assert {"--require-hashes", "--only-binary=:all:", "--no-deps"} <= set(words)
+    assert not any(kw == "COPY" and "pyproject.toml" in value for kw, value in order[:install])
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock: canonical name -> (version, hashes)."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    current: list[str] | None = None
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not line[0].isspace():
+            name, _, rest = line.partition("==")
+            version = rest.split(";")[0].split("\\")[0].strip()
+            assert canonicalize_name(name) not in entries, f"{name} locked twice"
+            current = []
+            entries[canonicalize_name(name)] = (version, current)
+        elif current is not None and line.strip().startswith("--hash=sha256:"):
+            current.append(line.strip().removeprefix("--hash=").rstrip(" \\"))
+    return entries
+
+
+def test_the_lock_pins_every_runtime_dependency_within_pyproject_with_hashes() -> None:
+    locked = _locked()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = [dep for group, deps in project.get("optional-dependencies", {}).items() if group != "dev" for dep in deps]
-    assert listed == [*project["dependencies"], *extras]
-    assert not set(project["optional-dependencies"]["dev"]) & set(listed)
+    for text in [*project["dependencies"], *project["optional-dependencies"]["redis"]]:
+        requirement = Requirement(text)
+        wanted = canonicalize_name(requirement.name)
+        assert wanted in locked, f"{requirement} is not in requirements.lock (run make lock)"
+        assert requirement.specifier.contains(locked[wanted][0], prereleases=True), (wanted, locked[wanted][0], text)
+    for name, (version, hashes) in locked.items():
+        assert re.fullmatch(r"[0-9][0-9A-Za-z.+!]*", version), (name, version)
+        assert hashes, f"{name} has no hashes"
+        assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", digest) for digest in hashes), name
 
 
 def test_final_stage_installs_nothing_and_runs_as_a_fixed_non_root_user() -> None:
@@ -211,7 +237,7 @@ def test_dockerignore_admits_exactly_what_the_image_copies() -> None:
         if not value.startswith("--from")
         for source in value.split()[:-1]
     }
-    assert admitted == copied == {"pyproject.toml", "README.md", "LICENSE", "gateway"}
+    assert admitted == copied == {"pyproject.toml", "requirements.lock", "README.md", "LICENSE", "gateway"}
 
 
 def test_package_metadata_builds_without_deprecation_warnings() -> None:

@@ -178,7 +178,7 @@ def test_interim_answers_close_delimited_bodies_and_broken_answers() -> None:
     run(scenario)
 
 
-def test_a_kept_alive_connection_found_closed_repeats_only_safe_requests() -> None:
+def test_a_kept_alive_connection_found_closed_repeats_requests_held_in_memory() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
         await read_request(reader, state)
         writer.write(OK)
@@ -188,21 +188,43 @@ def test_a_kept_alive_connection_found_closed_repeats_only_safe_requests() -> No
             return
         await answer_each(reader, writer, state)
 
+    async def streamed() -> AsyncIterator[bytes]:
+        yield b'{"model":'
+        yield b'"m"}'
+
     async def scenario() -> None:
         async with serving(handler) as state:
             client = upstream(state)
             assert await fetch(client, outbound()) == (200, b"{}")
-            assert await fetch(client, outbound("GET", b"")) == (200, b"{}")
+            # An inference call is a POST: sent again on a new connection, and answered.
+            assert await fetch(client, outbound()) == (200, b"{}")
             assert state.connections == 2
             await client.aclose()
             client = upstream(state)
-            assert await fetch(client, outbound()) == (200, b"{}")
+            assert await fetch(client, outbound("GET", b"")) == (200, b"{}")
+            # A streamed body was partly consumed by the first try: it cannot go again.
             with pytest.raises(UpstreamUnavailable):
-                await fetch(client, outbound())
+                await fetch(client, outbound(body=streamed()))
             await client.aclose()
         methods = [head.split(b" ")[0] for head, _ in state.requests]
-        # The GET went twice (the second time on a new connection); the failed POST once only.
-        assert methods == [b"POST", b"GET", b"GET", b"POST", b"POST"]
+        # The second POST went twice (the second time on a new connection); the streamed one once.
+        assert methods == [b"POST", b"POST", b"POST", b"GET", b"POST"]
+        assert state.requests[2][1] == b'{"model":"m"}'
+
+    run(scenario)
+
+
+def test_a_fresh_connection_that_closes_unanswered_is_not_repeated() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await read_request(reader, state)  # read, then close: the request may have been processed
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state)
+            with pytest.raises(UpstreamUnavailable, match="closed the connection before answering"):
+                await fetch(client, outbound())
+            await client.aclose()
+        assert len(state.requests) == 1
 
     run(scenario)
 
@@ -420,5 +442,58 @@ def test_a_request_given_up_before_its_answer_leaves_no_timer_behind(monkeypatch
             assert len(exchanges) == 1
             assert exchanges[0]._timer is None
             await client.aclose()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 204 No Content\r\nX-Kind: none\r\n\r\n",
+        # 304's Content-Length describes the representation it stands for: no body follows.
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nX-Kind: none\r\n\r\n",
+    ],
+    ids=["204", "304"],
+)
+def test_answers_without_a_body_end_at_their_head_and_keep_the_connection(answer: bytes) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await read_request(reader, state)
+        writer.write(answer)
+        await answer_each(reader, writer, state)
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state)
+            response = await client.send(outbound("GET", b""))
+            assert (response.status, response.headers[-1]) in {(204, (b"x-kind", b"none")), (304, (b"x-kind", b"none"))}
+            assert [chunk async for chunk in response.body()] == []
+            await response.aclose()
+            assert await fetch(client, outbound()) == (200, b"{}")
+            await client.aclose()
+        assert state.connections == 1
+
+    run(scenario)
+
+
+def test_trailers_end_a_chunked_body_and_are_not_relayed() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await read_request(reader, state)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n"
+            b"Trailer: X-Checksum\r\n\r\n"
+            b"6\r\nline1\n\r\n6\r\nline2\n\r\n0\r\nX-Checksum: abc\r\n\r\n"
+        )
+        await answer_each(reader, writer, state)
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state)
+            response = await client.send(outbound())
+            assert b"".join([chunk async for chunk in response.body()]) == b"line1\nline2\n"
+            assert [name for name, _ in response.headers] == [b"content-type", b"transfer-encoding", b"trailer"]
+            await response.aclose()
+            assert await fetch(client, outbound()) == (200, b"{}")
+            await client.aclose()
+        assert state.connections == 1
 
     run(scenario)

@@ -172,6 +172,22 @@ def test_metrics_need_an_admin_key(gateway: RunningGateway, fake: FakeOllama, da
     assert "# TYPE gateway_requests_total counter" in allowed.text
 
 
+def test_metrics_share_the_forwarded_routes_authenticator_and_lockout(
+    make_gateway: Callable[..., RunningGateway], fake: FakeOllama
+) -> None:
+    gateway = make_gateway(auth_failure_limit=2, auth_failure_window=60, trusted_proxies=("127.0.0.1",))
+    behind = {"X-Forwarded-For": "203.0.113.7"}
+    bad = {**behind, "Authorization": "Bearer ogw_nope"}
+    # Two failures on a forwarded route lock the client (as a trusted proxy names it) out...
+    assert [httpx.get(gateway.url + "/api/tags", headers=bad).status_code for _ in range(2)] == [401, 401]
+    # ...of /metrics too, even with the right key; another client behind the same proxy is fine.
+    locked = httpx.get(gateway.url + "/metrics", headers={**gateway.auth, **behind})
+    assert locked.status_code == 429
+    assert locked.json()["error"].startswith("too many failed authentication attempts")
+    other = httpx.get(gateway.url + "/metrics", headers={**gateway.auth, "X-Forwarded-For": "203.0.113.8"})
+    assert other.status_code == 200
+
+
 def test_metrics_on_their_own_address(fake: FakeOllama, database_url: str) -> None:
     key = issue_key(database_url, "someone")
     port = free_port()

@@ -26,8 +26,6 @@ from gateway.upstream.connections import Closed, Connection, Pool
 
 # Bytes of response held for a slow client before the upstream socket stops being read.
 _HIGH_WATER = 1024 * 1024
-# Methods whose request may be sent again if a kept-alive connection turned out to be closed.
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 # Methods that carry no body unless one is given (no "content-length: 0" for them).
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -69,8 +67,8 @@ class _Response:
             self._spurious()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.complete:
-            return
+        if self.complete or self.started:
+            return  # trailers after a chunked body: the head has gone to the client already
         # Lower-cased as ASGI has them: Go writes canonical names (``Content-Type``), and every
         # look-up above this seam compares lower-case names.
         lowered = name.lower()
@@ -273,8 +271,7 @@ class HttptoolsUpstream:
             try:
                 await self._exchange(conn, response, request)
             except UpstreamUnavailable as error:
-                # A kept-alive connection found closed before any answer: a request that may
-                # safely be repeated goes once more, on a new connection.
+                # A kept-alive connection found closed before any answer: once more, on a new one.
                 if fresh or isinstance(error, UpstreamBroken) or not _may_retry(conn, response, request):
                     raise
                 fresh = True
@@ -362,4 +359,7 @@ class HttptoolsUpstream:
 
 
 def _may_retry(conn: Connection, response: _Response, request: Outbound) -> bool:
-    return conn.reused and response.received == 0 and request.method in _IDEMPOTENT and isinstance(request.body, bytes)
+    """A kept-alive connection that closed before a single answer byte: Ollama closed it idle as
+    the request crossed (it never read it), so any method may go again, once, on a new one.
+    Only a body held whole in memory can be sent again; a streamed one is partly consumed."""
+    return conn.reused and response.received == 0 and isinstance(request.body, bytes)

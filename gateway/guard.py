@@ -1,0 +1,35 @@
+"""The admin-scope check for the gateway's own routes (``/metrics`` now), as a FastAPI dependency.
+
+It is built from the same ``Authenticator`` and ``ClientResolver`` as the forwarded routes, so a
+key, its scopes, a revocation and an address's lockout mean the same on every route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+
+from gateway.auth import Authenticator
+from gateway.clientaddr import ClientResolver
+from gateway.errors import Forbidden
+from gateway.headers import header
+from gateway.keystore import Scope
+from gateway.principal import Principal
+
+Guard = Callable[[Request], Awaitable[Principal]]
+
+
+def admin_scope(authenticator: Authenticator, resolver: ClientResolver) -> Guard:
+    async def require_admin(request: Request) -> Principal:
+        headers = request.scope["headers"]
+        peer = request.client.host if request.client else ""
+        client = resolver.resolve(
+            peer, request.url.scheme, header(headers, b"x-forwarded-for"), header(headers, b"x-forwarded-proto")
+        )
+        principal = await authenticator.authenticate(headers, client.ip)
+        if Scope.ADMIN not in principal.scopes:
+            raise Forbidden(f"this API key lacks the 'admin' scope required for {request.url.path}")
+        return principal
+
+    return require_admin
