@@ -8,12 +8,9 @@ and checked against the key's patterns; listings are filtered to what the key ma
 
 from __future__ import annotations
 
-import asyncio
-
 from gateway.errors import BadRequest, Forbidden
 from gateway.flow import Flow
 from gateway.inbound import Inbound
-from gateway.jsonbody import JsonBody
 from gateway.keystore import Scope
 from gateway.listing import ListingFilter
 from gateway.models import InvalidModelName, ModelName, allowed, parse_model
@@ -21,8 +18,6 @@ from gateway.principal import Principal
 from gateway.surfaces import ModelSource, RouteClass
 
 _SCOPE_FOR = {RouteClass.INFERENCE: Scope.INFERENCE, RouteClass.READ: Scope.READ, RouteClass.ADMIN: Scope.ADMIN}
-# Parsing a large body (images are base64 inside it) would stall the event loop.
-_PARSE_IN_THREAD = 256 * 1024
 
 
 def principal_of(flow: Flow) -> Principal:
@@ -31,30 +26,11 @@ def principal_of(flow: Flow) -> Principal:
     return flow.principal
 
 
-async def read_json(flow: Flow, inbound: Inbound, limit: int) -> JsonBody | None:
-    """The request body as Ollama will decode it (read once, then kept on the flow).
+class RoutePolicy:
+    """May this key reach this route at all (its scope; cloud routes only when enabled)?"""
 
-    None for an empty body: nothing can run without a model, so Ollama's own error (400 "missing
-    request body", or 405 for a wrong method) is the right answer and the request goes on.
-    """
-    if "json" in flow.meta:
-        cached: JsonBody | None = flow.meta["json"]
-        return cached
-    if flow.body is None:
-        flow.body = await inbound.read(limit)
-    body = flow.body
-    if not body.strip():
-        flow.meta["json"] = None
-        return None
-    parsed = await asyncio.to_thread(JsonBody.parse, body) if len(body) > _PARSE_IN_THREAD else JsonBody.parse(body)
-    flow.meta["json"] = parsed
-    return parsed
-
-
-class AccessPolicy:
-    def __init__(self, *, allow_cloud: bool, max_body_bytes: int) -> None:
+    def __init__(self, *, allow_cloud: bool) -> None:
         self._allow_cloud = allow_cloud
-        self._max_body = max_body_bytes
 
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
         principal = principal_of(flow)
@@ -68,15 +44,28 @@ class AccessPolicy:
         if needed not in principal.scopes:
             raise Forbidden(f"this API key lacks the '{needed.value}' scope required for {route.name}")
 
+    def finish(self, flow: Flow, admitted: None) -> None:
+        pass
+
+
+class ModelPolicy:
+    """May this key use the model the request names (read from ``flow.json``); listings filtered."""
+
+    def __init__(self, *, allow_cloud: bool) -> None:
+        self._allow_cloud = allow_cloud
+
+    async def admit(self, flow: Flow, inbound: Inbound) -> None:
+        principal = principal_of(flow)
+        route = flow.route
         restricted = bool(principal.patterns) or not self._allow_cloud
         if route.listing and restricted:
-            flow.transform = ListingFilter(lambda name: self._may_use(principal, name))
+            flow.transforms.append(ListingFilter(lambda name: self._may_use(principal, name)))
         if route.model_source is ModelSource.NONE:
             if restricted and route.route_class is RouteClass.INFERENCE:
                 # The model travels in a multipart form here; it cannot be checked, so not allowed.
                 raise Forbidden(f"{route.name} cannot be checked against model permissions and is disabled here")
             return
-        names = await self._names(flow, inbound)
+        names = self._names(flow)
         if names:
             # Recorded before the checks, so a refusal's log line names the model asked for.
             flow.model = names[0].short
@@ -88,17 +77,17 @@ class AccessPolicy:
             if not allowed(name, principal.patterns):
                 raise Forbidden(f"this API key may not use model '{name.short}'")
 
-    def finish(self, flow: Flow) -> None:
+    def finish(self, flow: Flow, admitted: None) -> None:
         pass
 
     def _may_use(self, principal: Principal, name: ModelName) -> bool:
         return (self._allow_cloud or not name.is_cloud) and allowed(name, principal.patterns)
 
-    async def _names(self, flow: Flow, inbound: Inbound) -> list[ModelName]:
+    def _names(self, flow: Flow) -> list[ModelName]:
         source = flow.route.model_source
         if source is ModelSource.PATH:
             return [_parse(flow.path.rsplit("/", 1)[1])]
-        body = await read_json(flow, inbound, self._max_body)
+        body = flow.json
         if body is None:
             return []
         if source is ModelSource.COPY:

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Lifespan, Message, Receive, Scope, Send
 
 from gateway import __version__
-from gateway.access import AccessPolicy
+from gateway.access import ModelPolicy, RoutePolicy
 from gateway.accesslog import AccessLog, chosen_format
 from gateway.accounting import UsageLedger
 from gateway.auth import Authenticator, AuthPolicy
@@ -29,6 +29,7 @@ from gateway.limits import Quota, open_limiter
 from gateway.limits.queue import FairQueue
 from gateway.metrics import Metrics
 from gateway.pipeline import Forwarder
+from gateway.requestbody import RequestBodyPolicy
 from gateway.requestid import request_id
 from gateway.routes import (
     READY_TIMEOUT,
@@ -40,6 +41,7 @@ from gateway.routes import (
     upstream_check,
 )
 from gateway.settings import Settings
+from gateway.sse import StreamUsagePolicy
 from gateway.startup import report_start
 from gateway.surfaces import is_forwarded
 from gateway.throttle import FailureThrottle
@@ -110,7 +112,10 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         # The order requests pass through: who is calling, then what they may reach.
         policies=[
             AuthPolicy(authenticator),
-            AccessPolicy(allow_cloud=settings.allow_cloud, max_body_bytes=settings.max_body_bytes),
+            RoutePolicy(allow_cloud=settings.allow_cloud),
+            RequestBodyPolicy(max_body_bytes=settings.max_body_bytes),
+            ModelPolicy(allow_cloud=settings.allow_cloud),
+            StreamUsagePolicy(),
             LimitPolicy(
                 limiter,
                 queue,
@@ -121,7 +126,6 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
                     concurrency=settings.default_concurrency,
                 ),
                 default_completion_tokens=settings.default_max_tokens,
-                max_body_bytes=settings.max_body_bytes,
             ),
         ],
         # Every finished request, once, to each of these.

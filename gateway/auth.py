@@ -106,5 +106,5 @@ class AuthPolicy:
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
         flow.principal = await self._authenticator.authenticate(flow.headers, flow.client.ip)
 
-    def finish(self, flow: Flow) -> None:
+    def finish(self, flow: Flow, admitted: None) -> None:
         pass

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from gateway.clientaddr import ClientAddress
 from gateway.errors import GatewayError
 from gateway.headers import Headers, header
+from gateway.jsonbody import JsonBody
 from gateway.principal import Principal
 from gateway.proxy import BodyTransform
 from gateway.streams import Usage, UsageReader
@@ -45,14 +45,16 @@ class Flow:
     # ok | client_disconnect | upstream_error | upstream_timeout | the refusing error's outcome
     outcome: str = "ok"
     error: GatewayError | None = None
-    # Set by a policy that read the request body; forwarded instead of streaming it.
+    # The request body, once read (by RequestBodyPolicy); forwarded instead of streaming it. A
+    # policy that rewrites it replaces it here.
     body: bytes | None = None
+    # The body as Ollama's decoder will read it; None when not read or empty.
+    json: JsonBody | None = None
     reader: UsageReader | None = None
-    transform: BodyTransform | None = None
+    # Rewrites of the response body, applied in this order (a filtered listing, a stripped frame).
+    transforms: list[BodyTransform] = field(default_factory=list)
     # Extra response headers policies want the client to see.
     response_headers: Headers = field(default_factory=list)
-    # Free-form per-request facts policies pass to each other (e.g. the parsed body).
-    meta: dict[str, Any] = field(default_factory=dict)
     _usage: Usage | None = None
 
     # Observer hooks, called by the proxy core.

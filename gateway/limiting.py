@@ -9,19 +9,16 @@ its client mid-stream) the reservation is settled to the tokens really used.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from gateway.access import read_json
 from gateway.estimate import estimate
 from gateway.flow import Flow
 from gateway.inbound import Inbound
 from gateway.keystore import UNLIMITED, Limits
 from gateway.limits import Grant, Limiter, Quota, refusal, window_headers
 from gateway.limits.queue import FairQueue, Ticket
-from gateway.sse import UsageStripper
 from gateway.surfaces import RouteClass
 
-# /v1 streams that carry usage only when asked (see sse.py).
-_USAGE_ON_REQUEST = frozenset({"/v1/chat/completions", "/v1/completions"})
 _EMBEDDINGS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 
 
@@ -41,6 +38,15 @@ def effective(limits: Limits, defaults: Quota) -> Quota:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a request holds while it runs: its reservation and its upstream slot."""
+
+    quota: Quota
+    grant: Grant | None
+    ticket: Ticket | None
+
+
 class LimitPolicy:
     def __init__(
         self,
@@ -49,26 +55,21 @@ class LimitPolicy:
         *,
         defaults: Quota,
         default_completion_tokens: int,
-        max_body_bytes: int,
     ) -> None:
         self._limiter = limiter
         self._queue = queue
         self._defaults = defaults
         self._default_completion = default_completion_tokens
-        self._max_body = max_body_bytes
 
-    async def admit(self, flow: Flow, inbound: Inbound) -> None:
+    async def admit(self, flow: Flow, inbound: Inbound) -> Admission:
         principal = flow.principal
         if principal is None:
             raise RuntimeError("limits are checked after authentication")
         quota = effective(principal.limits, self._defaults)
         inference = flow.route.route_class is RouteClass.INFERENCE
-        tokens = 0
-        if inference:
-            body = await read_json(flow, inbound, self._max_body)
-            tokens = estimate(body, self._default_completion, embedding=flow.route.name in _EMBEDDINGS)
-            if body is not None and flow.route.name in _USAGE_ON_REQUEST:
-                self._ask_for_usage(flow)
+        tokens = (
+            estimate(flow.json, self._default_completion, embedding=flow.route.name in _EMBEDDINGS) if inference else 0
+        )
         grant: Grant | None = None
         zero = [name for name in ("rpm", "tpm", "tpd", "concurrency") if getattr(quota, name) == 0]
         if zero:
@@ -78,10 +79,9 @@ class LimitPolicy:
             )
         if not quota.unlimited:
             grant = await self._limiter.acquire(principal.key_id, quota, tokens)
-            flow.meta["limits"] = (quota, grant)
             flow.response_headers.extend(window_headers(grant.requests, grant.tokens))
         if not inference or self._queue is None:
-            return
+            return Admission(quota, grant, None)
         queued_at = time.perf_counter()
         try:
             ticket = await self._queue.acquire(principal.key_id, principal.limits.weight or 1)
@@ -90,30 +90,16 @@ class LimitPolicy:
             # Refused or abandoned while queued: the request never ran.
             if grant is not None:
                 self._limiter.settle(principal.key_id, quota, grant, 0)
-                del flow.meta["limits"]
             raise
-        flow.meta["ticket"] = ticket
         flow.queue_wait = ticket.waited
         flow.response_headers.append((b"x-queue-wait-ms", f"{ticket.waited * 1000:.0f}".encode()))
         flow.response_headers.append((b"x-queue-position", str(ticket.position).encode()))
+        return Admission(quota, grant, ticket)
 
-    def finish(self, flow: Flow) -> None:
-        ticket: Ticket | None = flow.meta.pop("ticket", None)
-        if ticket is not None and self._queue is not None:
+    def finish(self, flow: Flow, admitted: Admission) -> None:
+        if admitted.ticket is not None and self._queue is not None:
             self._queue.release()
-        limits: tuple[Quota, Grant] | None = flow.meta.pop("limits", None)
-        if limits is not None and flow.principal is not None:
+        if admitted.grant is not None and flow.principal is not None:
             usage = flow.usage
             used = usage.total if usage is not None else 0
-            self._limiter.settle(flow.principal.key_id, limits[0], limits[1], used)
-
-    def _ask_for_usage(self, flow: Flow) -> None:
-        body = flow.meta.get("json")
-        if body is None or body.get("stream") is not True:
-            return
-        options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:
-            return
-        merged = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-        flow.body = body.replace("stream_options", merged)
-        flow.transform = UsageStripper()
+            self._limiter.settle(flow.principal.key_id, admitted.quota, admitted.grant, used)

@@ -10,7 +10,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
@@ -22,18 +22,20 @@ from gateway.flow import Flow
 from gateway.headers import Headers, header, upstream_request_headers
 from gateway.inbound import ClientDisconnected, Inbound
 from gateway.paths import checked_path, checked_query
-from gateway.proxy import forward
+from gateway.proxy import Chain, forward
 from gateway.record import RequestRecord, record_of
 from gateway.requestid import request_id
 from gateway.surfaces import Route, RouteClass, classify
 from gateway.upstream import Outbound, Upstream
 
+Admitted = TypeVar("Admitted")
 
-class Policy(Protocol):
-    async def admit(self, flow: Flow, inbound: Inbound) -> None:
-        """Let the flow through, or raise a GatewayError. May read the body (set ``flow.body``)."""
 
-    def finish(self, flow: Flow) -> None:
+class Policy(Protocol[Admitted]):
+    async def admit(self, flow: Flow, inbound: Inbound) -> Admitted:
+        """Let the flow through, or raise a GatewayError; what it returns goes to ``finish``."""
+
+    def finish(self, flow: Flow, admitted: Admitted) -> None:
         """The flow is over (called once for every policy whose ``admit`` returned)."""
 
 
@@ -53,7 +55,7 @@ class Forwarder:
         resolver: ClientResolver,
         max_body_bytes: int,
         cors: Cors | None = None,
-        policies: Sequence[Policy] = (),
+        policies: Sequence[Policy[Any]] = (),
         sinks: Sequence[Sink] = (),
     ) -> None:
         self._cors = cors
@@ -83,7 +85,7 @@ class Forwarder:
             client=client,
             headers=headers,
         )
-        admitted: list[Policy] = []
+        admitted: list[tuple[Policy[Any], Any]] = []
         self.in_flight += 1
         try:
             path = checked_path(raw_path)
@@ -101,8 +103,7 @@ class Forwarder:
             # From here on a client that leaves (while queued, or while Ollama works) cancels us.
             inbound.watch()
             for policy in self._policies:
-                await policy.admit(flow, inbound)
-                admitted.append(policy)
+                admitted.append((policy, await policy.admit(flow, inbound)))
             plain = path if _PLAIN_PATH.fullmatch(path) else quote(path, safe=_SAFE_PATH_CHARS)
             target = plain + ("?" + query.decode() if query else "")
             outbound = Outbound(
@@ -125,7 +126,7 @@ class Forwarder:
                 dialect=route.dialect,
                 extra_headers=[(b"x-request-id", rid), _overhead_header(flow), *flow.response_headers],
                 observer=flow,
-                transform=flow.transform,
+                transform=Chain(flow.transforms) if flow.transforms else None,
             )
         except GatewayError as error:
             flow.fail(error)
@@ -151,8 +152,8 @@ class Forwarder:
             # What the client sent (a body the gateway rewrote is longer or shorter upstream).
             flow.bytes_in = inbound.bytes_in
             flow.finished_at = time.perf_counter()
-            for policy in reversed(admitted):
-                policy.finish(flow)
+            for policy, token in reversed(admitted):
+                policy.finish(flow, token)
             record = record_of(flow)
             for sink in self._sinks:
                 sink(record)

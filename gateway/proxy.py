@@ -9,6 +9,7 @@ frame in its own dialect, and a fixed-length body is cut (the client sees it tru
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from starlette.types import Send
@@ -36,6 +37,26 @@ class BodyTransform(Protocol):
     def feed(self, data: bytes) -> bytes: ...
 
     def end(self) -> bytes: ...
+
+
+class Chain:
+    """Several transforms, each fed what the one before it let out, in order."""
+
+    def __init__(self, transforms: Sequence[BodyTransform]) -> None:
+        self._transforms = tuple(transforms)
+
+    def feed(self, data: bytes) -> bytes:
+        for transform in self._transforms:
+            if not data:
+                break
+            data = transform.feed(data)
+        return data
+
+    def end(self) -> bytes:
+        tail = b""
+        for transform in self._transforms:
+            tail = (transform.feed(tail) if tail else b"") + transform.end()
+        return tail
 
 
 class ResponseAborted(Exception):

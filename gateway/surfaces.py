@@ -39,6 +39,11 @@ class Route:
     bounded_body: bool = True  # False: stream the body with no size cap (model blobs)
     listing: bool = False  # the response lists models and is filtered per key
 
+    @property
+    def json_body(self) -> bool:
+        """The body is JSON that names the model: read and parsed before the request goes on."""
+        return self.model_source not in (ModelSource.NONE, ModelSource.PATH)
+
 
 _N, _O, _A = Dialect.NATIVE, Dialect.OPENAI, Dialect.ANTHROPIC
 _INF, _READ, _ADMIN, _CLOUD = RouteClass.INFERENCE, RouteClass.READ, RouteClass.ADMIN, RouteClass.CLOUD

@@ -104,6 +104,28 @@ def test_cloud_can_be_enabled(make_gateway: Callable[..., RunningGateway], fake:
     assert len(fake.requests) == 1
 
 
+def test_a_multipart_transcription_is_forwarded_unread_for_an_unrestricted_key(
+    make_gateway: Callable[..., RunningGateway], fake: FakeOllama
+) -> None:
+    """Its model is in a form the gateway does not parse: the body goes through as it came."""
+    gateway = make_gateway(allow_cloud=True)
+    files = {"file": ("a.wav", b"RIFF\x00\x01binary", "audio/wav")}
+    response = httpx.post(
+        gateway.url + "/v1/audio/transcriptions",
+        data={"model": "whisper"},
+        files=files,
+        headers=gateway.auth,
+        timeout=10,
+    )
+    # The fake has no such route: its own 404 is relayed (no gateway 400 about JSON).
+    assert (response.status_code, response.text) == (404, "404 page not found")
+    received = fake.wait_for_request()
+    assert (received.header("content-type") or "").startswith("multipart/form-data; boundary=")
+    assert received.body is not None
+    assert b'name="model"\r\n\r\nwhisper' in received.body
+    assert b"RIFF\x00\x01binary" in received.body
+
+
 SPELLINGS_OF_LLAMA = [
     "llama3.2",
     "llama3.2:latest",

@@ -20,20 +20,18 @@ A background task pings Redis every ``retry_interval`` and switches back by itse
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import LimiterUnavailable, RateLimited
@@ -74,7 +72,7 @@ end
 # KEYS: state hash, lease set. ARGV: rpm, tpm, tpd, concurrency ('' = none), tokens, lease, ttl.
 # Reply: {code, wait, requests level, tokens level, day number}; code 0 = admitted and charged,
 # 1..4 = refused by concurrency, requests/min, tokens/min, tokens/day (nothing charged).
-_ACQUIRE = (
+ACQUIRE = (
     _COMMON
     + """
 local rpm, tpm, tpd, conc = num(ARGV[1]), num(ARGV[2]), num(ARGV[3]), num(ARGV[4])
@@ -114,7 +112,7 @@ return reply(0, 0)
 
 # KEYS: state hash, lease set. ARGV: lease, tpm ('' = none), reserved minute, used, day, reserved day.
 # A lease that is gone (settled already, or expired) changes nothing, as in MemoryLimiter.
-_SETTLE = (
+SETTLE = (
     _COMMON
     + """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
@@ -137,7 +135,7 @@ return 1
 )
 
 # KEYS: lease set. ARGV: ttl, lease ids still running here. XX: a lease settled meanwhile stays gone.
-_RENEW = (
+RENEW = (
     _COMMON
     + """
 local ttl = tonumber(ARGV[1])
@@ -146,18 +144,6 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000))
 return 0
 """
 )
-
-
-@dataclass(frozen=True, slots=True)
-class _Script:
-    source: str
-
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
-
-
-ACQUIRE, SETTLE, RENEW = _Script(_ACQUIRE), _Script(_SETTLE), _Script(_RENEW)
 
 
 def _keys(key: str) -> tuple[str, str]:
@@ -200,6 +186,7 @@ class RedisLimiter:
         self._socket_timeout = socket_timeout
         self._max_connections = max_connections
         self._redis: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
         self._reachable = True
         self._last_contact = 0.0
         self._last_renewal = 0.0
@@ -224,6 +211,7 @@ class RedisLimiter:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._redis = aioredis.Redis.from_pool(pool)
+        self._scripts = {source: self._redis.register_script(source) for source in (ACQUIRE, SETTLE, RENEW)}
         try:
             await self._redis.ping()
             self._contact()
@@ -329,15 +317,12 @@ class RedisLimiter:
             # The lease expires by itself; the reservation stays charged.
             self._lost(error)
 
-    async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
-        if self._redis is None:
+    async def _eval(self, source: str, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+        script = self._scripts.get(source)
+        if script is None:
             raise RuntimeError("RedisLimiter used before start()")
-        try:
-            result = await self._redis.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # Redis restarted (or SCRIPT FLUSH): load it again.
-            await self._redis.script_load(script.source)
-            result = await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+        # EVALSHA, loading the script again when Redis has forgotten it (a restart, SCRIPT FLUSH).
+        result = await script(keys=list(keys), args=list(args))
         self._contact()
         return result
 
