@@ -1,4 +1,4 @@
-"""Assembly: build every component from settings and wire them into one ASGI application."""
+"""Assembly: build every component from settings and wire them into one ``Gateway``."""
 
 from __future__ import annotations
 
@@ -10,28 +10,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
-from starlette.types import Lifespan, Message, Receive, Scope, Send
+from starlette.types import Lifespan
 
 from gateway import __version__
-from gateway.access import ModelPolicy, RoutePolicy
 from gateway.accesslog import AccessLog, chosen_format
 from gateway.accounting import UsageLedger
 from gateway.auth import Authenticator, AuthPolicy
 from gateway.clientaddr import ClientResolver
 from gateway.cors import Cors
-from gateway.errors import Dialect, GatewayError, render
-from gateway.guard import admin_scope
-from gateway.headers import header
-from gateway.keyring import Keyring
-from gateway.keystore import open_keystore
-from gateway.limiting import LimitPolicy
-from gateway.limits import Quota, open_limiter
-from gateway.limits.queue import FairQueue
-from gateway.metrics import Metrics
-from gateway.pipeline import Forwarder
-from gateway.requestbody import RequestBodyPolicy
-from gateway.requestid import request_id
-from gateway.routes import (
+from gateway.dispatch import Gateway
+from gateway.endpoints import (
     READY_TIMEOUT,
     Check,
     database_check,
@@ -40,44 +28,23 @@ from gateway.routes import (
     metrics_router,
     upstream_check,
 )
+from gateway.errors import Dialect, GatewayError, render
+from gateway.forwarding import ForwardedRoutes
+from gateway.guard import admin_scope
+from gateway.keyring import Keyring
+from gateway.keystore import open_keystore
+from gateway.limits import Quota, open_limiter
+from gateway.limits.policy import LimitPolicy
+from gateway.limits.queue import FairQueue
+from gateway.lockout import Lockout
+from gateway.metrics import Metrics
+from gateway.permissions import ModelPolicy, RoutePolicy
+from gateway.requestbody import RequestBodyPolicy
 from gateway.settings import Settings
 from gateway.sse import StreamUsagePolicy
 from gateway.startup import report_start
-from gateway.surfaces import is_forwarded
-from gateway.throttle import FailureThrottle
 from gateway.upstream import Upstream, open_upstream
 from gateway.usagestore import SqliteUsageStore
-
-
-class Gateway:
-    """The ASGI entry point: Ollama's routes go to the forwarder, the rest to the FastAPI app.
-
-    The forwarded routes bypass FastAPI's routing and dependency machinery on purpose: they are
-    the hot path, and they stream.
-    """
-
-    def __init__(self, api: FastAPI, forwarder: Forwarder, metrics: Metrics, metrics_app: FastAPI) -> None:
-        self.api = api
-        self.forwarder = forwarder
-        self.metrics = metrics
-        # Served on its own address when GATEWAY_METRICS_ADDRESS is set (see server.py).
-        self.metrics_app = metrics_app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and is_forwarded(scope["path"]):
-            await self.forwarder(scope, receive, send)
-            return
-        if scope["type"] != "http":
-            await self.api(scope, receive, send)
-            return
-        rid = request_id(header(scope["headers"], b"x-request-id"))
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
-            await send(message)
-
-        await self.api(scope, receive, send_with_id)
 
 
 def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gateway:
@@ -92,7 +59,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     )
     keyring = Keyring(lambda: open_keystore(settings.database_url), refresh_interval=settings.key_refresh_interval)
     authenticator = Authenticator(
-        keyring, FailureThrottle(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
+        keyring, Lockout(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
     )
     limiter = open_limiter(settings.redis_url, fail_closed=settings.redis_fail_closed)
     queue = (
@@ -104,7 +71,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     metrics = Metrics()
 
     resolver = ClientResolver(settings.trusted_proxies)
-    forwarder = Forwarder(
+    forwarded = ForwardedRoutes(
         client,
         resolver=resolver,
         max_body_bytes=settings.max_body_bytes,
@@ -135,7 +102,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             ledger,
         ],
     )
-    metrics.track_in_flight(lambda: forwarder.in_flight)
+    metrics.track_in_flight(lambda: forwarded.in_flight)
     if queue is not None:
         metrics.track_queue_depth(lambda: queue.waiting)
 
@@ -176,7 +143,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         metrics_app.include_router(metrics_router(metrics, None))
     else:
         api.include_router(metrics_router(metrics, admin_scope(authenticator, resolver)))
-    return Gateway(api, forwarder, metrics, metrics_app)
+    return Gateway(api, forwarded, metrics, metrics_app)
 
 
 def _fastapi(lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:

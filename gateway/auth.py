@@ -20,9 +20,9 @@ from gateway.headers import Headers, header
 from gateway.inbound import Inbound
 from gateway.keyring import Keyring
 from gateway.keystore import KeyRecord
+from gateway.lockout import Lockout
 from gateway.models import parse_pattern
 from gateway.principal import Principal
-from gateway.throttle import FailureThrottle
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="ollama-gateway"'}
 _MESSAGE = "invalid or missing API key"
@@ -47,14 +47,14 @@ def presented_key(headers: Headers) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, keyring: Keyring, throttle: FailureThrottle, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, keyring: Keyring, lockout: Lockout, clock: Callable[[], float] = time.time) -> None:
         self._keyring = keyring
-        self._throttle = throttle
+        self._lockout = lockout
         self._clock = clock
         self._principals: dict[str, tuple[KeyRecord, Principal]] = {}
 
     async def authenticate(self, headers: Headers, address: str) -> Principal:
-        self._throttle.check(address)
+        self._lockout.check(address)
         key = presented_key(headers)
         key_id = keys.key_id_of(key) if key else None
         record = self._valid(key, key_id)
@@ -64,9 +64,9 @@ class Authenticator:
             await self._keyring.catch_up()
             record = self._valid(key, key_id)
         if record is None:
-            self._throttle.failed(address)
+            self._lockout.failed(address)
             raise Unauthorized(_MESSAGE, headers=CHALLENGE)
-        self._throttle.succeeded(address)
+        self._lockout.succeeded(address)
         self._keyring.note_use(record.id)
         return self._principal(record)
 
@@ -98,7 +98,7 @@ class Authenticator:
 
 
 class AuthPolicy:
-    """Puts the caller's ``Principal`` on the flow, or refuses with 401 (429 when throttled)."""
+    """Puts the caller's ``Principal`` on the flow, or refuses with 401 (429 when its address is locked out)."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator

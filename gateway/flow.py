@@ -16,7 +16,7 @@ from gateway.errors import GatewayError
 from gateway.headers import Headers, header
 from gateway.jsonbody import JsonBody
 from gateway.principal import Principal
-from gateway.proxy import BodyTransform
+from gateway.relay import BodyTransform
 from gateway.streams import Usage, UsageReader
 from gateway.surfaces import Route, RouteClass
 
@@ -57,7 +57,7 @@ class Flow:
     response_headers: Headers = field(default_factory=list)
     _usage: Usage | None = None
 
-    # Observer hooks, called by the proxy core.
+    # Observer hooks, called by the relay.
     def response_started(self, status: int, headers: Headers, streaming: bool) -> None:
         self.first_byte_at = time.perf_counter()
         self.upstream_status = self.status = status

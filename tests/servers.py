@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
-from gateway.app import Gateway, create_app
+from gateway.app import create_app
+from gateway.dispatch import Gateway
 from gateway.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import allocator, server
+from gateway import allocator, tuning
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,10 +109,10 @@ def test_every_served_process_fixes_the_thresholds(monkeypatch: pytest.MonkeyPat
         calls.append("called")
         return True
 
-    monkeypatch.setattr(server, "keep_large_blocks", keep_large_blocks)
+    monkeypatch.setattr(tuning, "keep_large_blocks", keep_large_blocks)
     threshold = gc.get_threshold()
     try:
-        server._prepare_process()  # what `serve` and each worker run before serving
+        tuning.prepare_process()  # what `serve` and each worker run before serving
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)

@@ -20,7 +20,7 @@ from gateway.errors import AuthThrottled, Unauthorized
 from gateway.keyring import MISS_RECHECK, Keyring
 from gateway.keystore import Scope
 from gateway.keystore.sqlite import SqliteKeyStore
-from gateway.throttle import FailureThrottle
+from gateway.lockout import Lockout
 from tests.conftest import issue_key
 from tests.fake_ollama import FakeOllama
 from tests.servers import ROOT, RunningGateway
@@ -168,7 +168,7 @@ async def test_unknown_key_ids_share_one_look_at_the_store_per_interval(database
 async def test_a_locked_out_address_never_reaches_the_store(database_url: str) -> None:
     keyring = _CountingKeyring(lambda: SqliteKeyStore(database_url), refresh_interval=5)
     await keyring.start()
-    authenticator = Authenticator(keyring, FailureThrottle(limit=1, window=60))
+    authenticator = Authenticator(keyring, Lockout(limit=1, window=60))
     forged = [(b"authorization", b"Bearer ogw_abcdefgh_" + b"x" * 43)]
     try:
         with pytest.raises(Unauthorized):

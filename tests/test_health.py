@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from gateway.routes import Check, database_check, health_router
+from gateway.endpoints import Check, database_check, health_router
 from tests.fake_ollama import FakeOllama
 from tests.servers import RunningGateway, free_port
 

@@ -8,9 +8,9 @@ import pytest
 
 from gateway.errors import QueueTimeout, RateLimited
 from gateway.keystore import UNLIMITED, Limits
-from gateway.limiting import effective
 from gateway.limits import Quota, Window, duration, window_headers
 from gateway.limits.memory import MemoryLimiter
+from gateway.limits.policy import effective
 from gateway.limits.queue import FairQueue
 
 DAY_START = 1_800_000_000.0 - (1_800_000_000.0 % 86400)  # a UTC midnight

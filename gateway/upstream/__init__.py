@@ -1,4 +1,4 @@
-"""The seam between the proxy core and the HTTP client that talks to Ollama.
+"""The seam between the relay and the HTTP client that talks to Ollama.
 
 An implementation sends one request and hands back the status, headers and an iterator of raw
 body bytes; it translates its own exceptions into ``UpstreamUnavailable`` / ``UpstreamTimeout`` /

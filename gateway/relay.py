@@ -1,4 +1,5 @@
-"""The proxy core: send one request upstream and relay the answer to the client, byte for byte.
+"""The relay, the gateway's core: send one request upstream and pass the answer to the client,
+byte for byte.
 
 It knows nothing of keys, limits or logs. Policies see the exchange through an ``Observer`` that
 receives copies of what passes (it must never hold a byte back), and may swap the body through
@@ -63,7 +64,7 @@ class ResponseAborted(Exception):
     """Raised after a fixed-length body broke off: the server must drop the connection."""
 
 
-async def forward(
+async def relay(
     upstream: Upstream,
     request: Outbound,
     inbound: Inbound,

@@ -1,7 +1,7 @@
-"""The forwarded routes: checks and policies composed around the proxy core, in one visible place.
+"""The forwarded routes: checks and policies composed around the relay, in one visible place.
 
 Order: path safety -> route table -> policies (auth, permissions, limits, ... in the order given)
--> forward. Every flow ends in exactly one response (relayed or refused) and one terminal record.
+-> relay. Every flow ends in exactly one response (relayed or refused) and one terminal record.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from gateway.flow import Flow
 from gateway.headers import Headers, header, upstream_request_headers
 from gateway.inbound import ClientDisconnected, Inbound
 from gateway.paths import checked_path, checked_query
-from gateway.proxy import Chain, forward
 from gateway.record import RequestRecord, record_of
+from gateway.relay import Chain, relay
 from gateway.requestid import request_id
 from gateway.surfaces import Route, RouteClass, classify
 from gateway.upstream import Outbound, Upstream
@@ -47,7 +47,7 @@ _UNCHECKED = Route("invalid", RouteClass.ADMIN, Dialect.NATIVE)
 _UNCHECKED_OPENAI = Route("invalid", RouteClass.ADMIN, Dialect.OPENAI)
 
 
-class Forwarder:
+class ForwardedRoutes:
     def __init__(
         self,
         upstream: Upstream,
@@ -118,7 +118,7 @@ class Forwarder:
                 body=self._body(flow, inbound, has_body, limit),
             )
             flow.forwarded_at = time.perf_counter()
-            await forward(
+            await relay(
                 self._upstream,
                 outbound,
                 inbound,

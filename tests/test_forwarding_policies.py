@@ -12,10 +12,10 @@ from starlette.types import Message
 from gateway.clientaddr import ClientResolver
 from gateway.errors import Forbidden
 from gateway.flow import Flow
+from gateway.forwarding import ForwardedRoutes
 from gateway.headers import Headers
 from gateway.inbound import Inbound
-from gateway.pipeline import Forwarder
-from gateway.proxy import Chain
+from gateway.relay import Chain
 from gateway.upstream import Outbound
 
 pytestmark = pytest.mark.timeout(10)
@@ -65,7 +65,7 @@ class _Recording:
         self.log.append(("finish", self.name, admitted))
 
 
-async def _call(forwarder: Forwarder) -> list[Message]:
+async def _call(forwarder: ForwardedRoutes) -> list[Message]:
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -92,7 +92,7 @@ async def test_each_policy_gets_its_own_admission_back_in_reverse_order() -> Non
     log: list[tuple[str, str, object]] = []
     upstream = _Upstream([b'{"a":1}\n'])
     policies = [_Recording("first", log), _Recording("second", log)]
-    forwarder = Forwarder(upstream, resolver=ClientResolver(()), max_body_bytes=1024, policies=policies)
+    forwarder = ForwardedRoutes(upstream, resolver=ClientResolver(()), max_body_bytes=1024, policies=policies)
     sent = await _call(forwarder)
     assert sent[0]["status"] == 200
     assert log == [
@@ -107,7 +107,7 @@ async def test_a_refusal_finishes_only_the_policies_that_admitted() -> None:
     log: list[tuple[str, str, object]] = []
     upstream = _Upstream([])
     policies = [_Recording("first", log), _Recording("second", log, refuse=True), _Recording("third", log)]
-    forwarder = Forwarder(upstream, resolver=ClientResolver(()), max_body_bytes=1024, policies=policies)
+    forwarder = ForwardedRoutes(upstream, resolver=ClientResolver(()), max_body_bytes=1024, policies=policies)
     sent = await _call(forwarder)
     assert sent[0]["status"] == 403
     assert json.loads(sent[1]["body"]) == {"error": "second refuses"}
@@ -159,7 +159,9 @@ async def test_transforms_set_by_policies_rewrite_the_relayed_body_in_order() ->
             return await super().admit(flow, inbound)
 
     upstream = _Upstream([b'{"a"', b":1}\n{", b'"b":2}'])
-    forwarder = Forwarder(upstream, resolver=ClientResolver(()), max_body_bytes=1024, policies=[_Transforming("t", [])])
+    forwarder = ForwardedRoutes(
+        upstream, resolver=ClientResolver(()), max_body_bytes=1024, policies=[_Transforming("t", [])]
+    )
     sent = await _call(forwarder)
     body = b"".join(message.get("body", b"") for message in sent[1:])
     assert body == b'{"A":1}\n{"B":2}!'

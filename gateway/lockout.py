@@ -1,4 +1,5 @@
-"""Slowing down key guessing: too many failed authentications from one address lock it out.
+"""The authentication lockout: too many failed authentications from one address lock it out,
+which slows down key guessing.
 
 While an address is locked, every request from it is refused with 429 before any key is even
 looked at; other addresses, and valid keys used from them, are unaffected. Memory is bounded: the
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from gateway.errors import AuthThrottled
 
 
-class FailureThrottle:
+class Lockout:
     def __init__(
         self,
         *,
