@@ -44,7 +44,6 @@ class Flow:
     bytes_out: int = 0
     # ok | client_disconnect | upstream_error | upstream_timeout | the refusing error's outcome
     outcome: str = "ok"
-    error: GatewayError | None = None
     # The request body, once read (by RequestBodyPolicy); forwarded instead of streaming it. A
     # policy that rewrites it replaces it here.
     body: bytes | None = None
@@ -76,7 +75,8 @@ class Flow:
         self.fail(error)
 
     def fail(self, error: GatewayError) -> None:
-        self.error = error
+        # Only its outcome: the exception's traceback holds the frames that hold this flow, and a
+        # cycle would keep every failed request's objects until the collector's next full pass.
         self.outcome = error.outcome
 
     @property

@@ -61,6 +61,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # The transport holds this protocol: drop the reference back, so both go with the last
+        # other reference rather than at the cyclic collector's next pass.
+        self.transport = None
         if self.exchange is not None:
             self.exchange.ended(exc)
         drained, self._drained = self._drained, None

@@ -37,7 +37,9 @@ class _Response:
         self._pool = pool
         self._conn = conn
         self._loop = asyncio.get_running_loop()
-        self._parser = httptools.HttpResponseParser(self)
+        # The parser holds this object's callbacks, and this object the parser: a cycle that
+        # aclose() breaks, so an exchange is freed when it ends, not by the cyclic collector.
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._head_only = method == "HEAD"
         self._read_timeout = read_timeout
         self._timer: asyncio.TimerHandle | None = None
@@ -79,6 +81,7 @@ class _Response:
     def on_headers_complete(self) -> None:
         if self.complete:
             return
+        assert self._parser is not None  # callbacks come from the parser itself
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             # An interim answer (100 Continue, 103 Early Hints): the real one follows.
@@ -104,7 +107,7 @@ class _Response:
         self._wake()
 
     def on_message_complete(self) -> None:
-        if self.started and not self.complete:
+        if self.started and not self.complete and self._parser is not None:
             self._finish(keep_alive=self._parser.should_keep_alive())
 
     def _spurious(self) -> None:
@@ -114,7 +117,7 @@ class _Response:
 
     # Events from the connection.
     def feed(self, data: bytes) -> None:
-        if self.complete or self.error is not None:
+        if self.complete or self.error is not None or self._parser is None:
             self._spurious()
             return
         self.received += len(data)
@@ -241,6 +244,11 @@ class _Response:
             self._pool.release(self._conn)
         else:
             self._pool.discard(self._conn)
+        # Break the cycles an ended exchange would otherwise keep (see __init__; a raised error's
+        # traceback holds the body() frame that holds this object).
+        self._parser = None
+        self.error = None
+        self.writer = None
 
 
 class HttptoolsUpstream:

@@ -1,0 +1,61 @@
+"""A finished request's objects go when its last reference goes, not at the cyclic collector's next
+pass: the gateway collects rarely (server.py freezes the start-up heap and raises the thresholds),
+so garbage caught in cycles would pile up for minutes and set the process's memory high-water mark.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.fake_ollama import Behaviour, FakeOllama
+from tests.servers import RunningGateway, raw_post, read_until
+
+pytestmark = pytest.mark.timeout(30)
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+# Whose objects count: the gateway's own, and the C types of its connections.
+OURS = ("gateway.", "uvloop.", "httptools.")
+
+
+@pytest.fixture
+def saved_garbage() -> Iterator[list[object]]:
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield gc.garbage
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.collect()
+
+
+def _cyclic(garbage: list[object]) -> Counter[str]:
+    gc.collect()
+    names = (f"{type(item).__module__}.{type(item).__qualname__}" for item in garbage)
+    return Counter(name for name in names if name.startswith(OURS))
+
+
+def test_plain_cut_and_abandoned_requests_leave_no_cycles(
+    gateway: RunningGateway, fake: FakeOllama, saved_garbage: list[object]
+) -> None:
+    body = json.dumps(CHAT).encode()
+    with httpx.Client(base_url=gateway.url, headers=gateway.auth, timeout=10) as client:
+        for _ in range(10):
+            assert client.post("/api/chat", json={**CHAT, "stream": False}).status_code == 200
+            with client.stream("POST", "/api/chat", json=CHAT) as response:
+                assert len(list(response.iter_lines())) == 4
+            fake.behaviour = Behaviour(tokens=5, cut_after=2, cut_reset=True)
+            with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+                assert b"upstream_connection_lost" in response.read()
+            fake.behaviour = Behaviour(tokens=50, token_delay=0.01)
+            with raw_post(gateway.url, "/api/chat", body, gateway.auth) as sock:
+                read_until(sock, b"tok1")  # then hang up
+            assert fake.requests[-1].client_disconnected.wait(5)
+            fake.behaviour = Behaviour()
+    assert _cyclic(saved_garbage) == Counter()
