@@ -1,4 +1,5 @@
-"""``python -m bench``: run the benchmark, write JSON and Markdown, print the Markdown."""
+"""``python -m bench``: run the benchmark (or, with ``--soak``, the soak), write JSON and Markdown,
+print the Markdown."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.plan import FULL, QUICK
+from bench.plan import FULL, QUICK, SOAK, SOAK_QUICK
 from bench.report import markdown
 from bench.runner import Options, run
+from bench.soakreport import incomplete as soak_incomplete
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,34 +37,62 @@ def _setting(value: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmark the gateway against direct access.")
-    parser.add_argument("--scenarios", type=_scenarios, default=("a", "b", "c", "d"), help="subset of a,b,c,d")
+    parser.add_argument("--scenarios", type=_scenarios, help="subset of a,b,c,d (default: all)")
     parser.add_argument("--repeat", type=int, help="interleaved repetitions (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke size: seconds, not minutes")
+    parser.add_argument("--soak", action="store_true", help="run the soak (against the gateway only), not a-d")
+    parser.add_argument("--soak-minutes", type=float, help="soak length (default 10; 0.15 with --quick)")
+    parser.add_argument("--soak-streams", type=int, help="streams kept open (default 200; 10 with --quick)")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/<UTC time>.json)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin processes to CPUs")
-    parser.add_argument("--max-minutes", type=float, help="hard cap for the whole run (default 45; 3 with --quick)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="hard cap for the whole run (default 45; 3 with --quick; --soak: its minutes + 5, + 1 with --quick)",
+    )
     parser.add_argument(
         "--gateway-env", type=_setting, action="append", default=[], metavar="GATEWAY_X=V", help="extra gateway setting"
     )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _check(args: argparse.Namespace) -> None:
     if args.repeat is not None and not 1 <= args.repeat <= 20:
         raise SystemExit("--repeat must be between 1 and 20")
+    if not args.soak:
+        if args.soak_minutes is not None or args.soak_streams is not None:
+            raise SystemExit("--soak-minutes and --soak-streams go with --soak")
+        return
+    if args.scenarios is not None or args.repeat is not None:
+        raise SystemExit("--soak runs alone: no --scenarios, no --repeat")
+    if args.soak_minutes is not None and not 0 < args.soak_minutes <= 24 * 60:
+        raise SystemExit("--soak-minutes must be above 0 and at most a day")
+    if args.soak_streams is not None and not 1 <= args.soak_streams <= 5000:
+        raise SystemExit("--soak-streams must be between 1 and 5000")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check(args)
     plan = (QUICK if args.quick else FULL).with_repeat(args.repeat)
-    minutes = args.max_minutes if args.max_minutes is not None else (3 if args.quick else 45)
+    soak = (SOAK_QUICK if args.quick else SOAK).with_size(args.soak_minutes, args.soak_streams) if args.soak else None
+    if args.max_minutes is not None:
+        minutes = args.max_minutes
+    elif soak is not None:
+        minutes = soak.minutes + (1 if args.quick else 5)
+    else:
+        minutes = 3 if args.quick else 45
     out: Path = args.out or RESULTS / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ".json")
     options = Options(
         plan=plan,
-        scenarios=args.scenarios,
+        scenarios=() if soak else args.scenarios or ("a", "b", "c", "d"),
         pin=args.pin,
         max_seconds=minutes * 60,
         quick=args.quick,
         command=shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]),
         log=out.with_suffix(".log"),
         gateway_env=dict(args.gateway_env),
+        soak=soak,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".log").unlink(missing_ok=True)
@@ -80,9 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     incomplete = [key for key, scenario in report["scenarios"].items() if scenario["error"]]
+    if "soak" in report and soak_incomplete(report["soak"]):
+        incomplete.append("soak")
     if incomplete:
         print(f"bench: incomplete scenarios: {', '.join(incomplete)}", file=sys.stderr)
-    return 1 if incomplete else 0
+    # The soak's goals decide its exit status; the scenarios' are figures to read.
+    missed = [goal["goal"] for goal in report["goals"] if goal["goal"].startswith("soak:") and not goal["met"]]
+    if missed:
+        print(f"bench: soak goals not met: {'; '.join(missed)}", file=sys.stderr)
+    return 1 if incomplete or missed else 0
 
 
 if __name__ == "__main__":

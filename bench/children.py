@@ -39,6 +39,10 @@ class Child:
     def pid(self) -> int:
         return self.process.pid
 
+    def stdout(self) -> str:
+        """What the child has written to stdout so far (the gateway's access log)."""
+        return self.stdout_path.read_text(errors="replace")
+
     def output(self) -> str:
         """Everything the child has written so far (stdout, then stderr)."""
         return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(errors="replace")

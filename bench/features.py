@@ -54,7 +54,8 @@ async def probe(gateway: GatewayServer, target: Target) -> list[str]:
 
 
 def _lines(gateway: GatewayServer) -> list[str]:
-    return gateway.child.output().splitlines()
+    # The access log alone: the gateway's own lines (start-up report, warnings) go to stderr.
+    return gateway.child.stdout().splitlines()
 
 
 def _last_record(lines: list[str]) -> dict[str, object] | None:

@@ -47,10 +47,24 @@ def small_chat(target: Target, path: str) -> bytes:
     return target.request("POST", path, _json(body))
 
 
-def stream_chat(target: Target, fmt: Format, tokens: int, interval: float, tag: str | None = None) -> bytes:
+def stream_chat(
+    target: Target,
+    fmt: Format,
+    tokens: int,
+    interval: float,
+    tag: str | None = None,
+    *,
+    cut_after: int = 0,
+    cut: str = "",
+) -> bytes:
+    """A stream of ``tokens`` stamped tokens; ``cut_after`` K: the upstream drops the connection
+    when token K is due, with ``cut`` "fin" (orderly close) or "rst" (reset)."""
     bench: dict[str, object] = {"interval_ms": interval * 1000}
     if tag is not None:
         bench["tag"] = tag
+    if cut_after:
+        bench["cut_after"] = cut_after
+        bench["cut"] = cut or "fin"
     body: dict[str, object] = {"model": "bench", "messages": _MESSAGES, "stream": True, "bench": bench}
     if fmt is Format.NDJSON:
         body["options"] = {"num_predict": tokens}

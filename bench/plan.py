@@ -46,3 +46,59 @@ QUICK = Plan(
     # Seconds matter more than independent runs here; restarts are exercised by every real run.
     fresh_gateway=False,
 )
+
+
+@dataclass(frozen=True)
+class SoakPlan:
+    """The soak: ``streams`` streams kept open for ``minutes``, with cuts and hang-ups mixed in.
+
+    Every stream draws its shape from a generator seeded per slot, so two runs with the same plan
+    ask for the same streams in the same order on each slot.
+    """
+
+    minutes: float = 10.0
+    streams: int = 200
+    tokens: tuple[int, int] = (20, 80)  # per stream, uniform; 2 to 8 s at 10 tokens/s
+    token_interval: float = 0.1
+    # Share of streams the upstream cuts after a random token (orderly close, reset), and of
+    # streams the client hangs up on after a random token; the rest run to their end.
+    cut_fin: float = 0.05
+    cut_rst: float = 0.05
+    hang_up: float = 0.05
+    fresh_connection: float = 0.1  # streams that open a new connection although theirs is reusable
+    ramp: float = 2.0  # the first streams start spread over this long
+    small_clients: int = 4  # connections sending small non-streamed requests
+    small_pause: float = 0.02  # between one small answer and the next request on a connection
+    sample_every: float = 2.0  # gateway RSS and CPU
+    rss_baseline: float = 60.0  # "RSS after the first minute" (at most half the window)
+    bucket: float = 60.0  # timeline rows
+    seed: int = 1
+
+    @property
+    def seconds(self) -> float:
+        return self.minutes * 60
+
+    def with_size(self, minutes: float | None, streams: int | None) -> SoakPlan:
+        return replace(
+            self,
+            minutes=self.minutes if minutes is None else minutes,
+            streams=self.streams if streams is None else streams,
+        )
+
+
+SOAK = SoakPlan()
+SOAK_QUICK = SoakPlan(
+    minutes=0.15,
+    streams=10,
+    tokens=(5, 30),
+    token_interval=0.02,
+    # Higher shares, so that a few seconds still hold several streams of every kind.
+    cut_fin=0.15,
+    cut_rst=0.15,
+    hang_up=0.15,
+    ramp=0.1,
+    small_clients=2,
+    small_pause=0.05,
+    sample_every=0.5,
+    bucket=3.0,
+)

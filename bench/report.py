@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import soakreport
 from bench.goals import check
 from bench.scenarios import Outcome, Scenario
 from bench.stats import Spread, spread
@@ -95,12 +96,17 @@ def scenario_report(scenario: Scenario, outcome: Outcome) -> dict[str, Any]:
     return {"title": scenario.title, "compare": scenario.compare, "cases": cases, "error": outcome.error}
 
 
-def build(meta: dict[str, Any], scenarios: list[Scenario], outcomes: list[Outcome]) -> dict[str, Any]:
+def build(
+    meta: dict[str, Any], scenarios: list[Scenario], outcomes: list[Outcome], soak: dict[str, Any] | None = None
+) -> dict[str, Any]:
     report: dict[str, Any] = {
         "meta": meta,
         "scenarios": {s.key: scenario_report(s, o) for s, o in zip(scenarios, outcomes, strict=True)},
     }
     report["goals"] = check(report)
+    if soak is not None:
+        report["soak"] = soak
+        report["goals"] += soakreport.goals(soak)
     return report
 
 
@@ -141,8 +147,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"{_triple(meta['load_average']['before'])} before, {_triple(meta['load_average']['after'])} after",
         "- hypervisor steal over the whole run (% of each CPU's time): "
         + ", ".join(f"CPU {line.removeprefix('cpu')} {pct:.1f}" for line, pct in meta["steal_pct"].items()),
-        f"- repetitions: {meta['repeat']}, interleaved (direct, then gateway); "
-        f"each figure is the median, (min{DASH}max) across repetitions",
+        *(
+            []
+            if "soak" in report
+            else [
+                f"- repetitions: {meta['repeat']}, interleaved (direct, then gateway); "
+                f"each figure is the median, (min{DASH}max) across repetitions"
+            ]
+        ),
         f"- gateway RSS: {meta['gateway_rss_start_mib']:.1f} MiB after start, "
         f"{meta['gateway_rss_idle_mib']:.1f} MiB idle after warm-up",
         "- features on in the gateway:",
@@ -167,6 +179,8 @@ def markdown(report: dict[str, Any]) -> str:
                     _cell(versus, prefix),
                 ]
                 lines.append("| " + " | ".join(row) + " |")
+    if "soak" in report:
+        lines += soakreport.markdown(report["soak"], _number)
     if report["goals"]:
         lines += [
             "",
@@ -176,7 +190,8 @@ def markdown(report: dict[str, Any]) -> str:
             "|---|---|---:|---|---:|",
         ]
         for goal in report["goals"]:
-            measured = _number(goal["value"]) + (" (worst run)" if goal["stat"] == "max" else "")
+            measured = "none" if goal["value"] is None else _number(goal["value"])
+            measured += " (worst run)" if goal["stat"] == "max" else ""
             steal = "" if goal["steal_max_pct"] is None else _number(goal["steal_max_pct"])
             met = "yes" if goal["met"] else "**no**"
             lines.append(f"| {goal['goal']} | {goal['case']} | {measured} | {met} | {steal} |")

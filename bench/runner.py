@@ -27,9 +27,11 @@ from bench.features import probe
 from bench.gateway import python_path, running_gateway, source_digest
 from bench.payloads import Target
 from bench.pinning import Pinning, choose
-from bench.plan import Plan
+from bench.plan import Plan, SoakPlan
 from bench.report import build
 from bench.scenarios import BUILDERS, Outcome, run_scenario
+from bench.soak import measure as measure_soak
+from bench.soakfigures import empty
 from bench.upstream import READY
 
 PREPARE_TIMEOUT = 120.0
@@ -46,6 +48,7 @@ class Options:
     command: str
     log: Path | None = None  # the children's output is appended here
     gateway_env: dict[str, str] = field(default_factory=dict)
+    soak: SoakPlan | None = None  # run the soak instead of the scenarios
 
 
 @contextmanager
@@ -109,7 +112,7 @@ def run(options: Options) -> dict[str, Any]:
                 warm_seconds=0.1 if options.quick else 0.3,
                 steal_lines=pinning.steal_lines(),
             )
-            meta, outcomes = uvloop.run(_measure(ctx, options))
+            meta, outcomes, soak = uvloop.run(_measure(ctx, options))
             meta["gateway"] = {"version": server.version, "source_sha256": source_digest()}
             meta["gateway_settings"] = _public(server.settings)
             meta["gateway_starts"] = server.starts
@@ -126,14 +129,14 @@ def run(options: Options) -> dict[str, Any]:
             "pinning": pinning.note,
             "load_average": {"before": load_before, "after": os.getloadavg()},
             "steal_pct": _steal_pct(steal_before, time.monotonic() - began),
-            "repeat": options.plan.repeat,
-            "plan": asdict(options.plan),
+            "repeat": 1 if options.soak else options.plan.repeat,
+            "plan": asdict(options.soak or options.plan),
         }
     )
-    return build(meta, [BUILDERS[key](ctx) for key in options.scenarios], outcomes)
+    return build(meta, [BUILDERS[key](ctx) for key in options.scenarios], outcomes, soak)
 
 
-async def _measure(ctx: Context, options: Options) -> tuple[dict[str, Any], list[Outcome]]:
+async def _measure(ctx: Context, options: Options) -> tuple[dict[str, Any], list[Outcome], dict[str, Any] | None]:
     deadline = asyncio.get_running_loop().time() + options.max_seconds
     async with asyncio.timeout(PREPARE_TIMEOUT):
         rss_start = procstat.rss_kb(ctx.server.pid) / 1024
@@ -147,6 +150,8 @@ async def _measure(ctx: Context, options: Options) -> tuple[dict[str, Any], list
         "gateway_rss_start_mib": rss_start,
         "gateway_rss_idle_mib": procstat.rss_kb(ctx.server.pid) / 1024,
     }
+    if options.soak is not None:
+        return meta, [], await _soak(ctx, options.soak, deadline, options.max_seconds)
     scenarios = [BUILDERS[key](ctx) for key in options.scenarios]
     outcomes = [Outcome.of(scenario) for scenario in scenarios]
     try:
@@ -159,4 +164,14 @@ async def _measure(ctx: Context, options: Options) -> tuple[dict[str, Any], list
         for outcome in outcomes:
             if not outcome.finished:
                 outcome.error = f"stopped by the run's hard cap ({options.max_seconds / 60:g} min)"
-    return meta, outcomes
+    return meta, outcomes, None
+
+
+async def _soak(ctx: Context, plan: SoakPlan, deadline: float, max_seconds: float) -> dict[str, Any]:
+    print(f"bench: soak, {plan.streams} streams for {plan.minutes:g} min ...", file=sys.stderr, flush=True)
+    try:
+        # The soak shortens itself to fit the cap; this bound is the backstop.
+        async with asyncio.timeout_at(deadline):
+            return await measure_soak(ctx, plan, deadline)
+    except TimeoutError:
+        return empty(plan, f"stopped by the run's hard cap ({max_seconds / 60:g} min)")

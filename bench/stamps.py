@@ -75,9 +75,11 @@ class StampReader:
         "ended",
         "errors",
         "first_ns",
+        "last",
         "next_seq",
         "out_of_order",
         "sent_ns",
+        "seqs",
     )
 
     def __init__(self, fmt: Format) -> None:
@@ -86,11 +88,18 @@ class StampReader:
         self._pending = b""
         self.delays_ns: list[int] = []
         self.sent_ns: list[int] = []  # the upstream's send time of each token, same order
+        self.seqs: list[int] = []  # each token's sequence number, in arrival order
         self.first_ns = 0  # arrival of the first token record; 0 until then
         self.next_seq = 0
         self.out_of_order = 0
         self.errors = 0
         self.ended = False  # the stream's terminal record arrived
+        self.last = b""  # the last whole record, without its separator
+
+    @property
+    def partial(self) -> bool:
+        """Bytes of a record whose end never came."""
+        return bool(self._pending)
 
     @property
     def tokens(self) -> int:
@@ -105,6 +114,7 @@ class StampReader:
             self._record(record, received_ns)
 
     def _record(self, record: bytes, received_ns: int) -> None:
+        self.last = record
         start = record.find(_CONTENT)
         if start >= 0:
             start += len(_CONTENT)
@@ -114,6 +124,7 @@ class StampReader:
                 if seq != self.next_seq:
                     self.out_of_order += 1
                 self.next_seq = seq + 1
+                self.seqs.append(seq)
                 sent = int(fields[1])
                 self.sent_ns.append(sent)
                 self.delays_ns.append(received_ns - sent)

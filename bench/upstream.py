@@ -9,6 +9,9 @@ Routes:
   ``stream:true`` a stream of stamped tokens (see stamps.py). Tokens come from
   ``options.num_predict`` / ``max_tokens``; ``bench.interval_ms`` spaces them and ``bench.tag``
   names the stream for hang-up timing. The first token leaves with the headers, as with Ollama.
+  ``bench.cut_after`` K makes it drop the connection when token K is due (K tokens went out, one
+  interval before), with an orderly close, or a reset when ``bench.cut`` is ``"rst"``: an Ollama
+  that crashed or was killed mid-stream.
 - ``POST /api/blobs/<digest>``: the body is counted, never kept; ``201`` once it is all read.
 - ``GET /_bench/closed``: control route for the harness (never through the gateway): the
   ``monotonic_ns`` at which each tagged, unfinished stream saw its connection close; cleared on read.
@@ -23,6 +26,8 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +56,7 @@ _OPENAI_REPLY = (
 )
 _VERSION_REPLY = b'{"version":"0.33.0"}'
 _STREAM_TYPES = {Format.NDJSON: b"application/x-ndjson", Format.SSE: b"text/event-stream"}
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 
 def _response(status: bytes, content_type: bytes, body: bytes) -> bytes:
@@ -82,6 +88,8 @@ class _Stream:
     tag: str | None
     started: float  # loop time of token 0
     started_ns: int
+    cut_after: int = 0  # drop the connection when this token is due; 0: never
+    reset: bool = False  # drop it with RST rather than FIN
     seq: int = 0
     timer: asyncio.TimerHandle | None = None
 
@@ -172,12 +180,17 @@ class _Connection(asyncio.Protocol):
             tag=bench.get("tag"),
             started=self._loop.time(),
             started_ns=time.monotonic_ns(),
+            cut_after=max(int(bench.get("cut_after", 0)), 0),
+            reset=bench.get("cut") == "rst",
         )
         self._tick(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % _STREAM_TYPES[fmt])
 
     def _tick(self, head: bytes = b"") -> None:
         stream = self._stream
         if stream is None or self._transport is None:
+            return
+        if stream.cut_after and stream.seq >= stream.cut_after:
+            self._cut(stream.reset)
             return
         now = time.monotonic_ns()
         out = head + _chunk(token(stream.fmt, stream.seq, now))
@@ -205,6 +218,16 @@ class _Connection(asyncio.Protocol):
             self._closures.seen[stream.tag] = time.monotonic_ns()
         if stream.timer is not None:
             stream.timer.cancel()
+
+    def _cut(self, reset: bool) -> None:
+        """Drop the connection mid-stream. The tokens before went out one interval ago, so they
+        are in the peer's receive queue by now, which a reset does not discard."""
+        self._stream = None  # not a hang-up: nothing to note
+        if self._transport is None:
+            return
+        if reset:
+            self._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self._transport.close()
 
     def _close(self) -> None:
         if self._transport is not None:

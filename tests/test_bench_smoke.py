@@ -1,7 +1,8 @@
-"""The benchmark harness, run at its smoke size against the real gateway, so that it never rots.
+"""The benchmark harness and the soak, run at smoke size against the real gateway, so they never rot.
 
 Only the shape of the report is checked here (every scenario ran, every figure is a number, no
-chunk was lost): the figures themselves mean nothing at this size and on a shared machine.
+chunk was lost; in the soak, every stream ended as its kind must): the figures themselves mean
+nothing at this size and on a shared machine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from bench import procstat
 
 ROOT = Path(__file__).resolve().parent.parent
+RSS_GOAL = "soak: gateway RSS at the end <= 1.10 x after the first minute"
 
 
 def _numeric(spread: Any) -> bool:
@@ -70,3 +72,48 @@ def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
     assert all(isinstance(goal["steal_max_pct"], float) for goal in report["goals"] if goal["case"] != "whole run")
     assert set(report["meta"]["steal_pct"]) == set(procstat.steal_ms()) - {"cpu"}
     assert out.with_suffix(".md").read_text().startswith("# ollama-gateway benchmark")
+
+
+@pytest.mark.timeout(60)
+def test_quick_soak_proves_every_kind_of_stream(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    argv = ["--soak", "--quick", "--soak-minutes", "0.15", "--soak-streams", "10", "--no-pin", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv], cwd=ROOT, capture_output=True, text=True, timeout=55, check=False
+    )
+    assert out.exists(), done.stderr[-4000:]
+    report = json.loads(out.read_text())
+
+    assert report["scenarios"] == {}
+    soak = report["soak"]
+    assert soak["error"] is None
+    assert soak["params"]["streams"] == 10
+    figures = soak["figures"]
+    bad = [name for name, value in figures.items() if not (isinstance(value, int | float) and math.isfinite(value))]
+    assert bad == []
+
+    # Every kind of stream ran, and each ended as it must.
+    for kind in ("normal", "cut_fin", "cut_rst", "hang_up"):
+        assert figures[f"streams_{kind}"] > 0, kind
+    assert figures["streams_open_min"] == 10
+    assert figures["chunks"] > 0
+    for zero in ("chunks_lost", "out_of_order", "chunks_duplicated", "streams_failed", "stray_error_lines"):
+        assert figures[zero] == 0, zero
+    cut = figures["streams_cut_fin"] + figures["streams_cut_rst"]
+    assert figures["cut_streams"] == figures["cut_with_error_line"] == figures["cut_terminated"] == cut
+    assert figures["cut_without_error_line"] == figures["cut_not_terminated"] == 0
+    assert figures["streams_completed"] == figures["streams_normal"]
+    assert figures["hang_ups"] == figures["streams_hang_up"]
+    assert figures["hang_ups_unseen"] == figures["upstream_closes_unexpected"] == 0
+    assert figures["small_ok"] == figures["small_requests"] > 0
+    assert set(soak["stream_statuses"]) == set(soak["small_statuses"]) == {"200"}
+    assert 0 < figures["gateway_rss_baseline_at_s"] < figures["gateway_rss_end_at_s"]
+    assert soak["timeline"]
+    assert len(soak["rss_samples"]) >= 2
+
+    # One row per soak goal; the exit status follows them (RSS over seconds may go either way).
+    goals = [goal for goal in report["goals"] if goal["goal"].startswith("soak:")]
+    assert len(goals) == 9
+    assert [goal["goal"] for goal in goals if not goal["met"]] in ([], [RSS_GOAL])
+    assert done.returncode == (0 if all(goal["met"] for goal in goals) else 1), done.stderr[-4000:]
+    assert "## (soak)" in out.with_suffix(".md").read_text()
