@@ -19,6 +19,7 @@ RUN pip install --require-hashes --only-binary=:all: --no-deps -r requirements.l
 COPY pyproject.toml README.md LICENSE ./
 COPY gateway/ gateway/
 RUN pip install --no-deps . \
+    && pip check \
     && pip uninstall --yes pip
 
 FROM ${PYTHON_IMAGE}

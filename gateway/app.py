@@ -41,9 +41,9 @@ from gateway.metrics import Metrics
 from gateway.permissions import ModelPolicy, RoutePolicy
 from gateway.requestbody import RequestBodyPolicy
 from gateway.settings import Settings
-from gateway.sse import StreamUsagePolicy
 from gateway.startup import report_start
 from gateway.upstream import Upstream, open_upstream
+from gateway.usagerequest import StreamUsagePolicy
 from gateway.usagestore import SqliteUsageStore
 
 

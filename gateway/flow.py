@@ -79,6 +79,12 @@ class Flow:
         # cycle would keep every failed request's objects until the collector's next full pass.
         self.outcome = error.outcome
 
+    def caller(self) -> Principal:
+        """Who is calling; policies that need it run after authentication, or this is a bug."""
+        if self.principal is None:
+            raise RuntimeError(f"{self.route.name}: a policy that needs the caller ran before authentication")
+        return self.principal
+
     @property
     def usage(self) -> Usage | None:
         """Tokens used, once the response is over (None where no tokens are involved)."""

@@ -1,7 +1,8 @@
-"""The forwarded routes: checks and policies composed around the relay, in one visible place.
+"""The forwarded routes: path safety, the route table, then the policies around the relay.
 
-Order: path safety -> route table -> policies (auth, permissions, limits, ... in the order given)
--> relay. Every flow ends in exactly one response (relayed or refused) and one terminal record.
+Order: path safety -> route table -> policies (in the order ``create_app`` lists them: who calls,
+route scope, the body, model permissions, limits) -> relay. Every flow ends in exactly one response
+(relayed or refused) and one terminal record.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class ForwardedRoutes:
         self._upstream = upstream
         self._resolver = resolver
         self._max_body = max_body_bytes
-        self._policies = tuple(policies)
+        self.policies = tuple(policies)
         self._sinks = tuple(sinks)
         self.in_flight = 0
 
@@ -102,7 +103,7 @@ class ForwardedRoutes:
                 flow.response_headers.extend(self._cors.response_headers(origin))
             # From here on a client that leaves (while queued, or while Ollama works) cancels us.
             inbound.watch()
-            for policy in self._policies:
+            for policy in self.policies:
                 admitted.append((policy, await policy.admit(flow, inbound)))
             plain = path if _PLAIN_PATH.fullmatch(path) else quote(path, safe=_SAFE_PATH_CHARS)
             target = plain + ("?" + query.decode() if query else "")

@@ -20,12 +20,6 @@ from gateway.surfaces import ModelSource, RouteClass
 _SCOPE_FOR = {RouteClass.INFERENCE: Scope.INFERENCE, RouteClass.READ: Scope.READ, RouteClass.ADMIN: Scope.ADMIN}
 
 
-def principal_of(flow: Flow) -> Principal:
-    if flow.principal is None:
-        raise RuntimeError("access is checked after authentication")
-    return flow.principal
-
-
 class RoutePolicy:
     """May this key reach this route at all (its scope; cloud routes only when enabled)?"""
 
@@ -33,7 +27,7 @@ class RoutePolicy:
         self._allow_cloud = allow_cloud
 
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
-        principal = principal_of(flow)
+        principal = flow.caller()
         route = flow.route
         if route.route_class is RouteClass.CLOUD:
             if not self._allow_cloud:
@@ -55,11 +49,14 @@ class ModelPolicy:
         self._allow_cloud = allow_cloud
 
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
-        principal = principal_of(flow)
+        principal = flow.caller()
         route = flow.route
         restricted = bool(principal.patterns) or not self._allow_cloud
         if route.listing and restricted:
             flow.transforms.append(ListingFilter(lambda name: self._may_use(principal, name)))
+        if route.json_body and flow.body is None:
+            # The model must come from the body: checking without it would allow any model.
+            raise RuntimeError(f"{route.name}: model permissions checked before the body was read")
         if route.model_source is ModelSource.NONE:
             if restricted and route.route_class is RouteClass.INFERENCE:
                 # The model travels in a multipart form here; it cannot be checked, so not allowed.

@@ -21,6 +21,7 @@ class RequestBodyPolicy:
         self._max_body = max_body_bytes
 
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
+        flow.caller()  # never buffer a body for someone without a key
         if not flow.route.json_body:
             return
         body = flow.body = await inbound.read(self._max_body)

@@ -1,38 +1,15 @@
-"""Token counts for /v1 streams whose client did not ask for them, asked for and hidden again.
+"""Hiding the usage the gateway asked for on a client's behalf from an OpenAI SSE stream.
 
-Token limits and usage accounting need real counts, and /v1 streams only carry them when the
-client sets ``stream_options.include_usage``. ``StreamUsagePolicy`` sets it on such a request, and
-``UsageStripper`` removes what that added before the client sees it: the closing
-``"choices":[]`` usage event, and the zero ``usage`` field /v1/completions then repeats on every
-chunk. Events are passed on whole, as they complete.
+Token limits need real counts, and /v1 streams only carry them when the client sets
+``stream_options.include_usage``. When the gateway had to set it (``usagerequest.py``), this
+transform removes what that added before the client sees it: the closing ``"choices":[]`` usage
+event, and the zero ``usage`` field /v1/completions then repeats on every chunk. Events are passed
+on whole, as they complete.
 """
 
 from __future__ import annotations
 
 import re
-
-from gateway.flow import Flow
-from gateway.inbound import Inbound
-
-# The /v1 routes whose streams carry usage only when asked.
-_USAGE_ON_REQUEST = frozenset({"/v1/chat/completions", "/v1/completions"})
-
-
-class StreamUsagePolicy:
-    async def admit(self, flow: Flow, inbound: Inbound) -> None:
-        body = flow.json
-        if body is None or flow.route.name not in _USAGE_ON_REQUEST or body.get("stream") is not True:
-            return
-        options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:
-            return
-        merged = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-        flow.body = body.replace("stream_options", merged)
-        flow.transforms.append(UsageStripper())
-
-    def finish(self, flow: Flow, admitted: None) -> None:
-        pass
-
 
 _USAGE_FIELD = re.compile(rb',"usage":\{[^{}]*\}')
 

@@ -167,6 +167,9 @@ def gateway_process(
     try:
         if not err.seen.wait(START_TIMEOUT) or process.poll() is not None:
             raise RuntimeError("gateway process did not start:\n" + "".join(err.lines))
+        if full_env["GATEWAY_LOG_LEVEL"].lower() in ("info", "debug"):
+            # Its start-up check of the upstream is over: it cannot land among the test's requests.
+            err.wait_for("forwarding to", START_TIMEOUT)
         yield GatewayProcess(f"http://127.0.0.1:{port}", process, out, err)
     finally:
         stop_process(process)

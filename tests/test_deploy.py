@@ -154,6 +154,9 @@ def test_dependencies_are_a_layer_of_their_own_before_the_project() -> None:
     words = shlex.split(order[install][1])
     # Exactly the locked versions, checked against their hashes, wheels only (nothing compiled).
     assert {"--require-hashes", "--only-binary=:all:", "--no-deps"} <= set(words)
+    # --no-deps trusts the lock to be whole: pip check fails the build if a package's own needs are missing.
+    project = next(value for kw, value in order if kw == "RUN" and "pip install --no-deps ." in value)
+    assert "pip check" in project
     assert not any(kw == "COPY" and "pyproject.toml" in value for kw, value in order[:install])
 
 

@@ -9,14 +9,24 @@ from collections.abc import AsyncIterator
 import pytest
 from starlette.types import Message
 
-from gateway.clientaddr import ClientResolver
+from gateway.app import create_app
+from gateway.auth import AuthPolicy
+from gateway.clientaddr import ClientAddress, ClientResolver
 from gateway.errors import Forbidden
 from gateway.flow import Flow
 from gateway.forwarding import ForwardedRoutes
 from gateway.headers import Headers
 from gateway.inbound import Inbound
+from gateway.keystore import Limits, Scope
+from gateway.limits.policy import LimitPolicy
+from gateway.permissions import ModelPolicy, RoutePolicy
+from gateway.principal import Principal
 from gateway.relay import Chain
+from gateway.requestbody import RequestBodyPolicy
+from gateway.surfaces import classify
 from gateway.upstream import Outbound
+from gateway.usagerequest import StreamUsagePolicy
+from tests.conftest import gateway_settings
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -166,3 +176,35 @@ async def test_transforms_set_by_policies_rewrite_the_relayed_body_in_order() ->
     body = b"".join(message.get("body", b"") for message in sent[1:])
     assert body == b'{"A":1}\n{"B":2}!'
     assert all(name != b"content-length" for name, _ in sent[0]["headers"])
+
+
+def test_the_gateway_composes_its_policies_in_the_order_safety_needs() -> None:
+    """Who calls, may they reach the route, then the body (never buffered for a stranger), then the
+    model it names, then limits: a model check before the body was read would allow any model."""
+    app = create_app(gateway_settings(upstream_url="http://127.0.0.1:9", database_url="sqlite:///:memory:"))
+    order = [type(policy) for policy in app.forwarded.policies]
+    assert order == [AuthPolicy, RoutePolicy, RequestBodyPolicy, ModelPolicy, StreamUsagePolicy, LimitPolicy]
+
+
+async def test_a_model_check_without_the_body_is_a_bug_not_an_allowance() -> None:
+    flow = _flow("/api/chat")
+    flow.principal = Principal(key_id="k", name="k", scopes=frozenset(Scope), patterns=(), limits=Limits())
+    with pytest.raises(RuntimeError, match="before the body was read"):
+        await ModelPolicy(allow_cloud=False).admit(flow, Inbound(_nothing, has_body=False))
+    with pytest.raises(RuntimeError, match="before authentication"):
+        await RequestBodyPolicy(max_body_bytes=1024).admit(_flow("/api/chat"), Inbound(_nothing, has_body=False))
+
+
+async def _nothing() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _flow(path: str) -> Flow:
+    return Flow(
+        request_id="r",
+        method="POST",
+        path=path,
+        route=classify(path),
+        client=ClientAddress("127.0.0.1", "http", "127.0.0.1"),
+        headers=[],
+    )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import select
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -178,15 +180,41 @@ def test_interim_answers_close_delimited_bodies_and_broken_answers() -> None:
     run(scenario)
 
 
-def test_a_kept_alive_connection_found_closed_repeats_requests_held_in_memory() -> None:
+def test_a_kept_alive_connection_that_ends_unanswered_repeats_only_safe_requests() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
         await read_request(reader, state)
         writer.write(OK)
         if state.connections % 2 == 1:
-            # Close as the next request arrives, answering nothing (an idle close racing it).
+            # Reads the next request, then goes away answering nothing: it may have run it.
             await read_request(reader, state)
             return
         await answer_each(reader, writer, state)
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state)
+            assert await fetch(client, outbound()) == (200, b"{}")
+            assert await fetch(client, outbound("GET", b"")) == (200, b"{}")
+            assert state.connections == 2
+            await client.aclose()
+            client = upstream(state)
+            assert await fetch(client, outbound()) == (200, b"{}")
+            # A POST is not sent twice: the upstream may have started a generation already.
+            with pytest.raises(UpstreamUnavailable, match="closed the connection before answering"):
+                await fetch(client, outbound())
+            await client.aclose()
+        methods = [head.split(b" ")[0] for head, _ in state.requests]
+        # The GET went twice (the second time on a new connection); the failed POST once only.
+        assert methods == [b"POST", b"GET", b"GET", b"POST", b"POST"]
+
+    run(scenario)
+
+
+def test_a_streamed_body_is_never_sent_twice() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await read_request(reader, state)
+        writer.write(OK)
+        await read_request(reader, state)  # then away, unanswered
 
     async def streamed() -> AsyncIterator[bytes]:
         yield b'{"model":'
@@ -195,21 +223,47 @@ def test_a_kept_alive_connection_found_closed_repeats_requests_held_in_memory() 
     async def scenario() -> None:
         async with serving(handler) as state:
             client = upstream(state)
-            assert await fetch(client, outbound()) == (200, b"{}")
-            # An inference call is a POST: sent again on a new connection, and answered.
-            assert await fetch(client, outbound()) == (200, b"{}")
-            assert state.connections == 2
-            await client.aclose()
-            client = upstream(state)
             assert await fetch(client, outbound("GET", b"")) == (200, b"{}")
-            # A streamed body was partly consumed by the first try: it cannot go again.
+            # Partly consumed by the first try: it cannot go again, whatever the method.
             with pytest.raises(UpstreamUnavailable):
-                await fetch(client, outbound(body=streamed()))
+                await fetch(client, outbound("GET", streamed()))
             await client.aclose()
-        methods = [head.split(b" ")[0] for head, _ in state.requests]
-        # The second POST went twice (the second time on a new connection); the streamed one once.
-        assert methods == [b"POST", b"POST", b"POST", b"GET", b"POST"]
-        assert state.requests[2][1] == b'{"model":"m"}'
+        assert state.connections == 1
+        assert state.requests[1][1] == b'{"model":"m"}'
+
+    run(scenario)
+
+
+def test_a_connection_the_upstream_closed_while_idle_is_never_written_to() -> None:
+    """The race an idle close can cause: the FIN is in, the event loop has not handled it yet."""
+    idle_closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await read_request(reader, state)
+        writer.write(OK)
+        if state.connections == 1:
+            await writer.drain()
+            writer.close()  # idle: nothing more will be read from this connection
+            idle_closed.set()
+            return
+        await answer_each(reader, writer, state)
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            client = upstream(state)
+            assert await fetch(client, outbound()) == (200, b"{}")
+            await idle_closed.wait()
+            (conn,) = client._pool._idle
+            assert conn.transport is not None
+            sock = conn.transport.get_extra_info("socket")
+            # Block the loop until the FIN has reached the socket, so the client cannot have seen it.
+            readable, _, _ = select.select([sock.fileno()], [], [], 5)
+            assert readable
+            assert conn.usable()  # as far as the event loop knows
+            assert await fetch(client, outbound()) == (200, b"{}")
+            await client.aclose()
+        assert state.connections == 2
+        assert [head.split(b" ")[0] for head, _ in state.requests] == [b"POST", b"POST"]
 
     run(scenario)
 
@@ -495,5 +549,50 @@ def test_trailers_end_a_chunked_body_and_are_not_relayed() -> None:
             assert await fetch(client, outbound()) == (200, b"{}")
             await client.aclose()
         assert state.connections == 1
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [("http://127.0.0.1:{port}", "127.0.0.1:{port}"), ("http://[::1]:{port}", "[::1]:{port}")],
+    ids=["ipv4", "ipv6"],
+)
+def test_a_refused_connection_names_the_address(url: str, shown: str) -> None:
+    async def scenario() -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        client = HttptoolsUpstream(
+            url.format(port=port), connect_timeout=2.0, read_timeout=1.0, write_timeout=1.0, max_connections=1
+        )
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await client.send(outbound())
+        await client.aclose()
+        # Why depends on the machine (no IPv6 loopback: another errno); where must be exact.
+        assert caught.value.message.startswith(f"upstream {shown.format(port=port)} unavailable: ")
+
+    run(scenario)
+
+
+def test_a_tls_failure_says_what_failed() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")  # not TLS at all
+
+    async def scenario() -> None:
+        async with serving(handler) as state:
+            tls = HttptoolsUpstream(
+                f"https://127.0.0.1:{state.port}",
+                connect_timeout=2.0,
+                read_timeout=1.0,
+                write_timeout=1.0,
+                max_connections=1,
+            )
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await tls.send(outbound())
+            await tls.aclose()
+        # OpenSSL's reason, not os.strerror() of OpenSSL's error number.
+        assert caught.value.message == f"upstream 127.0.0.1:{state.port} unavailable: WRONG_VERSION_NUMBER"
 
     run(scenario)

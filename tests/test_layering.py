@@ -13,6 +13,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
 # The core: forwarding bytes, headers, streams, and the HTTP clients below it.
 CORE = ["relay.py", "headers.py", "streams.py", "sse.py", "listing.py", "upstream"]
 POLICY = {
+    "gateway.flow",
+    "gateway.principal",
+    "gateway.requestbody",
+    "gateway.usagerequest",
+    "gateway.guard",
     "gateway.auth",
     "gateway.permissions",
     "gateway.limits",

@@ -62,9 +62,7 @@ class LimitPolicy:
         self._default_completion = default_completion_tokens
 
     async def admit(self, flow: Flow, inbound: Inbound) -> Admission:
-        principal = flow.principal
-        if principal is None:
-            raise RuntimeError("limits are checked after authentication")
+        principal = flow.caller()
         quota = effective(principal.limits, self._defaults)
         inference = flow.route.route_class is RouteClass.INFERENCE
         tokens = (

@@ -8,6 +8,7 @@ body bytes; it translates its own exceptions into ``UpstreamUnavailable`` / ``Up
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,7 +41,11 @@ def unreachable(where: str, error: OSError | None = None) -> UpstreamUnavailable
     """
     if error is None:
         return UpstreamUnavailable(f"upstream {where} closed the connection before answering")
-    if error.errno is not None and error.errno > 0:
+    if isinstance(error, ssl.SSLError):
+        # Its errno is OpenSSL's, not the OS's: "CERTIFICATE_VERIFY_FAILED", not "Operation not permitted".
+        reason = error.reason or str(error) or "TLS handshake failed"
+    elif error.errno is not None and error.errno > 0:
+        # asyncio's own text is "Connect call failed (...)"; the OS's says why.
         reason = os.strerror(error.errno)
     else:
         reason = error.strerror or str(error) or "cannot connect"

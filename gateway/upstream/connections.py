@@ -7,12 +7,13 @@ arrives goes to the current ``Exchange`` (the parser side), and its end is repor
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 from collections import deque
 from typing import Protocol, cast
 
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream import address, unreachable
+from gateway.upstream import unreachable
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 
@@ -80,6 +81,16 @@ class Connection(asyncio.Protocol):
         if drained is not None and not drained.done():
             drained.set_result(None)
 
+    def stale(self) -> bool:
+        """An idle connection with something to read: the upstream closed it (or sent bytes nobody
+        asked for) and the event loop has not handled that yet. Asked just before reuse, so a
+        request is never written to a connection the upstream has already given up."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        return bool(readable)
+
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
@@ -120,7 +131,7 @@ class Pool:
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, *, limit: int, connect_timeout: float) -> None:
         self._host = host
         self._port = port
-        self.address = address(f"{'https' if tls is not None else 'http'}://{host}:{port}")
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._tls = tls
         self._limit = limit
         self._connect_timeout = connect_timeout
@@ -135,9 +146,10 @@ class Pool:
             while self._idle and not fresh:
                 # The most recently used first: the least likely to have been closed meanwhile.
                 conn = self._idle.pop()
-                if conn.usable():
+                if conn.usable() and not conn.stale():
                     conn.reused = True
                     return conn
+                self.discard(conn)
             if self._open < self._limit:
                 break
             if self._idle:

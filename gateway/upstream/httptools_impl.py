@@ -26,6 +26,8 @@ from gateway.upstream.connections import Closed, Connection, Pool
 
 # Bytes of response held for a slow client before the upstream socket stops being read.
 _HIGH_WATER = 1024 * 1024
+# Methods whose request may be sent again when a kept-alive connection ended unanswered.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 # Methods that carry no body unless one is given (no "content-length: 0" for them).
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -367,7 +369,12 @@ class HttptoolsUpstream:
 
 
 def _may_retry(conn: Connection, response: _Response, request: Outbound) -> bool:
-    """A kept-alive connection that closed before a single answer byte: Ollama closed it idle as
-    the request crossed (it never read it), so any method may go again, once, on a new one.
-    Only a body held whole in memory can be sent again; a streamed one is partly consumed."""
-    return conn.reused and response.received == 0 and isinstance(request.body, bytes)
+    """A kept-alive connection that ended before a single answer byte, after the request went out.
+
+    The upstream may have read the request before it went away (a crash, a restart, a balancer's
+    idle timeout cutting a long ``stream:false`` generation), so only a request that is safe to
+    repeat goes again, once, on a new connection; a POST would run a generation, or a delete,
+    twice. The race Ollama's own close could cause is closed before sending instead: a connection
+    the upstream has already closed is never reused (``Connection.stale``). Only a body held whole
+    in memory can be sent again; a streamed one is partly consumed."""
+    return conn.reused and response.received == 0 and request.method in _IDEMPOTENT and isinstance(request.body, bytes)
