@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+from gateway.relay import ResponseAborted
+
 
 class _Aligned(logging.Formatter):
     """``WARNING:  gateway: …`` lined up with uvicorn's own ``INFO:     …`` lines."""
@@ -14,7 +16,18 @@ class _Aligned(logging.Formatter):
         return super().format(record)
 
 
+class _DropAborted(logging.Filter):
+    """uvicorn logs any exception that leaves the app as a traceback; ``ResponseAborted`` is how
+    the relay drops a connection whose fixed-length body broke off (the access log records it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ResponseAborted))
+
+
 def configure_logging(level: str) -> None:
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(item, _DropAborted) for item in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(_DropAborted())
     logger = logging.getLogger("gateway")
     if not logger.handlers:
         handler = logging.StreamHandler()

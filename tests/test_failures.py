@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -10,8 +12,9 @@ import ollama
 import openai
 import pytest
 
+from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama
-from tests.servers import RunningGateway, free_port
+from tests.servers import RunningGateway, free_port, gateway_process
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -173,3 +176,54 @@ def test_a_broken_stream_the_gateway_rewrites_still_ends_with_one_clean_error_ev
     assert frames[-1] == b""
     assert all(frame.startswith(b"data: {") for frame in frames[:-1])
     assert json.loads(frames[-2][len(b"data: ") :])["error"]["code"] == "upstream_connection_lost"
+
+
+def _truncating_upstream(listener: socket.socket, served: threading.Event) -> None:
+    """Answers /api/version; every other request gets 10 of the 100 bytes its head promises."""
+    for _ in range(5):
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                piece = conn.recv(65536)
+                if not piece:
+                    break
+                request += piece
+            if request.startswith(b"GET /api/version "):
+                body = b'{"version":"0.33.0"}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n")
+                conn.sendall(b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+                continue
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n")
+            conn.sendall(b"Content-Length: 100\r\n\r\n" + b'{"license"')
+            served.set()
+
+
+def test_a_fixed_length_body_that_breaks_off_is_cut_without_a_traceback(database_url: str) -> None:
+    key = issue_key(database_url, "someone")
+    served = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(5)
+        upstream = threading.Thread(target=_truncating_upstream, args=(listener, served), daemon=True)
+        upstream.start()
+        env = {
+            "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{listener.getsockname()[1]}",
+            "GATEWAY_DATABASE_URL": database_url,
+        }
+        with gateway_process(env) as gateway:
+            with pytest.raises(httpx.RemoteProtocolError):
+                httpx.post(
+                    gateway.url + "/api/show", json={"model": "llama3.2"}, headers={"Authorization": f"Bearer {key}"}
+                )
+            assert served.wait(5)
+            line = json.loads(gateway.stdout.wait_for('"path":"/api/show"'))
+            gateway.stop()
+    # The client saw its body cut short; the operator sees one access line, not a traceback.
+    assert line["outcome"] == "upstream_error"
+    errors = "".join(gateway.stderr.lines)
+    assert "Traceback" not in errors
+    assert "Exception in ASGI application" not in errors
