@@ -2,8 +2,9 @@
 
 Route classes map to scopes (inference, read, admin). Routes that act with the host owner's
 ollama.com identity, and ``:cloud`` models, are refused for every key unless ``allow_cloud`` is set.
-Where a route names a model, the body is read the way Ollama will read it, the name normalised,
-and checked against the key's patterns; listings are filtered to what the key may use.
+Where a route names a model, the name is taken from the body as Ollama will read it (parsed once
+by ``RequestBodyPolicy``), normalised, and checked against the key's patterns; listings are
+filtered to what the key may use.
 """
 
 from __future__ import annotations
