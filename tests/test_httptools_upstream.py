@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import resource
 import select
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -596,3 +598,30 @@ def test_a_tls_failure_says_what_failed() -> None:
         assert caught.value.message == f"upstream 127.0.0.1:{state.port} unavailable: WRONG_VERSION_NUMBER"
 
     run(scenario)
+
+
+def test_the_reuse_check_works_past_select_s_1024_descriptors() -> None:
+    """A gateway with a thousand streams open numbers its sockets past FD_SETSIZE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this process may open only {hard} files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+
+        async def scenario() -> None:
+            async with serving(answer_each) as state:
+                client = upstream(state)
+                assert await fetch(client, outbound()) == (200, b"{}")
+                (conn,) = client._pool._idle
+                assert conn.transport is not None
+                assert conn.transport.get_extra_info("socket").fileno() > 1024
+                assert await fetch(client, outbound()) == (200, b"{}")  # reused, after the check
+                await client.aclose()
+            assert state.connections == 1
+
+        run(scenario)
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -88,8 +88,10 @@ class Connection(asyncio.Protocol):
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
         if sock is None:
             return False
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
-        return bool(readable)
+        # poll, not select: a busy gateway's sockets are numbered past select's 1024.
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
