@@ -180,6 +180,7 @@ def test_a_broken_stream_the_gateway_rewrites_still_ends_with_one_clean_error_ev
 
 def _truncating_upstream(listener: socket.socket, served: threading.Event) -> None:
     """Answers /api/version; every other request gets 10 of the 100 bytes its head promises."""
+    listener.settimeout(10)
     for _ in range(5):
         try:
             conn, _ = listener.accept()
@@ -222,6 +223,10 @@ def test_a_fixed_length_body_that_breaks_off_is_cut_without_a_traceback(database
             assert served.wait(5)
             line = json.loads(gateway.stdout.wait_for('"path":"/api/show"'))
             gateway.stop()
+        # Wakes the accept() the thread may be blocked in (close() alone does not, on Linux).
+        listener.shutdown(socket.SHUT_RDWR)
+        upstream.join(timeout=5)
+        assert not upstream.is_alive()
     # The client saw its body cut short; the operator sees one access line, not a traceback.
     assert line["outcome"] == "upstream_error"
     errors = "".join(gateway.stderr.lines)

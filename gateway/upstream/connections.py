@@ -90,8 +90,11 @@ class Connection(asyncio.Protocol):
             return False
         # poll, not select: a busy gateway's sockets are numbered past select's 1024.
         poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
+        try:
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True  # a socket that cannot even be asked is no socket to reuse
 
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()

@@ -198,6 +198,8 @@ class _Response:
     def writer_done(self, task: asyncio.Task[None]) -> None:
         """The streamed request body ended: sent, or failed (read here, so never left unread)."""
         error = None if task.cancelled() else task.exception()
+        if self._released:
+            return  # the exchange is over: nothing to end, and no cycle to make again
         if error is not None and self.started and not self.complete and self.error is None:
             # The answer had begun (Ollama may answer before the body is complete): end it.
             self._fail(error if not isinstance(error, Closed) else UpstreamBroken("upstream connection lost"))
