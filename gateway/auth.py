@@ -72,13 +72,7 @@ class Authenticator:
 
     def _valid(self, key: str | None, key_id: str | None) -> KeyRecord | None:
         record = self._keyring.get(key_id) if key_id else None
-        if (
-            key is None
-            or record is None
-            or not keys.verify(key, record.digest)
-            or record.revoked
-            or (record.expires_at is not None and record.expires_at <= self._clock())
-        ):
+        if key is None or record is None or not keys.verify(key, record.digest) or not record.usable(self._clock()):
             return None
         return record
 

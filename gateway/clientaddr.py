@@ -10,6 +10,10 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from starlette.types import Scope
+
+from gateway.headers import header
+
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -35,6 +39,14 @@ class ClientResolver:
         except ValueError:
             return False
         return any(address in network for network in self._trusted)
+
+    def of_scope(self, scope: Scope) -> ClientAddress:
+        """The client of an ASGI request (the forwarded routes and the gateway's own alike)."""
+        headers = scope["headers"]
+        peer = scope["client"][0] if scope.get("client") else ""
+        return self.resolve(
+            peer, scope["scheme"], header(headers, b"x-forwarded-for"), header(headers, b"x-forwarded-proto")
+        )
 
     def resolve(
         self, peer: str, scheme: str, forwarded_for: bytes | None, forwarded_proto: bytes | None

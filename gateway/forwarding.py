@@ -70,10 +70,7 @@ class ForwardedRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: Headers = scope["headers"]
         rid = request_id(header(headers, b"x-request-id"))
-        peer = scope["client"][0] if scope.get("client") else ""
-        client = self._resolver.resolve(
-            peer, scope["scheme"], header(headers, b"x-forwarded-for"), header(headers, b"x-forwarded-proto")
-        )
+        client = self._resolver.of_scope(scope)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         length = header(headers, b"content-length")
         has_body = (length is not None and length != b"0") or header(headers, b"transfer-encoding") is not None

@@ -13,7 +13,6 @@ from fastapi import Request
 from gateway.auth import Authenticator
 from gateway.clientaddr import ClientResolver
 from gateway.errors import Forbidden
-from gateway.headers import header
 from gateway.keystore import Scope
 from gateway.principal import Principal
 
@@ -22,12 +21,8 @@ Guard = Callable[[Request], Awaitable[Principal]]
 
 def admin_scope(authenticator: Authenticator, resolver: ClientResolver) -> Guard:
     async def require_admin(request: Request) -> Principal:
-        headers = request.scope["headers"]
-        peer = request.client.host if request.client else ""
-        client = resolver.resolve(
-            peer, request.url.scheme, header(headers, b"x-forwarded-for"), header(headers, b"x-forwarded-proto")
-        )
-        principal = await authenticator.authenticate(headers, client.ip)
+        client = resolver.of_scope(request.scope)
+        principal = await authenticator.authenticate(request.scope["headers"], client.ip)
         if Scope.ADMIN not in principal.scopes:
             raise Forbidden(f"this API key lacks the 'admin' scope required for {request.url.path}")
         return principal

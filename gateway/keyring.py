@@ -48,7 +48,7 @@ class Keyring:
     def has_usable_key(self) -> bool:
         """Whether any loaded key could authenticate now (not revoked, not expired)."""
         now = time.time()
-        return any(not r.revoked and (r.expires_at is None or r.expires_at > now) for r in self._keys.values())
+        return any(record.usable(now) for record in self._keys.values())
 
     async def catch_up(self) -> None:
         """Reload if the store changed since the last look (shared, at most every MISS_RECHECK s)."""

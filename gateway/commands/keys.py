@@ -201,7 +201,7 @@ def _limit_text(value: int | None) -> int | str:
 
 def describe(record: KeyRecord) -> dict[str, Any]:
     """A key's public description: everything but its digest (and never its secret)."""
-    expired = record.expires_at is not None and record.expires_at <= dt.datetime.now(dt.UTC).timestamp()
+    expired = record.expired(dt.datetime.now(dt.UTC).timestamp())
     return {
         "id": record.id,
         "name": record.name,

@@ -47,6 +47,13 @@ class KeyRecord:
     revoked: bool = False
     last_used_at: float | None = None
 
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def usable(self, now: float) -> bool:
+        """Whether the key may authenticate at ``now`` (the one rule the server and CLI share)."""
+        return not self.revoked and not self.expired(now)
+
 
 class KeyStoreError(Exception):
     """A management operation failed (unknown name, duplicate name, ...)."""

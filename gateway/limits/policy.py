@@ -97,7 +97,7 @@ class LimitPolicy:
     def finish(self, flow: Flow, admitted: Admission) -> None:
         if admitted.ticket is not None and self._queue is not None:
             self._queue.release()
-        if admitted.grant is not None and flow.principal is not None:
+        if admitted.grant is not None:
             usage = flow.usage
             used = usage.total if usage is not None else 0
-            self._limiter.settle(flow.principal.key_id, admitted.quota, admitted.grant, used)
+            self._limiter.settle(flow.caller().key_id, admitted.quota, admitted.grant, used)

@@ -29,8 +29,11 @@ class Outbound:
 def address(base_url: str) -> str:
     """``host:port`` of an upstream URL: what errors and logs may name (never its user or password)."""
     parts = urlsplit(base_url)
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return authority(parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80))
+
+
+def authority(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

@@ -13,7 +13,7 @@ from collections import deque
 from typing import Protocol, cast
 
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream import unreachable
+from gateway.upstream import authority, unreachable
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 
@@ -136,7 +136,7 @@ class Pool:
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, *, limit: int, connect_timeout: float) -> None:
         self._host = host
         self._port = port
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.address = authority(host, port)
         self._tls = tls
         self._limit = limit
         self._connect_timeout = connect_timeout
