@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 NGINX := $(VENV)/nginx/usr/sbin/nginx
 
-.PHONY: run test lint typecheck unit bench lock clean
+.PHONY: run test lint typecheck unit chromium bench lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) $(NGINX)
+unit: $(STAMP) $(NGINX) chromium
 	$(BIN)/pytest
 
 # nginx for the test that streams through the shipped nginx config: Debian's binary unpacked
@@ -37,6 +37,16 @@ $(NGINX):
 	@cd $(VENV)/nginx && { apt-get download nginx >/dev/null 2>&1 || \
 		{ apt-get update -qq >/dev/null 2>&1 && apt-get download nginx >/dev/null 2>&1; }; } && \
 		dpkg -x nginx_*.deb . && rm -f nginx_*.deb || echo "nginx could not be fetched; its live test will be skipped"
+
+# Chromium for the admin page's browser tests: Debian's package, driven by Playwright (which must
+# not download a browser of its own). Best effort, as nginx: where it cannot be installed (no root,
+# no apt), those tests are skipped and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+		echo "Chromium could not be installed; the browser tests will be skipped"; }
 
 # The reproducible benchmark (see bench/README.md): minutes, pinned to CPUs; not part of test.
 bench: $(STAMP)

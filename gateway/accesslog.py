@@ -58,6 +58,8 @@ def fields(record: RequestRecord) -> dict[str, Any]:
         "completion_tokens": record.completion_tokens,
         "tokens_exact": record.tokens_exact,
         "outcome": record.outcome,
+        "upstream": record.upstream,
+        "failed_over_from": record.failed_over_from,
     }
 
 
@@ -113,3 +115,45 @@ def _stdout_line(line: str) -> None:
 def _escaped(text: str) -> str:
     # A refused path may hold decoded control characters; one request must stay one line.
     return text.encode("unicode_escape").decode("ascii")
+
+
+class AuditLog:
+    """Admin actions, one line each, on the access log's stream and in its format.
+
+    A line names the acting key by id and name (never a secret), what was done, to what, and how
+    it ended; refused attempts are written too (their key is unknown: null).
+    """
+
+    def __init__(self, *, fmt: str = "json", write: Callable[[str], object] | None = None) -> None:
+        self._json = fmt == "json"
+        self._write = write or _stdout_line
+
+    def __call__(
+        self,
+        *,
+        action: str,
+        status: int,
+        key_id: str | None,
+        key_name: str | None,
+        client: str,
+        request_id: str,
+        target: str | None = None,
+    ) -> None:
+        line = {
+            "time": _iso(time.time()),
+            "type": "audit",
+            "request_id": request_id,
+            "key_id": key_id,
+            "key_name": key_name,
+            "client": client,
+            "action": action,
+            "target": target,
+            "status": status,
+        }
+        if self._json:
+            self._write(_ENCODER.encode(line))
+            return
+        self._write(
+            f"{line['time']} AUDIT {status} {_escaped(action)} target={_escaped(target or '-')} "
+            f"key={_escaped(key_name or '-')} ({key_id or '-'}) client={client} id={request_id}"
+        )

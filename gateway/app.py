@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
-from starlette.types import Lifespan
+from starlette.types import ASGIApp, Lifespan
 
 from gateway import __version__
-from gateway.accesslog import AccessLog, chosen_format
+from gateway.accesslog import AccessLog, AuditLog, chosen_format
 from gateway.accounting import UsageLedger
+from gateway.admin import AdminSources, LiveTraffic, admin_app
+from gateway.admin.live import checked_when_single, queue_totals
 from gateway.auth import Authenticator, AuthPolicy
 from gateway.clientaddr import ClientResolver
 from gateway.cors import Cors
@@ -23,19 +25,22 @@ from gateway.endpoints import (
     READY_TIMEOUT,
     Check,
     database_check,
+    fleet_check,
     health_router,
     limiter_check,
     metrics_router,
     upstream_check,
 )
 from gateway.errors import Dialect, GatewayError, render
+from gateway.fleet import Fleet
+from gateway.fleet.config import fleet_specs
+from gateway.fleet.routing import RoutingPolicy
 from gateway.forwarding import ForwardedRoutes
 from gateway.guard import admin_scope
 from gateway.keyring import Keyring
 from gateway.keystore import open_keystore
 from gateway.limits import Quota, open_limiter
 from gateway.limits.policy import LimitPolicy
-from gateway.limits.queue import FairQueue
 from gateway.lockout import Lockout
 from gateway.metrics import Metrics
 from gateway.permissions import ModelPolicy, RoutePolicy
@@ -48,29 +53,29 @@ from gateway.usagestore import SqliteUsageStore
 
 
 def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gateway:
-    """Build the gateway. ``upstream`` replaces the HTTP client (tests inject transports)."""
-    client: Upstream = upstream or open_upstream(
-        settings.upstream_client,
-        settings.upstream_url,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout or None,
-        write_timeout=settings.write_timeout or None,
-        max_connections=settings.upstream_max_connections,
+    """Build the gateway. ``upstream`` replaces the HTTP client of a single server (tests inject
+    transports)."""
+    specs = fleet_specs(settings.upstream_url, settings.upstreams, settings.upstreams_file)
+    if upstream is not None and len(specs) > 1:
+        raise ValueError("an injected upstream client stands for one server, and several are configured")
+    fleet = Fleet(
+        [(spec, upstream or upstream_client(settings, spec.url)) for spec in specs],
+        concurrency=settings.upstream_concurrency,
+        queue_timeout=settings.queue_timeout,
+        refresh_interval=settings.upstream_refresh_interval,
+        probe_timeout=min(settings.connect_timeout, READY_TIMEOUT) + READY_TIMEOUT,
     )
+    client = fleet.members[0].client
     keyring = Keyring(lambda: open_keystore(settings.database_url), refresh_interval=settings.key_refresh_interval)
     authenticator = Authenticator(
         keyring, Lockout(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
     )
     limiter = open_limiter(settings.redis_url, fail_closed=settings.redis_fail_closed)
-    queue = (
-        FairQueue(settings.upstream_concurrency, timeout=settings.queue_timeout)
-        if settings.upstream_concurrency
-        else None
-    )
     ledger = UsageLedger(lambda: SqliteUsageStore(settings.database_url), flush_interval=settings.usage_flush_interval)
     metrics = Metrics()
 
     resolver = ClientResolver(settings.trusted_proxies)
+    traffic = LiveTraffic()
     forwarded = ForwardedRoutes(
         client,
         resolver=resolver,
@@ -85,7 +90,6 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             StreamUsagePolicy(),
             LimitPolicy(
                 limiter,
-                queue,
                 defaults=Quota(
                     rpm=settings.default_rpm,
                     tpm=settings.default_tpm,
@@ -94,17 +98,21 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
                 ),
                 default_completion_tokens=settings.default_max_tokens,
             ),
+            # Last: which server, and a fair slot there, only for a request that passed the rest.
+            RoutingPolicy(fleet),
+            # Counts what is being forwarded, per key, for the admin page (never refuses).
+            traffic,
         ],
         # Every finished request, once, to each of these.
         sinks=[
             AccessLog(fmt=chosen_format(settings.log_format, sys.stdout), log_prompts=settings.log_prompts),
             metrics,
             ledger,
+            traffic,
         ],
     )
     metrics.track_in_flight(lambda: forwarded.in_flight)
-    if queue is not None:
-        metrics.track_queue_depth(lambda: queue.waiting)
+    metrics.track_fleet(fleet)
 
     def usage_writable() -> bool:
         store = ledger.store
@@ -112,7 +120,10 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             raise RuntimeError("usage store not open")
         return store.writable()
 
-    checks: dict[str, Check] = {"upstream": upstream_check(client), "database": database_check(usage_writable)}
+    checks: dict[str, Check] = {
+        "upstream": fleet_check(fleet) if fleet.several else upstream_check(client),
+        "database": database_check(usage_writable),
+    }
     if settings.redis_url:
         checks["redis"] = limiter_check(limiter)
 
@@ -121,9 +132,10 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         await keyring.start()
         await ledger.start()
         await limiter.start()
+        await fleet.start()
         # In the background: a slow upstream must not hold up the listener.
         report = asyncio.get_running_loop().create_task(
-            report_start(client, settings.upstream_url, keyring, wait=min(settings.connect_timeout, READY_TIMEOUT))
+            report_start(fleet, keyring, wait=min(settings.connect_timeout, READY_TIMEOUT))
         )
         try:
             yield
@@ -134,16 +146,47 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             await ledger.close()
             await limiter.close()
             await keyring.close()
-            await client.aclose()
+            await fleet.close()
 
     api = _fastapi(lifespan=lifespan)
-    api.include_router(health_router(checks))
+    api.include_router(health_router(checks, fleet))
     metrics_app = _fastapi()
     if settings.metrics_address:
         metrics_app.include_router(metrics_router(metrics, None))
     else:
         api.include_router(metrics_router(metrics, admin_scope(authenticator, resolver)))
-    return Gateway(api, forwarded, metrics, metrics_app)
+
+    admin: ASGIApp | None = None
+    if settings.admin_ui:
+        admin = admin_app(
+            AdminSources(
+                open_keys=lambda: open_keystore(settings.database_url),
+                open_usage=lambda: SqliteUsageStore(settings.database_url),
+                keys_changed=keyring.catch_up,
+                traffic=traffic,
+                in_flight=lambda: forwarded.in_flight,
+                queue=lambda: queue_totals(fleet.states()),
+                upstreams=checked_when_single(fleet.states, checks["upstream"]),
+            ),
+            guard=admin_scope(authenticator, resolver),
+            resolver=resolver,
+            audit=AuditLog(fmt=chosen_format(settings.log_format, sys.stdout)),
+        )
+        if not settings.admin_address:
+            api.mount("/admin", admin)
+    return Gateway(api, forwarded, metrics, metrics_app, admin if settings.admin_address else None)
+
+
+def upstream_client(settings: Settings, url: str) -> Upstream:
+    """The HTTP client for one server, as settings configure it."""
+    return open_upstream(
+        settings.upstream_client,
+        url,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout or None,
+        write_timeout=settings.write_timeout or None,
+        max_connections=settings.upstream_max_connections,
+    )
 
 
 def _fastapi(lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.commands import keys, usage
+from gateway.commands import keys, upstreams, usage
 from gateway.database import DatabaseError
+from gateway.fleet.config import FleetConfigError
 from gateway.keystore import KeyStoreError
 from gateway.settings import Settings, describe_error
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys.add_commands(commands)
     usage.add_commands(commands)
+    upstreams.add_commands(commands)
     return parser
 
 
@@ -45,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.handler(args, settings)
     except ValidationError as error:
         print(f"ollama-gateway: {describe_error(error)}", file=sys.stderr)
+        return 2
+    except FleetConfigError as error:
+        print(f"ollama-gateway: invalid configuration: {error}", file=sys.stderr)
         return 2
     except (KeyStoreError, DatabaseError, sqlite3.Error) as error:
         print(f"ollama-gateway: error: {error}", file=sys.stderr)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.forwarding import ForwardedRoutes
 from gateway.headers import header
@@ -19,25 +19,47 @@ class Gateway:
     the hot path, and they stream.
     """
 
-    def __init__(self, api: FastAPI, forwarded: ForwardedRoutes, metrics: Metrics, metrics_app: FastAPI) -> None:
+    def __init__(
+        self,
+        api: FastAPI,
+        forwarded: ForwardedRoutes,
+        metrics: Metrics,
+        metrics_app: FastAPI,
+        admin_app: ASGIApp | None = None,
+    ) -> None:
         self.api = api
         self.forwarded = forwarded
         self.metrics = metrics
         # Served on its own address when GATEWAY_METRICS_ADDRESS is set (see listeners.py).
         self.metrics_app = metrics_app
+        # The admin surface's own listener (GATEWAY_ADMIN_ADDRESS), else None.
+        self.admin_app = WithRequestId(admin_app) if admin_app is not None else None
+        self._api = WithRequestId(api)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_forwarded(scope["path"]):
             await self.forwarded(scope, receive, send)
             return
+        await self._api(scope, receive, send)
+
+
+class WithRequestId:
+    """Gives each HTTP response an ``X-Request-Id`` (the client's own if sane), also kept in the
+    request's state for whatever logs the request (the admin audit lines)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.api(scope, receive, send)
+            await self.app(scope, receive, send)
             return
         rid = request_id(header(scope["headers"], b"x-request-id"))
+        scope.setdefault("state", {})["request_id"] = rid.decode()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
-        await self.api(scope, receive, send_with_id)
+        await self.app(scope, receive, send_with_id)

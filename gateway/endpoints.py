@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from gateway.errors import GatewayError
+from gateway.fleet import Fleet, State
 from gateway.guard import Guard
 from gateway.limits import Limiter
 from gateway.metrics import CONTENT_TYPE, Metrics
@@ -21,7 +23,8 @@ READY_TIMEOUT = 5.0
 Check = Callable[[], Awaitable[str]]
 
 
-def health_router(checks: dict[str, Check]) -> APIRouter:
+def health_router(checks: dict[str, Check], fleet: Fleet | None = None) -> APIRouter:
+    """``/healthz`` and ``/readyz``; with several servers, ``/readyz`` lists each one's state."""
     router = APIRouter()
 
     @router.get("/healthz")
@@ -36,7 +39,19 @@ def health_router(checks: dict[str, Check]) -> APIRouter:
         results = await asyncio.gather(*(checks[name]() for name in names))
         detail = dict(zip(names, results, strict=True))
         ready = all(value == "ok" or value.startswith("degraded") for value in detail.values())
-        return JSONResponse({"status": "ready" if ready else "not ready", "checks": detail}, 200 if ready else 503)
+        answer: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": detail}
+        if fleet is not None and fleet.several:
+            # Public, like the rest of /readyz: states and load only, no model names. (One server
+            # is not listed: its name is its address, which a stranger has no need to learn.)
+            answer["upstreams"] = {
+                member.name: {
+                    "state": member.state.value,
+                    "in_flight": member.in_flight,
+                    "queued": member.queue.waiting if member.queue is not None else 0,
+                }
+                for member in fleet.members
+            }
+        return JSONResponse(answer, 200 if ready else 503)
 
     return router
 
@@ -60,6 +75,24 @@ def upstream_check(upstream: Upstream) -> Check:
         except (GatewayError, TimeoutError):
             return "unavailable"
         return "ok" if status == 200 else f"status {status}"
+
+    return check
+
+
+def fleet_check(fleet: Fleet) -> Check:
+    """Several servers: ready while one answers (the watchers keep each state current)."""
+
+    async def check() -> str:
+        if any(member.state is State.UNKNOWN for member in fleet.members):
+            # Just started: ask now rather than answer before the first round is in.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(READY_TIMEOUT):
+                    await fleet.refresh_now()
+        up = [member for member in fleet.members if member.state is State.UP]
+        if not up:
+            return "unavailable"
+        down = len(fleet.members) - len(up)
+        return f"degraded: {down} of {len(fleet.members)} servers not answering" if down else "ok"
 
     return check
 

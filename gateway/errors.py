@@ -53,6 +53,12 @@ class NotFound(GatewayError):
     openai_type = anthropic_type = "not_found_error"
 
 
+class ModelNotFound(NotFound):
+    """No server of the fleet has the model (Ollama's own words for it)."""
+
+    code = "model_not_found"
+
+
 class MethodNotAllowed(GatewayError):
     status = 405
     outcome = "bad_request"
@@ -85,6 +91,10 @@ class UpstreamTimeout(GatewayError):
     status = 504
     outcome = "upstream_timeout"
     code = "upstream_timeout"
+
+
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """No connection to Ollama could be made in time: the request never reached it."""
 
 
 def render(error: GatewayError, dialect: Dialect, request_id: str = "") -> bytes:

@@ -19,6 +19,7 @@ from gateway.principal import Principal
 from gateway.relay import BodyTransform
 from gateway.streams import Usage, UsageReader
 from gateway.surfaces import Route, RouteClass
+from gateway.upstream import Upstream
 
 
 @dataclass(eq=False, slots=True)
@@ -50,6 +51,12 @@ class Flow:
     # The body as Ollama's decoder will read it; None when not read or empty.
     json: JsonBody | None = None
     reader: UsageReader | None = None
+    # Where the request goes when several servers stand behind the gateway (set by routing;
+    # None: the one upstream), the server's name for the record, and the server it left when
+    # that one could not be reached.
+    upstream: Upstream | None = None
+    upstream_name: str | None = None
+    failed_over_from: str | None = None
     # Rewrites of the response body, applied in this order (a filtered listing, a stripped frame).
     transforms: list[BodyTransform] = field(default_factory=list)
     # Extra response headers policies want the client to see.

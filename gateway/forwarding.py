@@ -117,7 +117,7 @@ class ForwardedRoutes:
             )
             flow.forwarded_at = time.perf_counter()
             await relay(
-                self._upstream,
+                flow.upstream or self._upstream,
                 outbound,
                 inbound,
                 send,

@@ -43,9 +43,14 @@ _REQUEST_DROP = (
         b"x-forwarded-host",
         b"x-real-ip",
         b"x-request-id",
+        # The gateway's own routing instruction (which server of several), not Ollama's business.
+        b"x-gateway-upstream",
     }
 )
 _RESPONSE_DROP = HOP_BY_HOP | {b"date", b"server"}
+
+# Names the server (of several) an admin request is for; see gateway/fleet/routing.py.
+UPSTREAM_HEADER = b"x-gateway-upstream"
 
 STREAM_HEADERS: Headers = [(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]
 STREAM_TYPES = (b"application/x-ndjson", b"text/event-stream")

@@ -1,5 +1,6 @@
-"""The main listener and, when ``GATEWAY_METRICS_ADDRESS`` is set, a second one for ``/metrics``
-without a key, served by one event loop in one process."""
+"""The main listener and, when set, side listeners served by the same event loop in one process:
+``GATEWAY_METRICS_ADDRESS`` for ``/metrics`` without a key, ``GATEWAY_ADMIN_ADDRESS`` for the admin
+API and page (then only there)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import contextlib
 from collections.abc import Iterator
 
 import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from gateway.dispatch import Gateway
 from gateway.settings import Settings
@@ -26,15 +29,47 @@ def metrics_listener(settings: Settings, app: Gateway) -> uvicorn.Server | None:
         return None
     host, _, port = settings.metrics_address.rpartition(":")
     return _SideServer(
-        uvicorn.Config(app.metrics_app, host=host, port=int(port), lifespan="off", log_level=settings.log_level)
+        uvicorn.Config(
+            app.metrics_app,
+            host=host,
+            port=int(port),
+            lifespan="off",
+            log_level=settings.log_level,
+            # Nothing here looks at the client, but forwarded headers count only from trusted peers.
+            proxy_headers=False,
+            server_header=False,
+        )
     )
 
 
-async def serve_all(main: uvicorn.Server, side: uvicorn.Server | None) -> None:
-    side_task = asyncio.get_running_loop().create_task(side.serve()) if side else None
+def admin_listener(settings: Settings, app: Gateway) -> uvicorn.Server | None:
+    if not settings.admin_address or app.admin_app is None:
+        return None
+    host, _, port = settings.admin_address.rpartition(":")
+    # The admin app at /admin, as on the main port; everything else there is a 404.
+    site = Starlette(routes=[Mount("/admin", app.admin_app)])
+    config = uvicorn.Config(
+        site,
+        host=host,
+        port=int(port),
+        lifespan="off",
+        log_level=settings.log_level,
+        # As on the main port: forwarded headers count only from GATEWAY_TRUSTED_PROXIES (the
+        # gateway's own resolver), so no client can pick the address its lockout is counted for.
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+    )
+    return _SideServer(config)
+
+
+async def serve_all(main: uvicorn.Server, *sides: uvicorn.Server | None) -> None:
+    running = [side for side in sides if side is not None]
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(side.serve()) for side in running]
     try:
         await main.serve()
     finally:
-        if side is not None and side_task is not None:
+        for side in running:
             side.should_exit = True
-            await side_task
+        await asyncio.gather(*tasks)

@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from gateway.fleet import Fleet, Member, State
 from gateway.record import RequestRecord
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -31,8 +32,8 @@ class Metrics:
         self._max_models = max_models
         self.requests = Counter(
             "gateway_requests",
-            "Requests handled, by route class, route, status and key name.",
-            ["route_class", "route", "status", "key"],
+            "Requests handled, by route class, route, status, key name and the server that answered.",
+            ["route_class", "route", "status", "key", "upstream"],
             registry=self.registry,
         )
         self.duration = Histogram(
@@ -77,14 +78,41 @@ class Metrics:
             "gateway_requests_in_flight", "Forwarded requests being handled now.", registry=self.registry
         )
         self.queue_depth = Gauge(
-            "gateway_queue_depth", "Inference requests waiting for a slot on the upstream.", registry=self.registry
+            "gateway_queue_depth",
+            "Inference requests waiting for a slot, by server.",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self.upstream_in_flight = Gauge(
+            "gateway_upstream_requests_in_flight",
+            "Requests routed to each server and not finished (queued ones included).",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self.upstream_up = Gauge(
+            "gateway_upstream_up",
+            "1 while the server answers the watcher (only with several servers).",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self.failovers = Counter(
+            "gateway_upstream_failovers",
+            "Requests moved to another server because this one could not be reached.",
+            ["upstream"],
+            registry=self.registry,
         )
 
     def track_in_flight(self, read: Callable[[], float]) -> None:
         self.in_flight.set_function(read)
 
-    def track_queue_depth(self, read: Callable[[], float]) -> None:
-        self.queue_depth.set_function(read)
+    def track_fleet(self, fleet: Fleet) -> None:
+        several = fleet.several
+        for member in fleet.members:
+            self.queue_depth.labels(member.name).set_function(_reader(member, _queued))
+            self.upstream_in_flight.labels(member.name).set_function(_reader(member, lambda m: m.in_flight))
+            if several:
+                # One server has no watcher: /readyz and the start-up line say whether it answers.
+                self.upstream_up.labels(member.name).set_function(_reader(member, lambda m: m.state is State.UP))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         # prometheus_client's labels() costs microseconds per call; the label sets are bounded.
@@ -96,7 +124,9 @@ class Metrics:
     def __call__(self, record: RequestRecord) -> None:
         """A sink: observe one finished request."""
         key = record.key_name or ""
-        self._child(self.requests, record.route_class, record.route, str(record.status), key).inc()
+        self._child(
+            self.requests, record.route_class, record.route, str(record.status), key, record.upstream or ""
+        ).inc()
         self._child(self.duration, record.route_class).observe(record.duration)
         if record.ttfb is not None:
             self._child(self.ttfb, record.route_class).observe(record.ttfb)
@@ -111,6 +141,8 @@ class Metrics:
             self._child(self.refusals, record.outcome).inc()
         elif record.outcome in ("upstream_error", "upstream_timeout"):
             self._child(self.upstream_errors, record.outcome).inc()
+        if record.failed_over_from is not None:
+            self._child(self.failovers, record.failed_over_from).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -122,3 +154,11 @@ class Metrics:
             self._models.add(model)
             return model
         return "other"
+
+
+def _reader(member: Member, read: Callable[[Member], float]) -> Callable[[], float]:
+    return lambda: float(read(member))
+
+
+def _queued(member: Member) -> float:
+    return member.queue.waiting if member.queue is not None else 0

@@ -33,6 +33,9 @@ class RequestRecord:
     completion_tokens: int
     tokens_exact: bool
     outcome: str
+    # The server that answered (its configured name; "*" for an answer from every server).
+    upstream: str | None = None
+    failed_over_from: str | None = None
     # The buffered request body, if one was read (never logged unless a setting asks for it).
     request_body: bytes | None = None
 
@@ -72,5 +75,7 @@ def record_of(flow: Flow) -> RequestRecord:
         completion_tokens=usage.completion_tokens if usage else 0,
         tokens_exact=usage.exact if usage else True,
         outcome=outcome,
+        upstream=flow.upstream_name if flow.forwarded_at is not None else None,
+        failed_over_from=flow.failed_over_from,
         request_body=flow.body,
     )

@@ -11,7 +11,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.dispatch import Gateway
 from gateway.http_protocol import GatewayHttpProtocol
-from gateway.listeners import metrics_listener, serve_all
+from gateway.listeners import admin_listener, metrics_listener, serve_all
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 from gateway.tuning import prepare_process
@@ -68,7 +68,7 @@ def serve(settings: Settings) -> int:
     prepare_process()
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         try:
-            runner.run(serve_all(main, side))
+            runner.run(serve_all(main, side, admin_listener(settings, app)))
         except KeyboardInterrupt:
             # uvicorn re-raises the Ctrl-C it has already handled (shut down cleanly): no
             # traceback for that; 130 is what a shell reports for a command ended by SIGINT.

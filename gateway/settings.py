@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gateway.fleet.config import check_url, parse_list
 
 MiB = 1024 * 1024
 
@@ -22,6 +24,14 @@ class Settings(BaseSettings):
 
     # Where Ollama lives. Only scheme, host, port and an optional path prefix are used.
     upstream_url: str = "http://127.0.0.1:11434"
+    # Several Ollama servers instead of one (README, Several Ollama servers): a list,
+    # "[name=]URL[;weight=N][;max_concurrency=N]" comma-separated, or a TOML file naming them.
+    # Either one replaces upstream_url (which the image and compose file always set).
+    upstreams: str = ""
+    upstreams_file: str | None = None
+    # With several servers: how often each is asked for its version, models and loaded models
+    # (seconds); a server that is down is asked again sooner, backing off up to this long.
+    upstream_refresh_interval: float = Field(default=10.0, gt=0, le=3600)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
 
@@ -69,6 +79,11 @@ class Settings(BaseSettings):
     redis_fail_closed: bool = False
     workers: int = Field(default=1, ge=1)
 
+    # The admin API (/admin/api) and web page (/admin/), for keys with the admin scope; false: 404.
+    admin_ui: bool = True
+    # host:port for a separate admin listener (then the main port answers /admin with 404).
+    admin_address: str | None = None
+
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # The access log on stdout: one JSON object per request, or a short text line; "auto" is
     # text on a terminal and JSON otherwise (log shippers, the container).
@@ -85,14 +100,21 @@ class Settings(BaseSettings):
     @field_validator("upstream_url")
     @classmethod
     def _check_upstream(cls, value: str) -> str:
-        from urllib.parse import urlsplit
+        return check_url(value)
 
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:11434")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError("must not carry a query, fragment or credentials")
-        return value.rstrip("/")
+    @field_validator("upstreams")
+    @classmethod
+    def _check_upstreams(cls, value: str, info: ValidationInfo) -> str:
+        if value.strip():
+            parse_list(value)
+        return value.strip()
+
+    @field_validator("upstreams_file")
+    @classmethod
+    def _one_list(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and info.data.get("upstreams"):
+            raise ValueError("set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAMS_FILE, not both")
+        return value or None
 
     @field_validator("database_url")
     @classmethod
@@ -164,11 +186,31 @@ class Settings(BaseSettings):
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("admin_address")
+    @classmethod
+    def _check_admin_address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value == "":
+            return None
+        if info.data.get("workers", 1) > 1:
+            raise ValueError("a separate admin listener needs GATEWAY_WORKERS=1 (each worker would bind it)")
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9200")
+        return value
+
+    @model_validator(mode="after")
+    def _admin_apart_from_metrics(self) -> Settings:
+        if self.admin_address is not None and self.admin_address == self.metrics_address:
+            raise ValueError("GATEWAY_ADMIN_ADDRESS and GATEWAY_METRICS_ADDRESS must differ")
+        return self
+
 
 def describe_error(error: ValidationError) -> str:
     """One line naming the offending variable(s), for start-up failures."""
     parts = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
-        parts.append(f"GATEWAY_{field.upper()}: {item['msg']}")
+        if not item["loc"]:
+            parts.append(item["msg"].removeprefix("Value error, "))
+            continue
+        parts.append(f"GATEWAY_{str(item['loc'][0]).upper()}: {item['msg']}")
     return "invalid configuration: " + "; ".join(parts)

@@ -9,6 +9,7 @@ import json
 import logging
 
 from gateway.errors import GatewayError
+from gateway.fleet import Fleet
 from gateway.keyring import Keyring
 from gateway.upstream import Upstream, fetch_version
 
@@ -17,8 +18,16 @@ log = logging.getLogger("gateway")
 CREATE_KEY = "ollama-gateway keys create <name>"
 
 
-async def report_start(upstream: Upstream, url: str, keyring: Keyring, *, wait: float) -> None:
-    log.log(*await _upstream_line(upstream, url, wait))
+async def report_start(fleet: Fleet, keyring: Keyring, *, wait: float) -> None:
+    several = fleet.several
+    lines = await asyncio.gather(
+        *(
+            _upstream_line(member.client, f"{member.name} ({member.spec.url})" if several else member.spec.url, wait)
+            for member in fleet.members
+        )
+    )
+    for line in lines:
+        log.log(*line)
     if not keyring.has_usable_key():
         log.warning("no API key exists yet, so every request gets 401: create one with `%s`", CREATE_KEY)
 

@@ -97,12 +97,7 @@ class SqliteUsageStore:
         key_name: str | None = None,
     ) -> list[tuple[str, UsageCounts]]:
         """Totals grouped by key name, model or day; ``since``/``until`` are inclusive days."""
-        clauses, parameters = [], []
-        for clause, value in (("day >= ?", since), ("day <= ?", until), ("key_name = ?", key_name)):
-            if value is not None:
-                clauses.append(clause)
-                parameters.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, parameters = _where(since, until, key_name)
         column = _GROUP_COLUMN[by]
         with self._lock:
             rows: Iterable[tuple[str, int, int, int, int]] = self._connection.execute(
@@ -112,5 +107,33 @@ class SqliteUsageStore:
             ).fetchall()
         return [(group, UsageCounts(*counts)) for group, *counts in rows]
 
+    def daily(
+        self,
+        *,
+        by: Literal["key", "model"],
+        since: str | None = None,
+        until: str | None = None,
+        key_name: str | None = None,
+    ) -> list[tuple[str, str, UsageCounts]]:
+        """Totals per (day, key name or model), for a chart of days stacked by key or model."""
+        where, parameters = _where(since, until, key_name)
+        column = _GROUP_COLUMN[by]
+        with self._lock:
+            rows: Iterable[tuple[str, str, int, int, int, int]] = self._connection.execute(
+                f"SELECT day, {column}, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), "  # noqa: S608
+                f"SUM(errors) FROM usage {where} GROUP BY day, {column} ORDER BY day, {column}",
+                parameters,
+            ).fetchall()
+        return [(day, group, UsageCounts(*counts)) for day, group, *counts in rows]
+
     def close(self) -> None:
         self._connection.close()
+
+
+def _where(since: str | None, until: str | None, key_name: str | None) -> tuple[str, list[str]]:
+    clauses, parameters = [], []
+    for clause, value in (("day >= ?", since), ("day <= ?", until), ("key_name = ?", key_name)):
+        if value is not None:
+            clauses.append(clause)
+            parameters.append(value)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), parameters

@@ -31,6 +31,7 @@ def make_record(**fields: object) -> RequestRecord:
         "completion_tokens": 3,
         "tokens_exact": True,
         "outcome": "ok",
+        "upstream": "gpu-a",
         "request_body": b'{"prompt":"secret plans"}',
     }
     return RequestRecord(**(base | fields))  # type: ignore[arg-type]

@@ -51,6 +51,8 @@ FIELDS = {
     "completion_tokens",
     "tokens_exact",
     "outcome",
+    "upstream",
+    "failed_over_from",
 }
 LINE_TIMEOUT = 5.0
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
@@ -62,6 +64,7 @@ class Logged:
     client: httpx.Client
     keys: dict[str, str]  # name -> secret
     ids: dict[str, str]  # name -> key id
+    upstream: str  # the one server's name: its host:port
 
     @property
     def url(self) -> str:
@@ -115,7 +118,8 @@ def logged(_fake_server: FakeOllama, tmp_path_factory: pytest.TempPathFactory) -
         "GATEWAY_LOG_PROMPTS": "carol",
     }
     with gateway_process(env) as process, httpx.Client(base_url=process.url, timeout=10) as client:
-        yield Logged(process, client, keys, {name: secret.split("_")[1] for name, secret in keys.items()})
+        ids = {name: secret.split("_")[1] for name, secret in keys.items()}
+        yield Logged(process, client, keys, ids, f"127.0.0.1:{_fake_server.port}")
 
 
 def stable(line: dict[str, object], started: float) -> dict[str, object]:
@@ -156,6 +160,8 @@ def expected(logged: Logged, rid: str, **fields: object) -> dict[str, object]:
         "completion_tokens": 0,
         "tokens_exact": True,
         "outcome": "ok",
+        "upstream": logged.upstream,
+        "failed_over_from": None,
     }
     assert set(fields) <= set(base)
     return base | fields
@@ -364,6 +370,7 @@ def test_unauthorized(logged: Logged, fake: FakeOllama) -> None:
         model=None,
         status=401,
         upstream_status=None,
+        upstream=None,
         bytes_out=len(response.content),
         streamed=False,
         outcome="unauthorized",
@@ -383,6 +390,7 @@ def test_forbidden(logged: Logged, fake: FakeOllama) -> None:
         model=None,
         status=403,
         upstream_status=None,
+        upstream=None,
         bytes_out=len(response.content),
         streamed=False,
         outcome="forbidden",
@@ -400,6 +408,7 @@ def test_bad_request(logged: Logged, fake: FakeOllama) -> None:
         model=None,
         status=400,
         upstream_status=None,
+        upstream=None,
         bytes_in=len(body),
         bytes_out=len(response.content),
         streamed=False,
@@ -419,6 +428,7 @@ def test_body_too_large(logged: Logged, fake: FakeOllama) -> None:
         model=None,
         status=413,
         upstream_status=None,
+        upstream=None,
         bytes_out=len(response.content),
         streamed=False,
         outcome="body_too_large",
@@ -441,6 +451,7 @@ def test_auth_throttled(logged: Logged, fake: FakeOllama) -> None:
         model=None,
         status=429,
         upstream_status=None,
+        upstream=None,
         bytes_out=len(response.content),
         streamed=False,
         outcome="auth_throttled",
@@ -485,6 +496,8 @@ def test_json_and_text_formats() -> None:
         "completion_tokens": 3,
         "tokens_exact": True,
         "outcome": "ok",
+        "upstream": "gpu-a",
+        "failed_over_from": None,
     }
     assert lines[1:] == [
         "2026-01-01T00:00:00.250Z 200 POST /api/chat 1500.0ms key=alice model=llama3.2 outcome=ok tokens=7+3 id=r1",

@@ -32,6 +32,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from gateway.database import sqlite_path
+from gateway.fleet.config import parse_list
 from gateway.settings import Settings
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
 from tests.servers import ROOT, RunningGateway, free_port, gateway_process, stop_process
@@ -42,6 +43,7 @@ COMPOSE_FILES = (
     "docker-compose.gpu.yml",
     "docker-compose.shared.yml",
     "docker-compose.offline.yml",
+    "docker-compose.fleet.yml",
     "deploy/caddy/docker-compose.caddy.yml",
 )
 NGINX_SNIPPET = DEPLOY / "nginx" / "ollama-gateway-proxy.conf"
@@ -401,6 +403,26 @@ def test_offline_override_leaves_ollama_only_the_internal_network() -> None:
     override = _compose("docker-compose.offline.yml")
     assert override == {"services": {"ollama": {"networks": Tagged("!override", ["backend"])}}}
     assert _compose("docker-compose.yml")["networks"]["backend"]["internal"] is True
+
+
+def test_fleet_override_adds_a_second_ollama_reachable_only_through_the_gateway() -> None:
+    base, override = _compose("docker-compose.yml"), _compose("docker-compose.fleet.yml")
+    first, second = base["services"]["ollama"], override["services"]["ollama-b"]
+    # The same image, networks and health check as the first; its own models; nothing published.
+    assert {"ports", "expose", "network_mode"}.isdisjoint(second)
+    for field in ("image", "networks", "healthcheck", "restart", "environment"):
+        assert second[field] == first[field], field
+    assert second["volumes"] == ["ollama-b-models:/root/.ollama"]
+    assert set(override["volumes"]) == {"ollama-b-models"}
+    gateway = override["services"]["gateway"]
+    assert gateway["depends_on"] == {"ollama-b": {"condition": "service_healthy"}}
+    # The list the gateway itself parses: both servers, by their service names.
+    specs = parse_list(gateway["environment"]["GATEWAY_UPSTREAMS"])
+    assert [(spec.name, spec.url) for spec in specs] == [
+        ("ollama-a", base["services"]["gateway"]["environment"]["GATEWAY_UPSTREAM_URL"]),
+        ("ollama-b", "http://ollama-b:11434"),
+    ]
+    assert {urlsplit(spec.url).hostname for spec in specs} == {"ollama", "ollama-b"}
 
 
 def _proxy_override(name: str, proxy: str) -> dict[str, Any]:

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 from starlette.types import Message
 
+from gateway.admin import LiveTraffic
 from gateway.app import create_app
 from gateway.auth import AuthPolicy
 from gateway.clientaddr import ClientAddress, ClientResolver
 from gateway.errors import Forbidden
+from gateway.fleet.routing import RoutingPolicy
 from gateway.flow import Flow
 from gateway.forwarding import ForwardedRoutes
 from gateway.headers import Headers
@@ -180,10 +182,21 @@ async def test_transforms_set_by_policies_rewrite_the_relayed_body_in_order() ->
 
 def test_the_gateway_composes_its_policies_in_the_order_safety_needs() -> None:
     """Who calls, may they reach the route, then the body (never buffered for a stranger), then the
-    model it names, then limits: a model check before the body was read would allow any model."""
+    model it names, then limits, then the server and a slot on it: a model check before the body was
+    read would allow any model, and a slot taken before the limits would queue refused requests; the
+    admin page's live count comes last and refuses nothing."""
     app = create_app(gateway_settings(upstream_url="http://127.0.0.1:9", database_url="sqlite:///:memory:"))
     order = [type(policy) for policy in app.forwarded.policies]
-    assert order == [AuthPolicy, RoutePolicy, RequestBodyPolicy, ModelPolicy, StreamUsagePolicy, LimitPolicy]
+    assert order == [
+        AuthPolicy,
+        RoutePolicy,
+        RequestBodyPolicy,
+        ModelPolicy,
+        StreamUsagePolicy,
+        LimitPolicy,
+        RoutingPolicy,
+        LiveTraffic,
+    ]
 
 
 async def test_a_model_check_without_the_body_is_a_bug_not_an_allowance() -> None:

@@ -49,9 +49,12 @@ class Samples:
             time.sleep(0.01)
 
 
-def _series(key: str, status: str, route_class: str = "inference") -> list[tuple[str, dict[str, str]]]:
+def _series(
+    key: str, status: str, route_class: str = "inference", upstream: str = ""
+) -> list[tuple[str, dict[str, str]]]:
+    requests = {"route_class": route_class, "route": "/api/chat", "status": status, "key": key, "upstream": upstream}
     return [
-        ("gateway_requests_total", {"route_class": route_class, "route": "/api/chat", "status": status, "key": key}),
+        ("gateway_requests_total", requests),
         ("gateway_tokens_total", {"key": key, "model": "llama3.2:latest", "kind": "prompt"}),
         ("gateway_tokens_total", {"key": key, "model": "llama3.2:latest", "kind": "completion"}),
         ("gateway_request_duration_seconds_count", {"route_class": route_class}),
@@ -72,10 +75,17 @@ def test_a_streamed_request(gateway: RunningGateway, fake: FakeOllama, database_
     fake.behaviour = Behaviour(tokens=3, prompt_eval_count=7)
     key = issue_key(database_url, "metered")
     samples = Samples(gateway)
-    samples.snapshot(*_series("metered", "200"))
+    upstream = f"127.0.0.1:{fake.port}"  # one server, named by its address
+    samples.snapshot(*_series("metered", "200", upstream=upstream))
     response = httpx.post(gateway.url + "/api/chat", json=CHAT, headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 200
-    requests = {"route_class": "inference", "route": "/api/chat", "status": "200", "key": "metered"}
+    requests = {
+        "route_class": "inference",
+        "route": "/api/chat",
+        "status": "200",
+        "key": "metered",
+        "upstream": upstream,
+    }
     samples.wait_for("gateway_requests_total", 1, **requests)
     assert _changed(samples) == {
         "gateway_requests_total" + str(dict(sorted(requests.items()))): 1,
@@ -94,11 +104,12 @@ def test_refusals(gateway: RunningGateway, fake: FakeOllama, database_url: str) 
     assert httpx.post(gateway.url + "/api/chat", json=CHAT).status_code == 401
     response = httpx.post(gateway.url + "/api/chat", json=CHAT, headers={"Authorization": f"Bearer {reader}"})
     assert response.status_code == 403
-    forbidden = {"route_class": "inference", "route": "/api/chat", "status": "403", "key": "reader"}
+    forbidden = {"route_class": "inference", "route": "/api/chat", "status": "403", "key": "reader", "upstream": ""}
     samples.wait_for("gateway_requests_total", 1, **forbidden)
     # Refused before reaching the upstream: no first byte, no queue wait, no tokens.
+    unauthorized = {**forbidden, "status": "401", "key": ""}
     assert _changed(samples) == {
-        "gateway_requests_total{'key': '', 'route': '/api/chat', 'route_class': 'inference', 'status': '401'}": 1,
+        "gateway_requests_total" + str(dict(sorted(unauthorized.items()))): 1,
         "gateway_requests_total" + str(dict(sorted(forbidden.items()))): 1,
         "gateway_request_duration_seconds_count{'route_class': 'inference'}": 2,
         "gateway_refusals_total{'reason': 'unauthorized'}": 1,
@@ -200,7 +211,7 @@ def test_metrics_on_their_own_address(fake: FakeOllama, database_url: str) -> No
         assert httpx.get(process.url + "/api/tags", headers={"Authorization": f"Bearer {key}"}).status_code == 200
         # Not on the main port, even for an admin key; no key needed on the metrics address.
         assert httpx.get(process.url + "/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 404
-        labels = 'key="someone",route="/api/tags",route_class="read",status="200"'
+        labels = f'key="someone",route="/api/tags",route_class="read",status="200",upstream="127.0.0.1:{fake.port}"'
         deadline = time.monotonic() + RECORD_TIMEOUT
         while f"gateway_requests_total{{{labels}}} 1.0" not in (text := _side(port)):
             assert time.monotonic() < deadline, text

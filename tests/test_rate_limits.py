@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.fleet.routing import RoutingPolicy
 from gateway.keystore import Limits
 from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
@@ -170,7 +171,11 @@ def test_openai_sdk_retries_a_429_and_succeeds(
 
 
 def _queue_depth(gateway: RunningGateway) -> float:
-    return gateway.app.metrics.registry.get_sample_value("gateway_queue_depth") or 0.0
+    # The one server's queue, named by its address.
+    (routing,) = [policy for policy in gateway.app.forwarded.policies if isinstance(policy, RoutingPolicy)]
+    (member,) = routing.fleet.members
+    sample = gateway.app.metrics.registry.get_sample_value("gateway_queue_depth", {"upstream": member.name})
+    return sample or 0.0
 
 
 def _wait_for(condition: Callable[[], bool], seconds: float = 5) -> bool:

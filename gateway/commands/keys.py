@@ -1,92 +1,76 @@
-"""``ollama-gateway keys …``: create, list, show, update, revoke and rotate API keys."""
+"""``ollama-gateway keys …``: create, list, show, update, revoke and rotate API keys.
+
+Only the command-line side lives here (arguments in, text out); the operations and their rules
+are ``gateway.keyadmin``'s, shared with the admin API.
+"""
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
-from gateway.keystore import DEFAULT_SCOPES, UNLIMITED, KeyRecord, Limits, Scope, open_keystore
-from gateway.keystore.sqlite import SqliteKeyStore
-from gateway.models import InvalidModelName, parse_pattern
+from gateway.keyadmin import (
+    KEEP,
+    LIMIT_NAMES,
+    InvalidKeyRequest,
+    KeyAdmin,
+    KeyChange,
+    check_name,
+    check_pattern,
+    describe,
+    parse_expiry,
+    parse_limit,
+    parse_weight,
+)
+from gateway.keystore import KeyRecord, Scope, open_keystore
 from gateway.settings import Settings
 
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_LIMITS = ("rpm", "tpm", "tpd", "concurrency", "weight")
+T = TypeVar("T")
 
 
-def expiry(text: str) -> float | None:
-    """``30d`` / ``12h`` (from now), ``2027-01-31`` (00:00 UTC), an ISO time, or ``never``."""
-    if text == "never":
-        return None
-    match = _DURATION.fullmatch(text)
-    if match:
-        return dt.datetime.now(dt.UTC).timestamp() + int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (30d, 12h) or a date (2027-01-31)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
+def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a shared parser: its message becomes argparse's error."""
 
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except InvalidKeyRequest as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
-def limit(text: str) -> int | None:
-    """A positive number, ``unlimited``, or ``default`` (the gateway-wide setting)."""
-    if text == "unlimited":
-        return UNLIMITED
-    if text == "default":
-        return None
-    if text.isdigit():
-        return int(text)
-    raise argparse.ArgumentTypeError(f"{text!r} is not a number, 'unlimited' or 'default'")
-
-
-def weight(text: str) -> int | None:
-    if text == "default":
-        return None
-    if text.isdigit() and 1 <= int(text) <= 100:
-        return int(text)
-    raise argparse.ArgumentTypeError(f"{text!r} is not a weight from 1 to 100 or 'default'")
-
-
-def pattern(text: str) -> str:
-    try:
-        parse_pattern(text)
-    except InvalidModelName:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a valid model name or glob") from None
-    return text
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
     parser.add_argument("--scope", action="append", choices=[scope.value for scope in Scope], dest="scopes")
     parser.add_argument("--admin", action="store_true", help="add the admin scope (pull, create, delete, …)")
-    parser.add_argument("--model", action="append", type=pattern, dest="models", metavar="GLOB")
+    parser.add_argument("--model", action="append", type=_argument(check_pattern), dest="models", metavar="GLOB")
     if update:
         parser.add_argument("--all-models", action="store_true", help="remove every model restriction")
-    for name in _LIMITS[:4]:
-        parser.add_argument(f"--{name}", type=limit, default=argparse.SUPPRESS, metavar="N|unlimited|default")
+    for name in LIMIT_NAMES[:4]:
+        parser.add_argument(
+            f"--{name}", type=_argument(parse_limit), default=argparse.SUPPRESS, metavar="N|unlimited|default"
+        )
     parser.add_argument(
         "--weight",
-        type=weight,
+        type=_argument(parse_weight),
         default=argparse.SUPPRESS,
         metavar="N|default",
         help="share of the upstream when queued",
     )
-    parser.add_argument("--expires", type=expiry, default=argparse.SUPPRESS, metavar="30d|2027-01-31|never")
+    parser.add_argument(
+        "--expires", type=_argument(parse_expiry), default=argparse.SUPPRESS, metavar="30d|2027-01-31|never"
+    )
 
 
 def add_commands(commands: Any) -> None:
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key and print its secret (shown once)")
-    create.add_argument("name")
+    create.add_argument("name", type=_argument(check_name))
     add_policy_options(create, update=False)
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=_create)
@@ -116,38 +100,36 @@ def add_commands(commands: Any) -> None:
     rotate.set_defaults(handler=_rotate)
 
 
-def _policy(args: argparse.Namespace, base: KeyRecord) -> KeyRecord:
-    scopes = frozenset(Scope(value) for value in args.scopes) if args.scopes else base.scopes
-    if args.admin:
-        scopes |= {Scope.ADMIN}
-    models = tuple(args.models) if args.models else base.models
-    if getattr(args, "all_models", False):
-        models = ()
-    limits = Limits(**{name: getattr(args, name, getattr(base.limits, name)) for name in _LIMITS})
-    expires = getattr(args, "expires", base.expires_at)
-    return replace(base, scopes=scopes, models=models, limits=limits, expires_at=expires)
+def _change(args: argparse.Namespace) -> KeyChange:
+    models = () if getattr(args, "all_models", False) else tuple(args.models) if args.models else None
+    return KeyChange(
+        scopes=frozenset(Scope(value) for value in args.scopes) if args.scopes else None,
+        admin=args.admin,
+        models=models,
+        limits={name: getattr(args, name) for name in LIMIT_NAMES if hasattr(args, name)},
+        expires_at=getattr(args, "expires", KEEP),
+    )
 
 
 @contextmanager
-def _store(settings: Settings) -> Iterator[SqliteKeyStore]:
+def _admin(settings: Settings) -> Iterator[KeyAdmin]:
     store = open_keystore(settings.database_url)
     try:
-        yield store
+        yield KeyAdmin(store)
     finally:
         store.close()
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
-    with _store(settings) as store:
-        policy = _policy(args, KeyRecord(id="", name=args.name, digest="", created_at=0.0, scopes=DEFAULT_SCOPES))
-        record, secret = store.create(policy)
+    with _admin(settings) as admin:
+        record, secret = admin.create(args.name, _change(args))
     _print_secret(record, secret, args.json)
     return 0
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    with _store(settings) as store:
-        records = store.load()
+    with _admin(settings) as admin:
+        records = admin.list()
     if args.json:
         print(json.dumps([describe(record) for record in records], indent=2))
         return 0
@@ -162,57 +144,31 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
-    with _store(settings) as store:
-        record = store.get(args.name)
+    with _admin(settings) as admin:
+        record = admin.get(args.name)
     _print_record(record, args.json)
     return 0
 
 
 def _update(args: argparse.Namespace, settings: Settings) -> int:
-    with _store(settings) as store:
-        record = store.update(_policy(args, store.get(args.name)))
+    with _admin(settings) as admin:
+        record = admin.update(args.name, _change(args))
     _print_record(record, args.json)
     return 0
 
 
 def _revoke(args: argparse.Namespace, settings: Settings) -> int:
-    with _store(settings) as store:
-        record = store.revoke(args.name)
+    with _admin(settings) as admin:
+        record = admin.revoke(args.name)
     print(f"revoked {record.name} ({record.id})")
     return 0
 
 
 def _rotate(args: argparse.Namespace, settings: Settings) -> int:
-    with _store(settings) as store:
-        record, secret = store.rotate(args.name)
+    with _admin(settings) as admin:
+        record, secret = admin.rotate(args.name)
     _print_secret(record, secret, args.json)
     return 0
-
-
-def _when(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _limit_text(value: int | None) -> int | str:
-    return "default" if value is None else "unlimited" if value == UNLIMITED else value
-
-
-def describe(record: KeyRecord) -> dict[str, Any]:
-    """A key's public description: everything but its digest (and never its secret)."""
-    expired = record.expired(dt.datetime.now(dt.UTC).timestamp())
-    return {
-        "id": record.id,
-        "name": record.name,
-        "status": "revoked" if record.revoked else "expired" if expired else "active",
-        "scopes": sorted(scope.value for scope in record.scopes),
-        "models": list(record.models),
-        "limits": {name: _limit_text(getattr(record.limits, name)) for name in _LIMITS},
-        "created_at": _when(record.created_at),
-        "expires_at": _when(record.expires_at),
-        "last_used_at": _when(record.last_used_at),
-    }
 
 
 def _print_record(record: KeyRecord, as_json: bool) -> None:

@@ -1,35 +1,26 @@
 """``ollama-gateway usage``: requests, tokens and errors per key, model or day, from the database.
 
-Counts reach the database in batches (every GATEWAY_USAGE_FLUSH_INTERVAL seconds and at shutdown),
-so a report taken while the gateway runs can lag by that much.
+The query and its formats are ``gateway.usagereport``'s, shared with the admin API.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import json
-import re
 import sys
 from typing import Any
 
 from gateway.database import sqlite_path
 from gateway.settings import Settings
-from gateway.usagestore import Grouping, SqliteUsageStore, UsageCounts
-
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "errors")
+from gateway.usagereport import COLUMNS, InvalidUsageQuery, UsageQuery, UsageReport, day, numbers, report
+from gateway.usagestore import SqliteUsageStore
 
 
-def day(text: str) -> str:
-    """A calendar day as YYYY-MM-DD (usage days are UTC)."""
+def _day(text: str) -> str:
     try:
-        if not _DAY.fullmatch(text):
-            raise ValueError
-        return dt.date.fromisoformat(text).isoformat()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (expected YYYY-MM-DD, e.g. 2026-01-31)") from None
+        return day(text)
+    except InvalidUsageQuery as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_commands(commands: Any) -> None:
@@ -38,8 +29,8 @@ def add_commands(commands: Any) -> None:
         help="report requests, tokens and errors",
         description="Requests, prompt and completion tokens and errors, per key, model or UTC day.",
     )
-    usage.add_argument("--since", type=day, metavar="YYYY-MM-DD", help="first day included (UTC)")
-    usage.add_argument("--until", type=day, metavar="YYYY-MM-DD", help="last day included (UTC)")
+    usage.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first day included (UTC)")
+    usage.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="last day included (UTC)")
     usage.add_argument("--key", metavar="NAME", help="only this key")
     usage.add_argument("--by", choices=("key", "model", "day"), default="key", help="one row per (default: key)")
     output = usage.add_mutually_exclusive_group()
@@ -49,61 +40,36 @@ def add_commands(commands: Any) -> None:
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:
-    if args.since is not None and args.until is not None and args.since > args.until:
-        print(f"ollama-gateway: error: --since {args.since} is after --until {args.until}", file=sys.stderr)
+    try:
+        query = UsageQuery(by=args.by, since=args.since, until=args.until, key=args.key)
+    except InvalidUsageQuery as error:
+        print(f"ollama-gateway: error: {error}", file=sys.stderr)
         return 2
     path = sqlite_path(settings.database_url)
     if not path.exists():
         # Opening would create an empty database and report zeros for a mistyped path.
         print(f"ollama-gateway: error: no database at {path}", file=sys.stderr)
         return 1
-    by: Grouping = args.by
     store = SqliteUsageStore(settings.database_url)
     try:
-        rows = store.report(by=by, since=args.since, until=args.until, key_name=args.key)
+        result = report(store, query)
     finally:
         store.close()
-    total = UsageCounts()
-    for _, counts in rows:
-        total.add(counts)
     if args.json:
-        _print_json(args, rows, total)
+        print(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
     elif args.csv:
-        _print_csv(by, rows)
+        sys.stdout.write(result.as_csv())
     else:
-        _print_table(by, rows, total)
+        _print_table(result)
     return 0
 
 
-def _numbers(counts: UsageCounts) -> dict[str, int]:
-    return {column: getattr(counts, column) for column in _COLUMNS}
-
-
-def _print_json(args: argparse.Namespace, rows: list[tuple[str, UsageCounts]], total: UsageCounts) -> None:
-    report = {
-        "by": args.by,
-        "since": args.since,
-        "until": args.until,
-        "key": args.key,
-        # A request that named no model is grouped under null.
-        "rows": [{args.by: group or None, **_numbers(counts)} for group, counts in rows],
-        "total": _numbers(total),
-    }
-    print(json.dumps(report, indent=2, ensure_ascii=False))
-
-
-def _print_csv(by: str, rows: list[tuple[str, UsageCounts]]) -> None:
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow([by, *_COLUMNS])
-    for group, counts in rows:
-        writer.writerow([group, *_numbers(counts).values()])
-
-
-def _print_table(by: str, rows: list[tuple[str, UsageCounts]], total: UsageCounts) -> None:
-    lines = [(group or "-", _numbers(counts)) for group, counts in rows]
+def _print_table(result: UsageReport) -> None:
+    by = result.query.by
+    lines = [(group or "-", numbers(counts)) for group, counts in result.rows]
     width = max([len(by), len("TOTAL"), *(len(group) for group, _ in lines)])
-    headers = [column.upper().replace("_", " ") for column in _COLUMNS]
+    headers = [column.upper().replace("_", " ") for column in COLUMNS]
     print(f"{by.upper():<{width}}  " + "  ".join(headers))
-    for group, numbers in [*lines, ("TOTAL", _numbers(total))]:
-        cells = (f"{value:>{len(header)}}" for value, header in zip(numbers.values(), headers, strict=True))
+    for group, values in [*lines, ("TOTAL", numbers(result.total))]:
+        cells = (f"{value:>{len(header)}}" for value, header in zip(values.values(), headers, strict=True))
         print(f"{group:<{width}}  " + "  ".join(cells))

@@ -1,5 +1,5 @@
-"""The limits policy: per-key quotas first (429, policy), then a fair slot on the upstream (503 on
-timeout, capacity).
+"""The limits policy: per-key quotas (429, policy). The fair slot on a server (503 on timeout,
+capacity) is taken afterwards, by the routing policy, on the server it chooses.
 
 Before forwarding it reserves an estimate of the request's tokens, so concurrent requests cannot
 overshoot a token budget together; when the request is over (completed, failed, or abandoned by
@@ -8,7 +8,6 @@ its client mid-stream) the reservation is settled to the tokens really used.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from gateway.estimate import estimate
@@ -16,7 +15,6 @@ from gateway.flow import Flow
 from gateway.inbound import Inbound
 from gateway.keystore import UNLIMITED, Limits
 from gateway.limits import Grant, Limiter, Quota, refusal, window_headers
-from gateway.limits.queue import FairQueue, Ticket
 from gateway.surfaces import RouteClass
 
 _EMBEDDINGS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
@@ -40,24 +38,21 @@ def effective(limits: Limits, defaults: Quota) -> Quota:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """What a request holds while it runs: its reservation and its upstream slot."""
+    """What a request holds while it runs: its reservation."""
 
     quota: Quota
     grant: Grant | None
-    ticket: Ticket | None
 
 
 class LimitPolicy:
     def __init__(
         self,
         limiter: Limiter,
-        queue: FairQueue | None,
         *,
         defaults: Quota,
         default_completion_tokens: int,
     ) -> None:
         self._limiter = limiter
-        self._queue = queue
         self._defaults = defaults
         self._default_completion = default_completion_tokens
 
@@ -78,26 +73,11 @@ class LimitPolicy:
         if not quota.unlimited:
             grant = await self._limiter.acquire(principal.key_id, quota, tokens)
             flow.response_headers.extend(window_headers(grant.requests, grant.tokens))
-        if not inference or self._queue is None:
-            return Admission(quota, grant, None)
-        queued_at = time.perf_counter()
-        try:
-            ticket = await self._queue.acquire(principal.key_id, principal.limits.weight or 1)
-        except BaseException:
-            flow.queue_wait = time.perf_counter() - queued_at
-            # Refused or abandoned while queued: the request never ran.
-            if grant is not None:
-                self._limiter.settle(principal.key_id, quota, grant, 0)
-            raise
-        flow.queue_wait = ticket.waited
-        flow.response_headers.append((b"x-queue-wait-ms", f"{ticket.waited * 1000:.0f}".encode()))
-        flow.response_headers.append((b"x-queue-position", str(ticket.position).encode()))
-        return Admission(quota, grant, ticket)
+        return Admission(quota, grant)
 
     def finish(self, flow: Flow, admitted: Admission) -> None:
-        if admitted.ticket is not None and self._queue is not None:
-            self._queue.release()
         if admitted.grant is not None:
+            # A request refused or abandoned before it ran (in a queue, say) used nothing.
             usage = flow.usage
             used = usage.total if usage is not None else 0
             self._limiter.settle(flow.caller().key_id, admitted.quota, admitted.grant, used)

@@ -76,6 +76,11 @@ class FairQueue:
             raise
         return Ticket(time.perf_counter() - waiter.enqueued, position + 1)
 
+    def oldest_wait(self) -> float:
+        """Seconds the longest-waiting request has been queued (0 when none waits)."""
+        heads = [queue[0].enqueued for queue in self._queues.values() if queue]
+        return time.perf_counter() - min(heads) if heads else 0.0
+
     def release(self) -> None:
         self.in_use -= 1
         self._dispatch()

@@ -70,16 +70,21 @@ class Upstream(Protocol):
     async def aclose(self) -> None: ...
 
 
-async def fetch_version(upstream: Upstream) -> tuple[int, bytes]:
-    """``GET /api/version``: the status and (the first 64 KiB of) the body. Raises GatewayError."""
-    response = await upstream.send(Outbound("GET", "/api/version", [], b""))
-    body = b""
+async def fetch(upstream: Upstream, target: str, *, limit: int = 65536) -> tuple[int, bytes]:
+    """``GET target``: the status and (the first ``limit`` bytes of) the body. Raises GatewayError."""
+    response = await upstream.send(Outbound("GET", target, [], b""))
+    body = bytearray()
     try:
         async for data in response.body():
-            body += data[: 65536 - len(body)]
+            body += data[: limit - len(body)]
     finally:
         await response.aclose()
-    return response.status, body
+    return response.status, bytes(body)
+
+
+async def fetch_version(upstream: Upstream) -> tuple[int, bytes]:
+    """``GET /api/version``: the status and (the first 64 KiB of) the body. Raises GatewayError."""
+    return await fetch(upstream, "/api/version")
 
 
 def open_upstream(

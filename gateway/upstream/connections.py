@@ -12,7 +12,7 @@ import ssl
 from collections import deque
 from typing import Protocol, cast
 
-from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamConnectTimeout, UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream import authority, unreachable
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024
@@ -185,7 +185,7 @@ class Pool:
             else:
                 self._free()
             if isinstance(error, TimeoutError):
-                raise UpstreamTimeout("upstream timed out") from None
+                raise UpstreamConnectTimeout(f"upstream {self.address} did not accept a connection in time") from None
             if isinstance(error, OSError):
                 raise unreachable(self.address, error) from error
             raise

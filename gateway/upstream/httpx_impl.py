@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from gateway.errors import UpstreamBroken, UpstreamTimeout
+from gateway.errors import UpstreamBroken, UpstreamConnectTimeout, UpstreamTimeout
 from gateway.headers import Headers
 from gateway.upstream import Outbound, address, unreachable
 
@@ -17,6 +17,8 @@ def _translated(started: bool, where: str = "") -> Iterator[None]:
     """Map httpx's exceptions, once, onto the gateway's own."""
     try:
         yield
+    except httpx.ConnectTimeout as exc:
+        raise UpstreamConnectTimeout(f"upstream {where} did not accept a connection in time") from exc
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout("upstream timed out") from exc
     except httpx.TransportError as exc:

@@ -76,7 +76,8 @@ def _parse_all(names: Iterable[str]) -> dict[str, Model]:
 class Catalog:
     """Thread-safe state shared by the handlers (server thread) and the test thread."""
 
-    def __init__(self, models: Iterable[str], registry: Iterable[str]) -> None:
+    def __init__(self, models: Iterable[str], registry: Iterable[str], version: str) -> None:
+        self.version = version  # what /api/version answers
         self._lock = threading.Lock()
         self._initial = _parse_all(models)
         self._registry = _parse_all(registry)

@@ -24,7 +24,7 @@ async def root(ex: Exchange, catalog: Catalog) -> None:
 
 
 async def version(ex: Exchange, catalog: Catalog) -> None:
-    await ex.respond_json(200, {"version": VERSION})
+    await ex.respond_json(200, {"version": catalog.version})
 
 
 def tag_entry(model: Model) -> dict[str, Any]:

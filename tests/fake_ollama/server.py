@@ -18,6 +18,7 @@ from .app import FakeApp
 from .behaviour import Behaviour
 from .catalog import DEFAULT_MODELS, EXTRA_REGISTRY, Catalog
 from .exchange import Transports
+from .manage import VERSION
 from .names import parse_name
 from .records import RecordedRequest, RequestLog
 
@@ -96,10 +97,17 @@ class FakeOllama:
     call `start()` and `stop()`.
     """
 
-    def __init__(self, models: Iterable[str] | None = None, *, registry: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        models: Iterable[str] | None = None,
+        *,
+        registry: Iterable[str] | None = None,
+        version: str = VERSION,
+        port: int = 0,
+    ) -> None:
         installed = list(DEFAULT_MODELS if models is None else models)
         pullable = [*installed, *(EXTRA_REGISTRY if registry is None else registry)]
-        self._catalog = Catalog(installed, pullable)
+        self._catalog = Catalog(installed, pullable, version)
         self._log = RequestLog()
         self._lock = threading.Lock()
         self._behaviour = Behaviour()
@@ -107,6 +115,7 @@ class FakeOllama:
         self._app: FakeApp | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
+        self._wanted_port = port  # 0: any free one; a fixed one lets a test restart a "server"
 
     # lifecycle
 
@@ -114,7 +123,8 @@ class FakeOllama:
         if self._thread is not None:
             raise RuntimeError("the fake is already running")
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind(("127.0.0.1", 0))
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self._wanted_port))
         self._port = listener.getsockname()[1]
         app = FakeApp(self._catalog, self._log, lambda: self.behaviour)
         config = uvicorn.Config(
@@ -211,6 +221,14 @@ class FakeOllama:
     @models.setter
     def models(self, names: Iterable[str]) -> None:
         self._catalog.set_installed(names)
+
+    def load(self, name: str) -> None:
+        """Hold an installed model in memory (/api/ps lists it), as a request for it would."""
+        parsed = parse_name(name)
+        model = self._catalog.find(parsed) if parsed is not None else None
+        if model is None:
+            raise ValueError(f"{name!r} is not installed")
+        self._catalog.load(model, None)
 
     def add_model(self, name: str) -> None:
         parsed = parse_name(name)

@@ -1,0 +1,72 @@
+// The admin page: sign in, then one of three pages chosen by the URL's #fragment. Plain DOM
+// modules, no framework, no build step; uPlot (a classic script) draws the usage chart.
+import { $, notify } from "./dom.js";
+import { hideSecret, loadKeys, setUpKeys } from "./keys.js";
+import { startLive, stopLive } from "./live.js";
+import { api, forget, onUnauthorized, remember, signedIn } from "./session.js";
+import { loadUsage, setUpUsage } from "./usage.js";
+
+const PAGES = { keys: loadKeys, usage: loadUsage, live: startLive };
+
+function show(page) {
+  for (const section of document.querySelectorAll("main > section")) {
+    section.hidden = section.id !== "page-" + page;
+  }
+  $("#nav").hidden = page === "signin";
+  for (const link of document.querySelectorAll("#nav a")) {
+    link.classList.toggle("current", link.dataset.page === page);
+  }
+  if (page !== "live") stopLive();
+  if (page !== "keys") hideSecret(); // a secret is shown once: leaving the page forgets it
+}
+
+function signOut(message) {
+  forget();
+  hideSecret();
+  show("signin");
+  notify(message || "", Boolean(message));
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const field = $("#signin-key");
+  remember(field.value.trim());
+  field.value = "";
+  try {
+    await api("GET", "keys");
+  } catch (error) {
+    forget();
+    show("signin");
+    notify(error.status === 403 ? "That key lacks the admin scope." : error.message, true);
+    return;
+  }
+  notify("");
+  if (!location.hash || location.hash === "#signin") {
+    location.hash = "#keys"; // the hashchange routes there
+  } else {
+    route();
+  }
+}
+
+function route() {
+  if (!signedIn()) {
+    show("signin");
+    return;
+  }
+  const page = (location.hash || "#keys").slice(1);
+  const load = PAGES[page];
+  if (!load) {
+    location.hash = "#keys";
+    return;
+  }
+  show(page);
+  load().catch((error) => notify(error.message, true));
+}
+
+onUnauthorized(() => signOut("The key was refused (revoked, rotated or mistyped): sign in again."));
+$("#signin-form").addEventListener("submit", signIn);
+$("#sign-out").addEventListener("click", () => signOut(""));
+setUpKeys();
+setUpUsage();
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,148 @@
+// The keys page: the table, create, rotate, revoke (after a confirmation), the secret shown once.
+import { $, button, el, fill, notify, row, shortTime } from "./dom.js";
+import { api, getJson, signedInId } from "./session.js";
+
+const LIMITS = ["rpm", "tpm", "tpd", "concurrency", "weight"];
+
+export async function loadKeys() {
+  const keys = await getJson("keys");
+  const rows = keys.map((key) => {
+    const actions = el("span", null, "actions");
+    if (key.status !== "revoked") {
+      actions.append(button("Rotate", "quiet", () => rotateKey(key)), button("Revoke", "danger", () => revokeKey(key)));
+    }
+    const limits = Object.entries(key.limits)
+      .filter(([, value]) => value !== "default")
+      .map(([name, value]) => name + "=" + value)
+      .join(", ");
+    const tr = row([
+      el("strong", key.name),
+      el("code", key.id),
+      el("span", key.status, "status " + key.status),
+      key.scopes.join(", "),
+      key.models.join(", ") || "all",
+      limits || "defaults",
+      shortTime(key.expires_at),
+      shortTime(key.last_used_at),
+      actions,
+    ]);
+    tr.dataset.key = key.name;
+    return tr;
+  });
+  fill($("#keys-table tbody"), rows, "No keys yet.", 9);
+}
+
+function showSecret(title, secret) {
+  $("#secret-title").textContent = title;
+  $("#secret-value").textContent = secret;
+  $("#secret-copy").textContent = "Copy";
+  $("#secret-panel").hidden = false;
+}
+
+export function hideSecret() {
+  $("#secret-panel").hidden = true;
+  $("#secret-value").textContent = "";
+}
+
+async function copySecret() {
+  try {
+    await navigator.clipboard.writeText($("#secret-value").textContent);
+    $("#secret-copy").textContent = "Copied";
+  } catch (ignored) {
+    // No clipboard permission: select the text so Ctrl+C works.
+    const range = document.createRange();
+    range.selectNodeContents($("#secret-value"));
+    const selection = getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    $("#secret-copy").textContent = "Press Ctrl+C";
+  }
+}
+
+function limitValue(text) {
+  const value = text.trim();
+  if (value === "") return undefined;
+  return /^\d+$/.test(value) ? Number(value) : value;
+}
+
+async function createKey(event) {
+  event.preventDefault();
+  const form = event.target;
+  const data = new FormData(form);
+  const limits = {};
+  for (const name of LIMITS) {
+    const value = limitValue(String(data.get(name) || ""));
+    if (value !== undefined) limits[name] = value;
+  }
+  const scopes = data.getAll("scope");
+  const body = {
+    name: String(data.get("name") || "").trim(),
+    scopes: scopes.filter((scope) => scope !== "admin"),
+    admin: scopes.includes("admin"),
+    models: String(data.get("models") || "")
+      .split(",")
+      .map((item) => item.trim())
+      .filter(Boolean),
+    limits,
+    expires: String(data.get("expires") || "").trim() || "never",
+  };
+  try {
+    const created = await (await api("POST", "keys", body)).json();
+    showSecret("Key " + created.name + " created", created.key);
+    form.reset();
+    $("#create-box").open = false;
+    notify("");
+    await loadKeys();
+  } catch (error) {
+    notify(error.message, true);
+  }
+}
+
+async function rotateKey(key) {
+  try {
+    const rotated = await (await api("POST", "keys/" + encodeURIComponent(key.id) + "/rotate")).json();
+    showSecret("Key " + rotated.name + " rotated", rotated.key);
+    await loadKeys();
+  } catch (error) {
+    notify(error.message, true);
+  }
+}
+
+function confirmed(text) {
+  const dialog = $("#confirm");
+  $("#confirm-text").textContent = text;
+  return new Promise((resolve) => {
+    const finish = (answer) => {
+      $("#confirm-yes").removeEventListener("click", yes);
+      $("#confirm-no").removeEventListener("click", no);
+      dialog.removeEventListener("cancel", no);
+      dialog.close();
+      resolve(answer);
+    };
+    const yes = () => finish(true);
+    const no = () => finish(false);
+    $("#confirm-yes").addEventListener("click", yes);
+    $("#confirm-no").addEventListener("click", no);
+    dialog.addEventListener("cancel", no);
+    dialog.showModal();
+  });
+}
+
+async function revokeKey(key) {
+  let question = "Revoke key " + key.name + " (" + key.id + ")? It stops working at once; this cannot be undone.";
+  if (key.id === signedInId()) question += " It is the key you are signed in with: this page signs out.";
+  if (!(await confirmed(question))) return;
+  try {
+    await api("POST", "keys/" + encodeURIComponent(key.id) + "/revoke");
+    notify("Key " + key.name + " revoked.");
+    await loadKeys();
+  } catch (error) {
+    notify(error.message, true);
+  }
+}
+
+export function setUpKeys() {
+  $("#create-form").addEventListener("submit", createKey);
+  $("#secret-copy").addEventListener("click", copySecret);
+  $("#secret-done").addEventListener("click", hideSecret);
+}

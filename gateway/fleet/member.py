@@ -1,0 +1,112 @@
+"""One Ollama server of the fleet: its client, its fair queue, and what the gateway knows of it."""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import dataclass, field
+
+from gateway.fleet.config import MemberSpec
+from gateway.limits.queue import FairQueue
+from gateway.models import InvalidModelName, parse_model
+from gateway.upstream import Upstream
+
+
+class State(enum.Enum):
+    UNKNOWN = "unknown"  # not asked yet
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(eq=False, slots=True)
+class Member:
+    spec: MemberSpec
+    client: Upstream
+    # Inference requests in flight here at once, the rest waiting fairly; None: no cap.
+    queue: FairQueue | None
+    state: State = State.UNKNOWN
+    reason: str = ""  # why it is down
+    version: str | None = None
+    # Normalised names (str(ModelName)) installed, and loaded into memory, as last seen.
+    models: frozenset[str] = frozenset()
+    loaded: set[str] = field(default_factory=set)
+    refreshed_at: float | None = None  # time.time() of the last complete refresh
+    # Requests routed here and not yet finished, queued ones included.
+    in_flight: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def usable(self) -> bool:
+        # A server not asked yet is tried: at start-up the fleet must not refuse everything.
+        return self.state is not State.DOWN
+
+    @property
+    def has_free_slot(self) -> bool:
+        return self.queue is None or (self.queue.in_use < self.queue.capacity and not self.queue.waiting)
+
+    @property
+    def load(self) -> float:
+        return self.in_flight / self.spec.weight
+
+    def mark_up(self, version: str | None, models: frozenset[str], loaded: set[str]) -> None:
+        self.state, self.reason = State.UP, ""
+        self.version, self.models, self.loaded = version, models, loaded
+        self.refreshed_at = time.time()
+
+    def mark_down(self, reason: str) -> None:
+        self.state, self.reason = State.DOWN, reason
+
+    def snapshot(self) -> dict[str, object]:
+        """What operators see (``/readyz``, ``ollama-gateway upstreams``, the admin API)."""
+        queue = self.queue
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "reason": self.reason or None,
+            "version": self.version,
+            "models": sorted(_display(name) for name in self.models),
+            "loaded": sorted(_display(name) for name in self.loaded),
+            "in_flight": self.in_flight,
+            "queued": queue.waiting if queue is not None else 0,
+            "oldest_wait_s": round(queue.oldest_wait(), 3) if queue is not None else 0.0,
+            "capacity": queue.capacity if queue is not None else None,
+            "weight": self.spec.weight,
+        }
+
+
+def model_keys(listing: bytes) -> frozenset[str]:
+    """Normalised names in an ``/api/tags`` or ``/api/ps`` answer; anything unreadable is skipped."""
+    try:
+        entries = json.loads(listing).get("models")
+    except (ValueError, AttributeError):
+        raise ValueError("not a model listing") from None
+    keys: set[str] = set()
+    for entry in entries if isinstance(entries, list) else ():
+        name = entry.get("model") or entry.get("name") if isinstance(entry, dict) else None
+        if isinstance(name, str):
+            try:
+                keys.add(str(parse_model(name)))
+            except InvalidModelName:
+                continue
+    return frozenset(keys)
+
+
+def version_of(body: bytes) -> str | None:
+    try:
+        return version_text(json.loads(body))
+    except ValueError:
+        return None
+
+
+def version_text(answer: object) -> str | None:
+    """The version in a parsed ``/api/version`` answer, if it is a sane one."""
+    value = answer.get("version") if isinstance(answer, dict) else None
+    return value if isinstance(value, str) and value.isprintable() and len(value) <= 64 else None
+
+
+def _display(key: str) -> str:
+    return parse_model(key).short

@@ -1,0 +1,304 @@
+"""The admin page in a real browser (Debian's Chromium, headless, driven by Playwright) against a
+real gateway in front of the fake Ollama: sign in, create a key, use it from the openai client,
+see its usage in the chart, watch it in flight, revoke it and see the client refused.
+
+Set GATEWAY_SCREENSHOTS_DIR to also keep one screenshot per page there (README's come from it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from playwright.sync_api import expect
+
+from gateway.usagestore import SqliteUsageStore, UsageCounts, UsageKey
+from tests.browser.chromium import chromium
+from tests.conftest import issue_key
+from tests.fake_ollama import Behaviour, FakeOllama
+from tests.fake_ollama.gate import StepGate
+from tests.servers import RunningGateway
+
+pytestmark = pytest.mark.timeout(120)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+WAIT_MS = 10_000
+
+
+def _until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``check`` until it holds, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _seed_usage(database_url: str, name: str, days: int) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    store = SqliteUsageStore(database_url)
+    try:
+        store.add(
+            {
+                UsageKey((today - dt.timedelta(days=back)).isoformat(), f"id-{name}", name, "qwen3:8b"): UsageCounts(
+                    2, 40 + 10 * back, 25 + 5 * back, 0
+                )
+                for back in range(days)
+            }
+        )
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def browser_gateway(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    # Usage reaches the database quickly here, so the chart can show a request made a moment ago.
+    return make_gateway(usage_flush_interval=0.1, log_format="json")
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Callable[..., Path]:
+    """Takes a screenshot into the test's temp dir (and GATEWAY_SCREENSHOTS_DIR, if set)."""
+    keep = os.environ.get("GATEWAY_SCREENSHOTS_DIR")
+
+    def take(page: object, name: str) -> Path:
+        path = tmp_path / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+        data = path.read_bytes()
+        assert data.startswith(PNG)
+        assert len(data) > 10_000  # a rendered page, not a blank one
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            (Path(keep) / f"admin-{name}.png").write_bytes(data)
+        return path
+
+    return take
+
+
+def test_sign_in_create_use_watch_and_revoke_a_key(
+    browser_gateway: RunningGateway, fake: FakeOllama, database_url: str, tmp_path: Path, shots: Callable[..., Path]
+) -> None:
+    gateway = browser_gateway
+    with (
+        httpx.Client(base_url=gateway.url + "/admin/api", headers=gateway.auth, timeout=10) as admin_api,
+        chromium(tmp_path / "profile") as browser,
+    ):
+        page = browser.new_page()
+        problems: list[str] = []
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("dialog", lambda dialog: problems.append(f"unexpected dialog: {dialog.message}"))
+        page.set_default_timeout(WAIT_MS)
+
+        # Sign in.
+        page.goto(gateway.url + "/admin/")
+        page.wait_for_selector("#page-signin:not([hidden]) h1")
+        assert page.inner_text("#page-signin h1") == "Sign in"
+        assert not page.is_visible("#nav")
+        shots(page, "signin")
+        page.fill("#signin-key", "ogw_wrong_key")
+        page.click("#signin-form button")
+        page.wait_for_selector("#notice.error:not([hidden])")
+        assert problems == ["Failed to load resource: the server responded with a status of 401 (Unauthorized)"]
+        problems.clear()
+        page.fill("#signin-key", gateway.key)
+        page.click("#signin-form button")
+        page.wait_for_selector("#page-keys:not([hidden]) tr[data-key='test-admin-0']")
+        assert page.is_visible("#nav")
+        assert not page.is_visible("#page-signin")
+        assert page.inner_text("#page-keys h1") == "Keys"
+        assert page.evaluate("sessionStorage.getItem('ollama-gateway-admin-key')") == gateway.key
+        assert page.evaluate("document.cookie") == ""
+        assert gateway.key not in page.url
+        assert browser.cookies() == []
+
+        # Create a key with limits and a model glob; its secret is shown once.
+        page.click("#create-box summary")
+        page.fill("#create-form [name=name]", "browser-user")
+        page.fill("#create-form [name=models]", "llama3*")
+        page.fill("#create-form [name=rpm]", "100")
+        page.fill("#create-form [name=tpd]", "unlimited")
+        page.click("#create-form button[type=submit]")
+        page.wait_for_selector("#secret-panel:not([hidden])")
+        secret = page.inner_text("#secret-value")
+        row = page.locator("tr[data-key='browser-user']")
+        row.wait_for()
+        key_id = row.locator("code").inner_text()
+        assert secret.startswith(f"ogw_{key_id}_")
+        assert "rpm=100" in row.inner_text()
+        assert "tpd=unlimited" in row.inner_text()
+        assert "llama3*" in row.inner_text()
+        page.click("#secret-copy")
+        expect(page.locator("#secret-copy")).not_to_have_text("Copy")
+        page.evaluate(  # the README's picture shows no secret, not even a throwaway one
+            "id => { document.querySelector('#secret-value').textContent = 'ogw_' + id + '_••••••••••••••••'; }",
+            key_id,
+        )
+        shots(page, "keys")
+        page.click("#secret-done")
+        assert page.inner_text("#secret-value") == ""
+        assert not page.is_visible("#secret-panel")
+
+        # The key works from the openai client.
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0) as client:
+            answer = client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "hello"}])
+            assert answer.usage is not None
+            used = answer.usage.prompt_tokens + answer.usage.completion_tokens
+
+            # Its usage reaches the database within a flush interval; then the chart shows it.
+            def usage_written() -> bool:
+                rows = admin_api.get("/usage", params={"key": "browser-user"}).json()["rows"]
+                return bool(rows) and rows[0]["requests"] == 1
+
+            _until(usage_written, 10, "the request's usage in the database")
+            # Another key's earlier days, so the chart has days to span and keys to stack.
+            _seed_usage(database_url, "team-a", days=3)
+            page.goto(gateway.url + "/admin/#usage")
+            page.wait_for_selector("#page-usage:not([hidden]) #usage-chart canvas")
+            legend = page.locator("#usage-chart .u-legend")
+            legend.get_by_text("browser-user").wait_for()
+            assert "team-a" in legend.inner_text()
+            table = page.inner_text("#usage-table tbody")
+            assert "browser-user" in table
+            assert f"{answer.usage.prompt_tokens}" in table
+            assert page.inner_text("#page-usage h1") == "Usage"
+            shots(page, "usage")
+            with page.expect_download() as download:
+                page.click("#usage-csv")
+            csv = Path(download.value.path()).read_text()
+            assert csv.startswith("key,requests,prompt_tokens,completion_tokens,errors\n")
+            assert f"browser-user,1,{answer.usage.prompt_tokens},{answer.usage.completion_tokens},0" in csv
+            assert used > 0
+
+            # A model outside its globs is refused, and the live page lists the refusal.
+            with pytest.raises(openai.PermissionDeniedError):
+                client.chat.completions.create(model="qwen3", messages=[{"role": "user", "content": "hi"}])
+
+            # While a stream of it runs, the live page shows it in flight.
+            gate = StepGate(timeout=20)
+            fake.behaviour = Behaviour(tokens=3, gate=gate)
+            streaming = threading.Event()
+
+            def stream() -> None:
+                with client.chat.completions.create(
+                    model="llama3.2", messages=[{"role": "user", "content": "hi"}], stream=True
+                ) as chunks:
+                    for _ in chunks:
+                        streaming.set()
+
+            worker = threading.Thread(target=stream)
+            worker.start()
+            try:
+                assert streaming.wait(10)
+                page.goto(gateway.url + "/admin/#live")
+                page.wait_for_selector("#page-live:not([hidden])")
+                page.locator("#live-keys").get_by_text("browser-user").wait_for()
+                assert page.inner_text("#live-in-flight") == "1"
+                assert "up" in page.inner_text("#live-upstreams tbody")
+                refusal = page.inner_text("#live-refusals tbody")
+                assert "403" in refusal
+                assert "browser-user" in refusal
+                assert "/v1/chat/completions" in refusal
+                assert page.inner_text("#page-live h1") == "Live traffic"
+                assert "ogw_wrong_key" not in page.content()
+                shots(page, "live")
+            finally:
+                gate.release(10)
+                worker.join(10)
+            # Refreshed on its own: the stream's end shows without a reload.
+            page.locator("#live-keys").get_by_text("Nothing in flight.").wait_for()
+
+            # Revoke it, confirmed in a dialog; the client is refused at once.
+            page.goto(gateway.url + "/admin/#keys")
+            page.locator("tr[data-key='browser-user'] button.danger").click()
+            page.wait_for_selector("#confirm[open]")
+            assert "browser-user" in page.inner_text("#confirm-text")
+            page.click("#confirm-yes")
+            page.locator("tr[data-key='browser-user'] .status.revoked").wait_for()
+            with pytest.raises(openai.AuthenticationError) as refused:
+                client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "again?"}])
+            assert refused.value.status_code == 401
+
+        # Signing out forgets the key.
+        page.click("#sign-out")
+        page.wait_for_selector("#page-signin:not([hidden])")
+        assert page.evaluate("sessionStorage.length") == 0
+        assert problems == []
+
+
+def test_names_are_shown_as_text_never_run(browser_gateway: RunningGateway, tmp_path: Path) -> None:
+    gateway = browser_gateway
+    hostile = "<img src=x onerror=\"document.title='pwned'\">"
+    created = httpx.post(gateway.url + "/admin/api/keys", headers=gateway.auth, json={"name": hostile})
+    assert created.status_code == 201
+    with chromium(tmp_path / "profile") as browser:
+        page = browser.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(gateway.url + "/admin/")
+        page.fill("#signin-key", gateway.key)
+        page.click("#signin-form button")
+        page.locator("#keys-table").get_by_text(hostile).wait_for()
+        assert page.title() == "ollama-gateway admin"
+        assert page.locator("#keys-table img").count() == 0
+        # The policy itself refuses inline script, whatever gets into the page.
+        with page.expect_console_message(lambda message: "Content Security Policy" in message.text) as refusal:
+            page.evaluate(
+                "() => { const s = document.createElement('script'); s.textContent = 'document.title = \"ran\"';"
+                " document.body.append(s); }"
+            )
+        assert "script-src 'self'" in refusal.value.text
+        assert page.title() == "ollama-gateway admin"
+
+
+def test_the_page_cannot_be_framed(browser_gateway: RunningGateway, tmp_path: Path) -> None:
+    gateway = browser_gateway
+    with chromium(tmp_path / "profile") as browser:
+        page = browser.new_page()
+        page.set_default_timeout(WAIT_MS)
+        # The main frame's load waits for its frames: by then Chromium has refused this one
+        # (X-Frame-Options DENY, frame-ancestors 'none') and shows its error page instead.
+        page.set_content(f'<iframe id="f" src="{gateway.url}/admin/"></iframe>', wait_until="load")
+        child = page.frames[1]
+        assert child.url.startswith("chrome-error://")
+        assert child.locator("#page-signin").count() == 0
+
+
+def test_rotate_shows_the_new_secret_once(browser_gateway: RunningGateway, database_url: str, tmp_path: Path) -> None:
+    gateway = browser_gateway
+    old = issue_key(database_url, "rotating")
+    with chromium(tmp_path / "profile") as browser:
+        page = browser.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(gateway.url + "/admin/#keys")
+        page.fill("#signin-key", gateway.key)
+        page.click("#signin-form button")
+        page.locator("tr[data-key='rotating'] button.quiet").click()
+        page.wait_for_selector("#secret-panel:not([hidden])")
+        new = page.inner_text("#secret-value")
+        assert new != old
+        assert new.split("_")[1] == old.split("_")[1]  # same key id
+        assert _status(gateway, old) == 401
+        assert _status(gateway, new) == 200
+        # Leaving the page forgets the secret: it is not in the page any more.
+        page.goto(gateway.url + "/admin/#usage")
+        page.wait_for_selector("#page-usage:not([hidden])")
+        assert new not in page.content()
+        page.goto(gateway.url + "/admin/#keys")
+        page.wait_for_selector("#page-keys:not([hidden])")
+        assert not page.is_visible("#secret-panel")
+        # Revoking the key one is signed in with says so.
+        page.locator("tr[data-key='test-admin-0'] button.danger").click()
+        page.wait_for_selector("#confirm[open]")
+        assert "the key you are signed in with" in page.inner_text("#confirm-text")
+        page.click("#confirm-no")
+        assert _status(gateway, gateway.key) == 200
+
+
+def _status(gateway: RunningGateway, key: str) -> int:
+    return httpx.get(gateway.url + "/api/tags", headers={"Authorization": f"Bearer {key}"}).status_code
