@@ -100,7 +100,8 @@ class AccessLog:
         )
         self._write(
             f"{line['time']} {record.status} {record.method} {_escaped(record.path)} {line['duration_ms']}ms "
-            f"key={record.key_name or '-'} model={record.model or '-'} outcome={record.outcome}{tokens} "
+            f"key={record.key_name or '-'} model={record.model or '-'} upstream={record.upstream or '-'} "
+            f"outcome={record.outcome}{tokens} "
             f"id={record.request_id}"
         )
 

@@ -51,6 +51,9 @@ from gateway.upstream import Upstream, open_upstream
 from gateway.usagerequest import StreamUsagePolicy
 from gateway.usagestore import SqliteUsageStore
 
+# Each server's connections for the watcher and the merged listings (small, quick requests).
+_PROBE_CONNECTIONS = 4
+
 
 def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gateway:
     """Build the gateway. ``upstream`` replaces the HTTP client of a single server (tests inject
@@ -59,7 +62,15 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     if upstream is not None and len(specs) > 1:
         raise ValueError("an injected upstream client stands for one server, and several are configured")
     fleet = Fleet(
-        [(spec, upstream or upstream_client(settings, spec.url)) for spec in specs],
+        [
+            (
+                spec,
+                upstream or upstream_client(settings, spec.url),
+                # The watcher's own few connections: a busy pool must not make a server look down.
+                upstream or upstream_client(settings, spec.url, max_connections=_PROBE_CONNECTIONS),
+            )
+            for spec in specs
+        ],
         concurrency=settings.upstream_concurrency,
         queue_timeout=settings.queue_timeout,
         refresh_interval=settings.upstream_refresh_interval,
@@ -177,7 +188,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     return Gateway(api, forwarded, metrics, metrics_app, admin if settings.admin_address else None)
 
 
-def upstream_client(settings: Settings, url: str) -> Upstream:
+def upstream_client(settings: Settings, url: str, *, max_connections: int | None = None) -> Upstream:
     """The HTTP client for one server, as settings configure it."""
     return open_upstream(
         settings.upstream_client,
@@ -185,7 +196,7 @@ def upstream_client(settings: Settings, url: str) -> Upstream:
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout or None,
         write_timeout=settings.write_timeout or None,
-        max_connections=settings.upstream_max_connections,
+        max_connections=max_connections or settings.upstream_max_connections,
     )
 
 

@@ -81,6 +81,19 @@ class UpstreamUnavailable(GatewayError):
     outcome = "upstream_error"
 
 
+class UpstreamNotReached(UpstreamUnavailable):
+    """No connection to Ollama could be made (refused, unroutable, TLS failed): the request
+    never left the gateway, so another server may take it. Its code stays the documented one."""
+
+
+class UpstreamBusy(UpstreamUnavailable):
+    """The gateway's own connection cap towards this upstream is reached: capacity, not a fault."""
+
+    status = 503
+    code = "upstream_busy"
+    anthropic_type = "overloaded_error"
+
+
 class UpstreamBroken(UpstreamUnavailable):
     """Ollama's connection failed after the response had started."""
 

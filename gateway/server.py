@@ -10,6 +10,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.dispatch import Gateway
+from gateway.fleet.config import fleet_specs
 from gateway.http_protocol import GatewayHttpProtocol
 from gateway.listeners import admin_listener, metrics_listener, serve_all
 from gateway.logs import configure_logging
@@ -59,6 +60,8 @@ def _serve_workers(settings: Settings) -> int:
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
     if settings.workers > 1:
+        # Each worker reads the upstream list itself: a bad one must stop start-up here, once.
+        fleet_specs(settings.upstream_url, settings.upstreams, settings.upstreams_file)
         return _serve_workers(settings)
     app = create_app(settings)
     config = uvicorn_config(settings, app)

@@ -471,7 +471,9 @@ def test_json_and_text_formats() -> None:
     lines: list[str] = []
     AccessLog(write=lines.append)(make_record())
     AccessLog(fmt="text", write=lines.append)(make_record())
-    AccessLog(fmt="text", write=lines.append)(make_record(route_class="read", key_name=None, model=None, status=401))
+    AccessLog(fmt="text", write=lines.append)(
+        make_record(route_class="read", key_name=None, model=None, status=401, upstream=None)
+    )
     assert json.loads(lines[0]) == {
         "time": "2026-01-01T00:00:00.250Z",
         "request_id": "r1",
@@ -500,8 +502,9 @@ def test_json_and_text_formats() -> None:
         "failed_over_from": None,
     }
     assert lines[1:] == [
-        "2026-01-01T00:00:00.250Z 200 POST /api/chat 1500.0ms key=alice model=llama3.2 outcome=ok tokens=7+3 id=r1",
-        "2026-01-01T00:00:00.250Z 401 POST /api/chat 1500.0ms key=- model=- outcome=ok id=r1",
+        "2026-01-01T00:00:00.250Z 200 POST /api/chat 1500.0ms key=alice model=llama3.2 upstream=gpu-a outcome=ok "
+        "tokens=7+3 id=r1",
+        "2026-01-01T00:00:00.250Z 401 POST /api/chat 1500.0ms key=- model=- upstream=- outcome=ok id=r1",
     ]
 
 

@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,18 @@ class Fleetside:
     def forget(self) -> None:
         for fake in self.fakes.values():
             fake.forget_requests()
+
+
+@contextmanager
+def held(client: httpx.Client, body: dict[str, Any], gate: StepGate) -> Iterator[None]:
+    """A gated stream on its server, its first line read, held open while the block runs; then
+    released and read to its end."""
+    with client.stream("POST", "/api/chat", json=body) as holding:
+        lines = holding.iter_lines()  # kept: a dropped iterator closes the response
+        next(lines)
+        yield
+        gate.release(10)
+        assert json.loads(list(lines)[-1])["done"] is True
 
 
 @pytest.fixture
@@ -173,20 +185,24 @@ def test_a_server_that_refuses_the_connection_is_failed_over(make_fleet: Callabl
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
-def test_a_connection_cut_before_the_first_byte_is_failed_over(
-    make_fleet: Callable[..., Fleetside], reset: bool
+def test_a_request_a_server_may_have_read_is_never_sent_again(
+    make_fleet: Callable[..., Fleetside], reset: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The connection ends after the request went out, before any answer: Ollama may have read it
+    # (a crash mid-generation, a balancer cutting a long one). Sending it to b could run the
+    # generation twice, so the client gets the 502 and the server is skipped until it answers.
     side = make_fleet({"a": ["llama3.2"], "b": ["llama3.2"]})
     side.fakes["a"].load("llama3.2")
     side.fleet.refresh_soon()
     side.wait_until(lambda: bool(side.fleet.named("a").loaded), "a's loaded model learned")  # type: ignore[union-attr]
     side.fakes["a"].behaviour = Behaviour(cut_after=0, cut_reset=reset)
     response = side.chat("llama3.2", stream=True)
-    assert response.status_code == 200, response.text
-    lines = [json.loads(line) for line in response.text.splitlines()]
-    assert "".join(line["message"]["content"] for line in lines) == "tok0 tok1 tok2 "
-    assert lines[-1]["done"] is True
-    assert side.served() == {"a": 1, "b": 1}
+    assert response.status_code == 502
+    assert (
+        response.json()["error"] == f"upstream 127.0.0.1:{side.fakes['a'].port} closed the connection before answering"
+    )
+    assert side.served() == {"a": 1, "b": 0}
+    assert f"upstream a is down: {response.json()['error']}" in caplog.messages
 
 
 def test_no_retry_once_a_byte_has_gone_to_the_client(make_fleet: Callable[..., Fleetside]) -> None:
@@ -350,10 +366,13 @@ def test_pull_and_delete_go_to_every_server_without_a_name(make_fleet: Callable[
         assert pulled.status_code == 200
         assert pulled.headers["content-type"] == "application/x-ndjson"
         lines = [json.loads(line) for line in pulled.iter_lines()]
+    # Each server's progress as it comes, then one last line for all of them.
     for name in ("a", "b"):
-        own = [line for line in lines if line["upstream"] == name]
+        own = [line for line in lines[:-1] if line["upstream"] == name]
         assert own[0] == {"status": "pulling manifest", "upstream": name}
-        assert own[-1] == {"status": "success", "upstream": name}
+        assert own[-1] == {"status": "writing manifest", "upstream": name}
+    assert lines[-1] == {"status": "success"}
+    assert [line for line in lines if "upstream" not in line] == [lines[-1]]
     assert side.served("/api/pull") == {"a": 1, "b": 1}
     # Learned at once: both servers have it now.
     side.wait_until(
@@ -366,9 +385,32 @@ def test_pull_and_delete_go_to_every_server_without_a_name(make_fleet: Callable[
 
     deleted = httpx.request("DELETE", url + "/api/delete", json={"model": "qwen3"}, headers=auth)
     assert (deleted.status_code, deleted.content) == (200, b"")  # deleted where it was
-    assert side.fakes["b"].models == ["llama3.2:latest"] or "qwen3:latest" not in side.fakes["b"].models
+    assert "qwen3:latest" not in side.fakes["b"].models
+    assert side.served("/api/delete") == {"a": 1, "b": 1}
     gone = httpx.request("DELETE", url + "/api/delete", json={"model": "qwen3"}, headers=auth)
     assert (gone.status_code, gone.json()) == (404, {"error": "model 'qwen3' not found"})
+
+
+def test_one_server_failing_a_pull_does_not_stop_the_others(make_fleet: Callable[..., Fleetside]) -> None:
+    side = make_fleet({"a": ["llama3.2"], "b": ["qwen3"], "c": ["qwen3"]})
+    a_port = side.fakes["a"].port
+    side.fakes["a"].stop()  # gone, and not yet noticed
+    side.fakes["c"].behaviour = Behaviour(status=500, error="disk full", paths=frozenset({"/api/pull"}))
+    seen: list[str] = []
+
+    def pull() -> None:
+        with ollama.Client(host=side.gateway.url, headers=side.auth()) as client:
+            seen.extend(progress.status or "" for progress in client.pull("tinyllama", stream=True))
+
+    with pytest.raises(ollama.ResponseError) as raised:
+        pull()
+    # b's progress came through and b finished; the one error at the end says how each server did.
+    assert seen[0] == "pulling manifest"
+    assert "writing manifest" in seen
+    assert "tinyllama:latest" in side.fakes["b"].models
+    assert raised.value.error == (
+        f"a: upstream 127.0.0.1:{a_port} unavailable: Connection refused; b: success; c: disk full"
+    )
 
 
 def test_other_model_management_needs_a_named_server(make_fleet: Callable[..., Fleetside]) -> None:
@@ -403,16 +445,12 @@ def test_a_request_that_gives_up_in_a_queue_leaves_nothing_counted(make_fleet: C
     assert member is not None
     with httpx.Client(base_url=side.gateway.url, headers=side.auth(), timeout=WAIT) as client:
         body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
-        with client.stream("POST", "/api/chat", json=body) as holding:
-            lines = holding.iter_lines()  # kept: a dropped iterator closes the response
-            next(lines)
+        with held(client, body, gate):
             assert member.in_flight == 1
             refused = client.post("/api/chat", json={**body, "stream": False})
             assert refused.status_code == 503
             assert refused.json()["error"] == "the upstream is busy: no slot became free within 0.2 s"
             assert member.in_flight == 1
-            gate.release(10)
-            assert json.loads(list(lines)[-1])["done"] is True
     side.wait_until(lambda: member.in_flight == 0, "the finished request uncounted")
     assert httpx.get(side.gateway.url + "/readyz").json()["upstreams"]["a"] == {
         "state": "up",
@@ -433,3 +471,84 @@ def test_the_official_clients_stream_through_a_fleet(make_fleet: Callable[..., F
         assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == "tok0 tok1 tok2 "
     assert side.served() == {"a": 0, "b": 1}
     assert side.served("/v1/chat/completions") == {"a": 1, "b": 0}
+
+
+def test_a_model_deleted_behind_the_gateways_back_is_served_by_another(make_fleet: Callable[..., Fleetside]) -> None:
+    side = make_fleet({"a": ["llama3.2"], "b": ["llama3.2"]})
+    side.fakes["a"].load("llama3.2")
+    side.fleet.refresh_soon()
+    side.wait_until(lambda: bool(side.fleet.named("a").loaded), "a's loaded model learned")  # type: ignore[union-attr]
+    side.fakes["a"].models = []  # straight on the server; the gateway still lists it there
+    response = side.chat("llama3.2")
+    # a's 404 means it did no work: the request goes to b, and a is asked for its models again.
+    assert response.status_code == 200, response.text
+    assert side.served() == {"a": 1, "b": 1}
+    side.wait_until(lambda: not side.fleet.named("a").models, "a's models asked again")  # type: ignore[union-attr]
+    assert side.chat("llama3.2").status_code == 200
+    assert side.served() == {"a": 1, "b": 2}
+
+
+def test_a_busy_loaded_copy_does_not_hold_up_a_server_that_is_free(make_fleet: Callable[..., Fleetside]) -> None:
+    # a holds the model in memory but its one slot is taken; b has the model and a free slot.
+    side = make_fleet({"a": ["llama3.2"], "b": ["llama3.2"]}, upstream_concurrency=1)
+    side.fakes["a"].load("llama3.2")
+    side.fleet.refresh_soon()
+    side.wait_until(lambda: bool(side.fleet.named("a").loaded), "a's loaded model learned")  # type: ignore[union-attr]
+    gate = StepGate()
+    side.fakes["a"].behaviour = Behaviour(tokens=3, gate=gate)
+    with httpx.Client(base_url=side.gateway.url, headers=side.auth(), timeout=WAIT) as client:
+        body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+        with held(client, body, gate):
+            assert side.served() == {"a": 1, "b": 0}
+            quick = client.post("/api/chat", json={**body, "stream": False})
+            assert (quick.status_code, quick.headers["x-queue-position"]) == (200, "0")
+            assert side.served() == {"a": 1, "b": 1}
+
+
+def test_listings_when_no_server_answers_and_when_none_has_models(make_fleet: Callable[..., Fleetside]) -> None:
+    side = make_fleet({"a": [], "b": []})
+    url, auth = side.gateway.url, side.auth()
+    # Ollama's own quirk survives the merge: no models is null on /v1/models, [] on /api/tags.
+    assert httpx.get(url + "/v1/models", headers=auth).json() == {"object": "list", "data": None}
+    assert httpx.get(url + "/api/tags", headers=auth).json() == {"models": []}
+    assert httpx.head(url + "/api/tags", headers=auth).status_code == 200
+    for fake in side.fakes.values():
+        fake.stop()
+    down = httpx.get(url + "/api/tags", headers=auth)
+    assert down.status_code == 502
+    assert down.json()["error"].startswith("no upstream answered /api/tags (a: upstream 127.0.0.1:")
+
+
+def test_a_slow_server_does_not_hold_up_a_request_for_an_unknown_model(make_fleet: Callable[..., Fleetside]) -> None:
+    side = make_fleet({"a": ["llama3.2"], "b": ["qwen3"]})
+    # b stops answering its listings: asking everyone about an unknown model must not wait for it.
+    side.fakes["b"].behaviour = Behaviour(hang=True, paths=frozenset({"/api/version", "/api/tags", "/api/ps"}))
+    started = time.monotonic()
+    response = side.chat("nope")
+    assert (response.status_code, response.json()) == (404, {"error": "model 'nope' not found"})
+    assert time.monotonic() - started < 4  # the round is cut short at 2 s; the probe timeout is 10
+
+
+def test_a_server_whose_connections_are_all_busy_is_not_taken_for_down(make_fleet: Callable[..., Fleetside]) -> None:
+    # One connection per server and no queue: a second request finds the gateway's own cap reached.
+    side = make_fleet(
+        {"a": ["llama3.2"], "b": ["qwen3"]}, upstream_max_connections=1, upstream_concurrency=0, connect_timeout=0.3
+    )
+    gate = StepGate()
+    side.fakes["a"].behaviour = Behaviour(tokens=3, gate=gate)
+    member = side.fleet.named("a")
+    assert member is not None
+    with httpx.Client(base_url=side.gateway.url, headers=side.auth(), timeout=WAIT) as client:
+        body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+        with held(client, body, gate):
+            busy = client.post("/api/chat", json={**body, "stream": False})
+            assert busy.status_code == 503
+            assert (
+                busy.json()["error"]
+                == f"upstream 127.0.0.1:{side.fakes['a'].port}: the gateway's connection limit is reached"
+            )
+            # Busy is not down: it keeps its state, and the listings still ask it.
+            assert member.state is State.UP
+            tags = client.get("/api/tags").json()["models"]
+            assert sorted(m["name"] for m in tags) == ["llama3.2:latest", "qwen3:latest"]
+    assert member.state is State.UP

@@ -34,6 +34,13 @@ def test_the_list_format() -> None:
     )
 
 
+def test_spaces_and_a_trailing_semicolon_are_forgiven() -> None:
+    assert parse_list(" a = http://x:1 ; weight = 2 ; , b=http://y:2;") == (
+        MemberSpec("a", "http://x:1", weight=2),
+        MemberSpec("b", "http://y:2"),
+    )
+
+
 def test_the_file_format(tmp_path: Path) -> None:
     path = tmp_path / "upstreams.toml"
     path.write_text(
@@ -55,10 +62,12 @@ def test_the_file_format(tmp_path: Path) -> None:
         ),
         ("a=http://u:p@x", "server 1: 'http://u:p@x' must not carry a query, fragment or credentials"),
         ("a=http://x:99999", "server 1: 'http://x:99999' has an invalid port"),
-        ("a=http://x,a=http://y", "the name 'a' is used twice"),
+        ("a=http://x,a=http://y", "the name 'a' is used twice (give each server its own: name=URL)"),
+        ("http://x/one,http://x/two", "the name 'x:80' is used twice (give each server its own: name=URL)"),
         ("a b=http://x", "server 1: name 'a b' must be letters, digits, '.', '_' or '-' (at most 63)"),
         ("a=http://x;weight=0", "server 1: weight must be a whole number from 1"),
         ("a=http://x;weight=heavy", "server 1: weight must be a whole number from 1"),
+        ("a=http://x;weight=²", "server 1: weight must be a whole number from 1"),
         ("a=http://x;colour=red", "server 1: unknown option 'colour' (known: name, url, weight, max_concurrency)"),
         ("a=http://x;weight", "'weight': options are key=value (weight, max_concurrency)"),
         (" , ", "lists no server"),
@@ -100,6 +109,15 @@ def test_bad_files_say_what_is_wrong(tmp_path: Path, text: str, message: str) ->
             "GATEWAY_UPSTREAMS_FILE: Value error, set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAMS_FILE, not both",
         ),
         ({"GATEWAY_UPSTREAM_REFRESH_INTERVAL": "0"}, "GATEWAY_UPSTREAM_REFRESH_INTERVAL: Input should be greater"),
+        # Several workers each read the list: it is checked once, before any starts.
+        (
+            {
+                "GATEWAY_UPSTREAMS_FILE": "/nonexistent/upstreams.toml",
+                "GATEWAY_WORKERS": "2",
+                "GATEWAY_REDIS_URL": "redis://127.0.0.1:1/0",
+            },
+            "GATEWAY_UPSTREAMS_FILE: cannot read",
+        ),
     ],
 )
 def test_a_bad_fleet_stops_start_up_with_one_line(env: dict[str, str], start: str) -> None:

@@ -50,8 +50,9 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _collect(settings: Settings, gateway: str) -> tuple[list[dict[str, object]], str]:
     specs = fleet_specs(settings.upstream_url, settings.upstreams, settings.upstreams_file)
+    clients = [upstream_client(settings, spec.url, max_connections=2) for spec in specs]
     fleet = Fleet(
-        [(spec, upstream_client(settings, spec.url)) for spec in specs],
+        [(spec, client, client) for spec, client in zip(specs, clients, strict=True)],
         concurrency=0,
         queue_timeout=1,
         refresh_interval=settings.upstream_refresh_interval,

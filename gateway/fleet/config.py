@@ -29,7 +29,8 @@ class MemberSpec:
     name: str
     url: str
     weight: int = 1
-    # In-flight inference requests on this server; None: GATEWAY_UPSTREAM_CONCURRENCY.
+    # In-flight inference requests on this server; None: GATEWAY_UPSTREAM_CONCURRENCY; 0: no cap
+    # (as for that setting).
     max_concurrency: int | None = None
 
 
@@ -54,11 +55,11 @@ def parse_list(text: str) -> tuple[MemberSpec, ...]:
         if not item:
             continue
         first, *options = (piece.strip() for piece in item.split(";"))
-        name, separator, url = first.partition("=")
+        name, separator, url = (part.strip() for part in first.partition("="))
         entry: dict[str, object] = {"url": url} if separator and "://" not in name else {"url": first}
         if separator and "://" not in name:
             entry["name"] = name
-        for option in options:
+        for option in filter(None, options):
             key, separator, value = option.partition("=")
             if not separator:
                 raise ValueError(f"{option!r}: options are key=value ({', '.join(_OPTIONS)})")
@@ -133,14 +134,14 @@ def members(entries: list[dict[str, object]]) -> tuple[MemberSpec, ...]:
     names = [spec.name for spec in specs]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"the name {repeated[0]!r} is used twice")
+        raise ValueError(f"the name {repeated[0]!r} is used twice (give each server its own: name=URL)")
     return tuple(specs)
 
 
 def _count(value: object, what: str, *, minimum: int) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a whole number")
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
         value = int(value)
     if not isinstance(value, int) or value < minimum or value > 1_000_000:
         raise ValueError(f"{what} must be a whole number from {minimum}")

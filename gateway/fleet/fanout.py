@@ -1,10 +1,11 @@
 """``/api/pull`` and ``/api/delete`` sent to every server, with one answer for the client.
 
 A streamed pull relays each server's NDJSON progress lines as they come, each with an added
-``"upstream"`` field naming the server; a server that fails adds one ``{"error": ...}`` line
-(which the clients raise on). Unstreamed answers are combined: success when every server
-succeeded (for delete: when it was deleted somewhere and no server failed otherwise), else the
-first failure's status with every server's outcome in the message.
+``"upstream"`` field naming the server, and ends with one line for all of them: success when
+every server succeeded, else one ``{"error": ...}`` naming each server's outcome. Unstreamed
+answers are combined: success when every server succeeded (for delete: when it was deleted
+somewhere and no server failed otherwise), else the first failure's status with every server's
+outcome in the message.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from collections.abc import AsyncIterator, Sequence
 from gateway.errors import GatewayError
 from gateway.fleet.listings import Answer
 from gateway.fleet.member import Member
-from gateway.headers import STREAM_TYPES, header
-from gateway.upstream import Outbound, UpstreamResponse
+from gateway.upstream import Outbound, UpstreamResponse, read_whole
 
 _LIMIT = 65536
 _NDJSON = (b"content-type", b"application/x-ndjson")
+_SUCCESS = "success"
+_UNFINISHED = "the progress stream ended before success"
 
 
 class FanOut:
@@ -45,15 +47,11 @@ async def _whole(member: Member, request: Outbound) -> tuple[int, bytes]:
         response = await member.client.send(request)
     except GatewayError as error:
         return error.status, _line({"error": error.message})
-    body = bytearray()
     try:
-        async for data in response.body():
-            body += data[: _LIMIT - len(body)]
+        body = await read_whole(response, _LIMIT)
     except GatewayError as error:
         return error.status, _line({"error": error.message})
-    finally:
-        await response.aclose()
-    return response.status, bytes(body)
+    return response.status, body
 
 
 def _combined(target: str, outcomes: list[tuple[Member, tuple[int, bytes]]]) -> Answer:
@@ -72,17 +70,27 @@ def _combined(target: str, outcomes: list[tuple[Member, tuple[int, bytes]]]) -> 
 
 
 def _message(body: bytes, status: int) -> str:
+    """What a server's answer says went wrong: its error text, else its status and first words."""
     try:
         error = json.loads(body).get("error")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         error = None
     if isinstance(error, str):
         return error
-    return "ok" if status == 200 else f"status {status}"
+    if status == 200:
+        return "ok"
+    text = " ".join(body[:200].decode("utf-8", "replace").split())
+    return f"status {status}" + (f": {text}" if text else "")
 
 
 class _Progress:
-    """Every server's progress stream, interleaved line by line as the lines arrive."""
+    """Every server's progress stream, interleaved line by line as the lines arrive.
+
+    Only progress is relayed as it comes. Each server's last word (``{"status":"success"}``, an
+    error line, an error answer, or a connection that fails) is held back, and one line says how
+    it went everywhere once every server is done: clients stop reading at the first error or
+    success line, and one server's failure must not end the others' pulls.
+    """
 
     status = 200
 
@@ -90,7 +98,9 @@ class _Progress:
         self.headers = [_NDJSON]
         self._members = members
         self._request = request
-        self._lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+        # Bounded: a slow client holds the servers' streams back instead of filling memory.
+        self._lines: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+        self._outcomes: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     async def body(self) -> AsyncIterator[bytes]:
@@ -103,42 +113,49 @@ class _Progress:
                 running -= 1
             else:
                 yield line
+        outcomes = [(member.name, self._outcomes.get(member.name, _UNFINISHED)) for member in self._members]
+        if all(outcome == _SUCCESS for _, outcome in outcomes):
+            yield _line({"status": _SUCCESS}) + b"\n"
+        else:
+            yield _line({"error": "; ".join(f"{name}: {outcome}" for name, outcome in outcomes)}) + b"\n"
 
     async def _relay(self, member: Member) -> None:
         try:
             response = await member.client.send(self._request)
             try:
-                streamed = (header(response.headers, b"content-type") or b"").startswith(STREAM_TYPES)
+                if response.status != 200:
+                    self._outcomes[member.name] = _message(await read_whole(response, _LIMIT), response.status)
+                    return
                 buffer = b""
                 async for data in response.body():
                     buffer += data
                     *lines, buffer = buffer.split(b"\n")
                     for line in lines:
-                        self._put(member, line)
+                        await self._progress(member, line)
                     if len(buffer) > _LIMIT:
                         buffer = b""  # not a progress line: not worth holding
-                if buffer or not streamed:
-                    self._put(member, buffer, failed=response.status != 200)
+                await self._progress(member, buffer)
             finally:
                 await response.aclose()
         except GatewayError as error:
-            self._put(member, _line({"error": error.message}))
+            self._outcomes[member.name] = error.message
         finally:
-            self._lines.put_nowait(None)
+            await self._lines.put(None)
 
-    def _put(self, member: Member, line: bytes, *, failed: bool = False) -> None:
-        if not line.strip():
-            return
+    async def _progress(self, member: Member, line: bytes) -> None:
         try:
-            value = json.loads(line)
-        except ValueError:
-            value = {"error": line.decode("utf-8", "replace")} if failed else None
+            value = json.loads(line) if line.strip() else None
+        except (ValueError, RecursionError):
+            value = None
         if not isinstance(value, dict):
             return
-        if failed and "error" not in value:
-            value = {"error": _message(line, 0)}
-        value["upstream"] = member.name
-        self._lines.put_nowait(_line(value) + b"\n")
+        if isinstance(value.get("error"), str):
+            self._outcomes[member.name] = value["error"]
+        elif value.get("status") == _SUCCESS:
+            self._outcomes[member.name] = _SUCCESS
+        else:
+            value["upstream"] = member.name
+            await self._lines.put(_line(value) + b"\n")
 
     async def aclose(self) -> None:
         for task in self._tasks:

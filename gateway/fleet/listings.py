@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from packaging.version import InvalidVersion, Version
 
-from gateway.errors import GatewayError, UpstreamUnavailable
+from gateway.errors import GatewayError, UpstreamConnectTimeout, UpstreamNotReached, UpstreamUnavailable
 from gateway.fleet import Fleet, Member
 from gateway.fleet.member import version_text
 from gateway.headers import Headers
@@ -24,16 +24,18 @@ _JSON = (b"content-type", b"application/json; charset=utf-8")
 
 
 class Answer:
-    """A response the gateway composed itself, shaped like an upstream's."""
+    """A response held whole (composed by the gateway, or read before deciding), shaped like an
+    upstream's."""
 
-    def __init__(self, status: int, body: bytes, content_type: tuple[bytes, bytes] = _JSON) -> None:
+    def __init__(self, status: int, body: bytes, headers: Headers | None = None) -> None:
         self.status = status
-        self._body = body
-        self.headers: Headers = [content_type, (b"content-length", str(len(body)).encode())]
+        self.content = body
+        kept = [(name, value) for name, value in headers or [_JSON] if name != b"content-length"]
+        self.headers: Headers = [*kept, (b"content-length", str(len(body)).encode())]
 
     async def body(self) -> AsyncIterator[bytes]:
-        if self._body:
-            yield self._body
+        if self.content:
+            yield self.content
 
     async def aclose(self) -> None:
         pass
@@ -48,7 +50,8 @@ class FleetListing:
 
     async def send(self, request: Outbound) -> UpstreamResponse:
         members = self._fleet.usable()
-        results = await asyncio.gather(*(self._ask(member, request.target) for member in members))
+        # The bare route: a client's query string has no business on every server.
+        results = await asyncio.gather(*(self._ask(member) for member in members))
         answers = [body for body in results if body is not None]
         if not answers:
             raise UpstreamUnavailable(f"no upstream answered {self._route} ({self._fleet.reasons()})")
@@ -56,21 +59,29 @@ class FleetListing:
             return Answer(200, _json({"version": lowest(answers)}))
         field, name_key = ("data", "id") if self._route == "/v1/models" else ("models", "model")
         merged = merge(answers, field, name_key)
+        if self._route == "/api/tags":
+            # As Ollama lists them: the most recently modified first (RFC 3339 sorts as text
+            # within one offset, which Ollama always writes as its server's).
+            merged.sort(key=_modified, reverse=True)
         if self._route == "/v1/models":
             # Ollama's own quirk, kept: an empty model list is null here, [] elsewhere.
             return Answer(200, _json({"object": "list", "data": merged or None}))
         return Answer(200, _json({"models": merged}))
 
-    async def _ask(self, member: Member, target: str) -> object | None:
+    async def _ask(self, member: Member) -> object | None:
+        """One server's answer, or None; only a server that cannot be reached is marked down (one
+        that answers, even with an error, is alive)."""
         try:
-            status, body = await fetch(member.client, target, limit=_LIMIT)
-            if status != 200:
-                raise ValueError(f"{target} answered {status}")
-            answer: object = json.loads(body)
-            return answer
-        except (GatewayError, ValueError) as error:
-            self._fleet.mark_down(member, error.message if isinstance(error, GatewayError) else str(error))
+            async with asyncio.timeout(self._fleet.probe_timeout):
+                # On the watcher's connections: a listing must not wait behind busy generations.
+                status, body = await fetch(member.probe, self._route, limit=_LIMIT)
+            answer: object = json.loads(body) if status == 200 else None
+        except (UpstreamNotReached, UpstreamConnectTimeout) as error:
+            self._fleet.mark_down(member, error.message)
             return None
+        except (GatewayError, ValueError, RecursionError, TimeoutError):
+            return None
+        return answer
 
     async def aclose(self) -> None:
         pass
@@ -112,3 +123,8 @@ def lowest(answers: list[object]) -> str:
 
 def _json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _modified(entry: object) -> str:
+    value = entry.get("modified_at") if isinstance(entry, dict) else None
+    return value if isinstance(value, str) else ""

@@ -19,10 +19,16 @@ class State(enum.Enum):
     DOWN = "down"
 
 
+_REASON_LIMIT = 300
+
+
 @dataclass(eq=False, slots=True)
 class Member:
     spec: MemberSpec
     client: Upstream
+    # The client for the watcher and the merged listings: a connection pool busy with generations
+    # must neither make a healthy server look down nor keep it out of a listing.
+    probe: Upstream
     # Inference requests in flight here at once, the rest waiting fairly; None: no cap.
     queue: FairQueue | None
     state: State = State.UNKNOWN
@@ -45,20 +51,30 @@ class Member:
         return self.state is not State.DOWN
 
     @property
-    def has_free_slot(self) -> bool:
-        return self.queue is None or (self.queue.in_use < self.queue.capacity and not self.queue.waiting)
+    def free(self) -> bool:
+        """It can start a request now: a free slot, or (with no cap) nothing in flight at all."""
+        if self.queue is None:
+            return self.in_flight == 0
+        return self.queue.in_use < self.queue.capacity and not self.queue.waiting
 
     @property
     def load(self) -> float:
         return self.in_flight / self.spec.weight
 
-    def mark_up(self, version: str | None, models: frozenset[str], loaded: set[str]) -> None:
+    def mark_up(self, version: str | None, models: frozenset[str], loaded: set[str]) -> bool:
+        """Record a complete answer; True when the server was down until now."""
+        back = self.state is State.DOWN
         self.state, self.reason = State.UP, ""
         self.version, self.models, self.loaded = version, models, loaded
         self.refreshed_at = time.time()
+        return back
 
-    def mark_down(self, reason: str) -> None:
-        self.state, self.reason = State.DOWN, reason
+    def mark_down(self, reason: str) -> bool:
+        """Record a failure; True when the server was up until now."""
+        gone = self.state is State.UP
+        # Kept short: it is quoted in other clients' errors and in logs.
+        self.state, self.reason = State.DOWN, reason[:_REASON_LIMIT]
+        return gone
 
     def snapshot(self) -> dict[str, object]:
         """What operators see (``/readyz``, ``ollama-gateway upstreams``, the admin API)."""
@@ -82,7 +98,7 @@ def model_keys(listing: bytes) -> frozenset[str]:
     """Normalised names in an ``/api/tags`` or ``/api/ps`` answer; anything unreadable is skipped."""
     try:
         entries = json.loads(listing).get("models")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         raise ValueError("not a model listing") from None
     keys: set[str] = set()
     for entry in entries if isinstance(entries, list) else ():
@@ -98,7 +114,7 @@ def model_keys(listing: bytes) -> frozenset[str]:
 def version_of(body: bytes) -> str | None:
     try:
         return version_text(json.loads(body))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

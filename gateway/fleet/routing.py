@@ -14,20 +14,28 @@ request another server can start now. With several servers:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
-from gateway.errors import BadRequest, ModelNotFound, UpstreamConnectTimeout, UpstreamUnavailable
+from gateway.errors import (
+    BadRequest,
+    ModelNotFound,
+    UpstreamBusy,
+    UpstreamConnectTimeout,
+    UpstreamNotReached,
+    UpstreamUnavailable,
+)
 from gateway.fleet import Fleet, Member
 from gateway.fleet.fanout import FanOut
-from gateway.fleet.listings import FleetListing
+from gateway.fleet.listings import Answer, FleetListing
 from gateway.flow import Flow
 from gateway.headers import UPSTREAM_HEADER, header
 from gateway.inbound import Inbound
 from gateway.limits.queue import Ticket
 from gateway.models import parse_model
 from gateway.surfaces import RouteClass
-from gateway.upstream import Outbound, UpstreamResponse
+from gateway.upstream import Outbound, UpstreamResponse, read_whole
 
 # Model management: the servers it touched are asked for their models again at once.
 _CHANGES_MODELS = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete"})
@@ -35,6 +43,7 @@ _TO_EVERY_SERVER = frozenset({"/api/pull", "/api/delete"})
 _FLEET_ANSWERS = frozenset({"/api/tags", "/api/ps", "/v1/models", "/api/version"})
 # Ollama's own words for a model it does not have, by route (see its handlers).
 _EMBED_ROUTES = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
+_HELD_LIMIT = 65536
 
 
 @dataclass(eq=False, slots=True)
@@ -79,16 +88,13 @@ class RoutingPolicy:
             if any(model in member.models for member in fleet.members):
                 raise _none_usable(fleet, f" that has model '{spelled}'")
             raise _not_found(flow.route.name, spelled)
-        placement = Placement(None, model=model)
-        await self._place(flow, placement, holders[0])
-        if isinstance(flow.body, bytes) and len(holders) > 1:
-            flow.upstream = Failover(fleet, self, flow, placement)
-        return placement
+        return await self._place(flow, Placement(None, model=model), holders[0])
 
     def finish(self, flow: Flow, placement: Placement) -> None:
         member = placement.member
         self._leave(placement)
-        if member is not None and placement.model is not None and flow.upstream_status == 200:
+        inference = flow.route.route_class is RouteClass.INFERENCE
+        if member is not None and placement.model is not None and inference and flow.upstream_status == 200:
             # It has it in memory now; the next request for it should prefer this server.
             member.loaded.add(placement.model)
         if flow.route.name in _CHANGES_MODELS and self.fleet.several:
@@ -100,8 +106,8 @@ class RoutingPolicy:
         placement.touched = (*placement.touched, member)
         member.in_flight += 1
         flow.upstream_name = member.name
-        if self.fleet.several:
-            flow.upstream = member.client
+        if self.fleet.several and flow.upstream is None:
+            flow.upstream = Routed(self, flow, placement)
         if member.queue is None or flow.route.route_class is not RouteClass.INFERENCE:
             return placement
         principal = flow.caller()
@@ -136,7 +142,7 @@ class RoutingPolicy:
 
     def _admin(self, flow: Flow, named: bytes | None) -> Placement:
         fleet = self.fleet
-        if named is not None:
+        if named is not None and fleet.several:
             name = named.decode("latin-1").strip()
             member = fleet.named(name)
             if member is None:
@@ -159,38 +165,75 @@ class RoutingPolicy:
         return Placement(member, touched=(member,))
 
 
-class Failover:
-    """The upstream for one routed request: its server, then once the next that has the model.
+class Routed:
+    """The upstream for one request routed to a server of several.
 
-    Only failures that prove the server never answered move the request: a refused or timed-out
-    connection, or a connection ended before the first response byte. A request whose body was
-    streamed (not kept) is never sent twice.
+    A server that cannot be reached (refused, unroutable, no connection in time) is marked down
+    and the request goes once to the next server that has the model: it never left the gateway,
+    so nothing runs twice. So does one that answers 404 for a model it was listed with (deleted
+    behind the gateway's back: no work was done). A server that closes the connection before
+    answering is marked down too, but the request is not sent again: it may have been read, and a
+    second generation (or pull, or delete) must not run. Nor is a request whose body was streamed.
     """
 
-    def __init__(self, fleet: Fleet, policy: RoutingPolicy, flow: Flow, placement: Placement) -> None:
-        self.fleet = fleet
+    def __init__(self, policy: RoutingPolicy, flow: Flow, placement: Placement) -> None:
         self._policy = policy
         self._flow = flow
         self._placement = placement
 
     async def send(self, request: Outbound) -> UpstreamResponse:
+        fleet = self._policy.fleet
         first = self._placement.member
-        model = self._placement.model
         assert first is not None
-        assert model is not None
         try:
-            return await first.client.send(request)
-        except (UpstreamUnavailable, UpstreamConnectTimeout) as error:
-            self.fleet.mark_down(first, error.message)
-            others = [member for member in self.fleet.holders(model) if member is not first]
-            if not others:
+            response = await first.client.send(request)
+        except (UpstreamNotReached, UpstreamConnectTimeout) as error:
+            fleet.mark_down(first, error.message)
+            following = self._next(first, request)
+            if following is None:
                 raise
+        except UpstreamBusy:
+            raise
+        except UpstreamUnavailable as error:
+            fleet.mark_down(first, error.message)
+            raise
+        else:
+            model = self._placement.model
+            if response.status != 404 or model is None or (following := self._next(first, request)) is None:
+                return response
+            held = await _held(response)
+            if not _lacks_model(held.content):
+                return held
+            fleet.forget(first, model)
         self._flow.failed_over_from = first.name
-        await self._policy.move(self._flow, self._placement, others[0])
-        return await others[0].client.send(request)
+        await self._policy.move(self._flow, self._placement, following)
+        try:
+            return await following.client.send(request)
+        except (UpstreamNotReached, UpstreamConnectTimeout) as error:
+            fleet.mark_down(following, error.message)
+            raise
+
+    def _next(self, first: Member, request: Outbound) -> Member | None:
+        model = self._placement.model
+        if model is None or not isinstance(request.body, bytes):
+            return None
+        return next((member for member in self._policy.fleet.holders(model) if member is not first), None)
 
     async def aclose(self) -> None:
         pass
+
+
+async def _held(response: UpstreamResponse) -> Answer:
+    """A small error answer, read whole so that it can be looked at before the client sees it."""
+    return Answer(response.status, await read_whole(response, _HELD_LIMIT), response.headers)
+
+
+def _lacks_model(body: bytes) -> bool:
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    return isinstance(error, str) and error.startswith("model ") and "not found" in error
 
 
 def _streams(flow: Flow) -> bool:

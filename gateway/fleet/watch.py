@@ -8,7 +8,7 @@ import contextlib
 import logging
 
 from gateway.errors import GatewayError
-from gateway.fleet.member import Member, State, model_keys, version_of
+from gateway.fleet.member import Member, model_keys, version_of
 from gateway.upstream import fetch
 
 log = logging.getLogger("gateway")
@@ -18,24 +18,29 @@ _FIRST_RETRY = 0.5
 
 
 async def refresh(member: Member, wait: float) -> bool:
-    """Ask ``member`` for its version, models and loaded models; mark it up or down."""
+    """Ask ``member`` for its version, models and loaded models; mark it up or down.
+
+    Returns whether it answered. Logs only changes between up and down: the start-up lines have
+    said how each server answered first.
+    """
     try:
         async with asyncio.timeout(wait):
-            status, body = await fetch(member.client, "/api/version")
+            status, body = await fetch(member.probe, "/api/version")
             if status != 200:
                 raise ValueError(f"/api/version answered {status}")
             version = version_of(body)
-            tags_status, tags = await fetch(member.client, "/api/tags", limit=_LISTING_LIMIT)
-            ps_status, ps = await fetch(member.client, "/api/ps", limit=_LISTING_LIMIT)
+            tags_status, tags = await fetch(member.probe, "/api/tags", limit=_LISTING_LIMIT)
+            ps_status, ps = await fetch(member.probe, "/api/ps", limit=_LISTING_LIMIT)
             if tags_status != 200 or ps_status != 200:
                 raise ValueError(f"/api/tags or /api/ps answered {tags_status if tags_status != 200 else ps_status}")
             models, loaded = model_keys(tags), set(model_keys(ps))
     except (GatewayError, ValueError, TimeoutError) as error:
-        member.mark_down(
-            error.message if isinstance(error, GatewayError) else str(error) or f"no answer within {wait:g} s"
-        )
+        reason = error.message if isinstance(error, GatewayError) else str(error) or f"no answer within {wait:g} s"
+        if member.mark_down(reason):
+            log.warning("upstream %s is down: %s", member.name, member.reason)
         return False
-    member.mark_up(version, models, loaded)
+    if member.mark_up(version, models, loaded):
+        log.info("upstream %s is up again: Ollama %s", member.name, version or "(unknown version)")
     return True
 
 
@@ -44,14 +49,13 @@ async def watch(member: Member, wake: asyncio.Event, *, interval: float, wait: f
     retry = min(_FIRST_RETRY, interval)
     while True:
         wake.clear()
-        before = member.state
-        up = await refresh(member, wait)
-        if member.state is not before and before is not State.UNKNOWN:
-            # Changes only: the start-up lines have said how each server answered first.
-            if up:
-                log.info("upstream %s is up again: Ollama %s", member.name, member.version or "(unknown version)")
-            else:
-                log.warning("upstream %s is down: %s", member.name, member.reason)
+        try:
+            up = await refresh(member, wait)
+        except Exception as error:
+            # Whatever went wrong, the watcher must go on: one that dies freezes its server's state.
+            log.exception("upstream %s: checking it failed", member.name)
+            member.mark_down(f"checking it failed: {type(error).__name__}")
+            up = False
         if up:
             delay, retry = interval, min(_FIRST_RETRY, interval)
         else:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import UpstreamNotReached, UpstreamUnavailable
 from gateway.headers import Headers
 
 
@@ -38,7 +38,8 @@ def authority(host: str, port: int) -> str:
 
 
 def unreachable(where: str, error: OSError | None = None) -> UpstreamUnavailable:
-    """The 502 for an upstream that could not be connected to, or that hung up before answering.
+    """The 502 for an upstream that could not be connected to (``error``: the request never left),
+    or that hung up before answering (no ``error``: it may have read the request).
 
     It names the address so that an operator reading a client's error knows which server and why.
     """
@@ -52,7 +53,7 @@ def unreachable(where: str, error: OSError | None = None) -> UpstreamUnavailable
         reason = os.strerror(error.errno)
     else:
         reason = error.strerror or str(error) or "cannot connect"
-    return UpstreamUnavailable(f"upstream {where} unavailable: {reason}")
+    return UpstreamNotReached(f"upstream {where} unavailable: {reason}")
 
 
 class UpstreamResponse(Protocol):
@@ -73,13 +74,18 @@ class Upstream(Protocol):
 async def fetch(upstream: Upstream, target: str, *, limit: int = 65536) -> tuple[int, bytes]:
     """``GET target``: the status and (the first ``limit`` bytes of) the body. Raises GatewayError."""
     response = await upstream.send(Outbound("GET", target, [], b""))
+    return response.status, await read_whole(response, limit)
+
+
+async def read_whole(response: UpstreamResponse, limit: int) -> bytes:
+    """The first ``limit`` bytes of a (small) answer's body, the rest drained; then closed."""
     body = bytearray()
     try:
         async for data in response.body():
             body += data[: limit - len(body)]
     finally:
         await response.aclose()
-    return response.status, bytes(body)
+    return bytes(body)
 
 
 async def fetch_version(upstream: Upstream) -> tuple[int, bytes]:

@@ -12,7 +12,7 @@ import ssl
 from collections import deque
 from typing import Protocol, cast
 
-from gateway.errors import UpstreamConnectTimeout, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamBusy, UpstreamConnectTimeout, UpstreamTimeout
 from gateway.upstream import authority, unreachable
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024
@@ -201,7 +201,7 @@ class Pool:
             if waiter.done() and not waiter.cancelled():
                 self._wake()  # woken, but leaving before using the turn: pass it on
             if isinstance(error, TimeoutError):
-                raise UpstreamUnavailable("upstream connection limit reached") from None
+                raise UpstreamBusy(f"upstream {self.address}: the gateway's connection limit is reached") from None
             raise
         finally:
             if waiter in self._waiting:

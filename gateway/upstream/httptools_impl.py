@@ -12,6 +12,7 @@ their pool are in ``connections.py``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from gateway.errors import UpstreamBroken, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamBroken, UpstreamNotReached, UpstreamTimeout, UpstreamUnavailable
 from gateway.headers import Headers, header
 from gateway.upstream import Outbound, unreachable
 from gateway.upstream.connections import Closed, Connection, Pool
@@ -283,8 +284,10 @@ class HttptoolsUpstream:
             try:
                 await self._exchange(conn, response, request)
             except UpstreamUnavailable as error:
-                # A kept-alive connection found closed before any answer: once more, on a new one.
-                if fresh or isinstance(error, UpstreamBroken) or not _may_retry(conn, response, request):
+                # A kept-alive connection found closed before any answer: once more, on a new one
+                # (whatever the method, when not a byte of the request was written).
+                unsent = isinstance(error, UpstreamNotReached)
+                if fresh or isinstance(error, UpstreamBroken) or not (unsent or _may_retry(conn, response, request)):
                     raise
                 fresh = True
                 continue
@@ -300,7 +303,8 @@ class HttptoolsUpstream:
                 # before it has read a large body, and that answer must win. A connection with
                 # bytes still unsent is never reused (see aclose).
                 if not conn.send(self._head(request, length) + body):
-                    raise unreachable(self._pool.address)
+                    # Gone before a byte was written: the request never left.
+                    raise unreachable(self._pool.address, ConnectionResetError(errno.ECONNRESET, "Connection reset"))
                 response.sent()
             else:
                 length = header(request.headers, b"content-length")
