@@ -38,15 +38,24 @@ $(NGINX):
 		{ apt-get update -qq >/dev/null 2>&1 && apt-get download nginx >/dev/null 2>&1; }; } && \
 		dpkg -x nginx_*.deb . && rm -f nginx_*.deb || echo "nginx could not be fetched; its live test will be skipped"
 
-# Chromium for the admin page's browser tests: Debian's package, driven by Playwright (which must
-# not download a browser of its own). Best effort, as nginx: where it cannot be installed (no root,
-# no apt), those tests are skipped and say why.
+# Chromium for the admin page's browser tests: Debian's package, installed system-wide with apt
+# (as root), driven by Playwright (which must not download a browser of its own). Best effort, as
+# nginx: where it cannot be installed (no root, no apt, no network), those tests are skipped and
+# say why, and a stamp in the virtualenv stops every later run from trying apt again (`make clean`
+# removes it, or delete $(NO_CHROMIUM) to retry).
+NO_CHROMIUM := $(VENV)/.chromium-unavailable
+
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ -f $(NO_CHROMIUM) ]; then \
+		echo "Chromium is not installed (an earlier attempt failed; rm $(NO_CHROMIUM) to retry): browser tests will be skipped"; \
+	else \
+		echo "installing Chromium (Debian's chromium package, system-wide) for the browser tests…"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y -qq chromium >/dev/null 2>&1 || \
-		{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } || \
-		echo "Chromium could not be installed; the browser tests will be skipped"; }
+		{ apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; } || \
+		{ mkdir -p $(VENV) && touch $(NO_CHROMIUM); echo "Chromium could not be installed; the browser tests will be skipped"; }; \
+	fi
 
 # The reproducible benchmark (see bench/README.md): minutes, pinned to CPUs; not part of test.
 bench: $(STAMP)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.fleet import MAX_UPSTREAMS
 from bench.plan import FULL, QUICK, SOAK, SOAK_QUICK
 from bench.report import markdown
 from bench.runner import Options, run
@@ -28,6 +29,16 @@ def _scenarios(value: str) -> tuple[str, ...]:
     return keys
 
 
+def _counts(value: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or len(set(counts)) != len(counts) or not all(1 <= count <= MAX_UPSTREAMS for count in counts):
+        raise argparse.ArgumentTypeError(f"distinct counts from 1 to {MAX_UPSTREAMS}, comma-separated (e.g. 1,3)")
+    return counts
+
+
 def _setting(value: str) -> tuple[str, str]:
     name, sep, setting = value.partition("=")
     if not sep or not name.startswith("GATEWAY_"):
@@ -39,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmark the gateway against direct access.")
     parser.add_argument("--scenarios", type=_scenarios, help="subset of a,b,c,d (default: all)")
     parser.add_argument("--repeat", type=int, help="interleaved repetitions (default 3; 1 with --quick)")
+    parser.add_argument(
+        "--upstreams",
+        type=_counts,
+        default=(1,),
+        metavar="N[,M...]",
+        help="fast upstreams behind the gateway (default 1); several counts: one gateway side each, "
+        "compared with the first",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke size: seconds, not minutes")
     parser.add_argument("--soak", action="store_true", help="run the soak (against the gateway only), not a-d")
     parser.add_argument("--soak-minutes", type=float, help="soak length (default 10; 0.15 with --quick)")
@@ -59,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> None:
     if args.repeat is not None and not 1 <= args.repeat <= 20:
         raise SystemExit("--repeat must be between 1 and 20")
+    if args.soak and args.upstreams != (1,):
+        raise SystemExit("--soak runs with one upstream: no --upstreams")
     if not args.soak:
         if args.soak_minutes is not None or args.soak_streams is not None:
             raise SystemExit("--soak-minutes and --soak-streams go with --soak")
@@ -93,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log=out.with_suffix(".log"),
         gateway_env=dict(args.gateway_env),
         soak=soak,
+        upstreams=args.upstreams,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".log").unlink(missing_ok=True)

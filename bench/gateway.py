@@ -67,7 +67,7 @@ def python_path() -> str:
     return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
-def _environment(upstream_url: str, workdir: Path, extra: Mapping[str, str]) -> dict[str, str]:
+def _environment(upstream: Mapping[str, str], workdir: Path, extra: Mapping[str, str]) -> dict[str, str]:
     # Our own GATEWAY_* settings only, so a stray variable in the caller's shell changes nothing.
     env = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
     env["PYTHONPATH"] = python_path()
@@ -75,7 +75,7 @@ def _environment(upstream_url: str, workdir: Path, extra: Mapping[str, str]) -> 
     env["PYTHONUNBUFFERED"] = "1"
     env.update(
         {
-            "GATEWAY_UPSTREAM_URL": upstream_url,
+            **upstream,
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_LOG_LEVEL": "info",
             "GATEWAY_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
@@ -87,9 +87,9 @@ def _environment(upstream_url: str, workdir: Path, extra: Mapping[str, str]) -> 
     return env
 
 
-def _cli(env: Mapping[str, str], workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(env: Mapping[str, str], workdir: Path, *args: str, module: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, *(["-m", "gateway"] if module else []), *args],
         env=dict(env),
         cwd=workdir,
         capture_output=True,
@@ -128,14 +128,30 @@ def _create_key(env: Mapping[str, str], workdir: Path) -> tuple[str | None, str]
 
 
 class GatewayServer:
-    def __init__(self, upstream_url: str, workdir: Path, pinning: Pinning, extra: Mapping[str, str], log: Path | None):
-        self._workdir = workdir
+    """One gateway configuration; ``upstream`` is GATEWAY_UPSTREAM_URL or GATEWAY_UPSTREAMS.
+
+    ``name`` names its process in the log, and its working directory (key database, output) under
+    ``workdir``, so that several configurations can run side by side.
+    """
+
+    def __init__(
+        self,
+        upstream: Mapping[str, str],
+        workdir: Path,
+        pinning: Pinning,
+        extra: Mapping[str, str],
+        log: Path | None,
+        name: str = "gateway",
+    ):
+        self.name = name
+        self._workdir = workdir / name
+        self._workdir.mkdir(exist_ok=True)
         self._pinning = pinning
         self._log = log
-        self._env = _environment(upstream_url, workdir, extra)
-        self.commands = _commands(self._env, workdir)
-        self.version = _cli(self._env, workdir, "--version").stdout.strip()
-        self.key, self.key_note = _create_key(self._env, workdir)  # the key is a secret: never reported
+        self._env = _environment(upstream, self._workdir, extra)
+        self.commands = _commands(self._env, self._workdir)
+        self.version = _cli(self._env, self._workdir, "--version").stdout.strip()
+        self.key, self.key_note = _create_key(self._env, self._workdir)  # the key is a secret: never reported
         self._child: Child | None = None
         self.port = 0
         self.starts = 0
@@ -161,7 +177,7 @@ class GatewayServer:
         env = {**self._env, "GATEWAY_PORT": str(self.port)}
         argv = [*self._pinning.prefix(self._pinning.gateway_cpu), sys.executable, "-m", "gateway", "serve"]
         self.starts += 1
-        self._child = Child("gateway", argv, env, self._workdir, self._log)
+        self._child = Child(self.name, argv, env, self._workdir, self._log)
         self._child.wait_for(READY, START_TIMEOUT)
 
     def stop(self) -> None:
@@ -169,12 +185,26 @@ class GatewayServer:
         if child is not None:
             child.stop()
 
+    @property
+    def running(self) -> bool:
+        return self._child is not None
+
+    def package(self) -> str:
+        """Where its ``gateway`` package is imported from: the code under test, not an install."""
+        done = _cli(self._env, self._workdir, "-c", "import gateway; print(gateway.__file__)", module=False)
+        return str(Path(done.stdout.strip()).parent) if done.returncode == 0 else f"unknown (exit {done.returncode})"
+
 
 @contextmanager
 def running_gateway(
-    upstream_url: str, workdir: Path, pinning: Pinning, extra: Mapping[str, str], log: Path | None
+    upstream: Mapping[str, str],
+    workdir: Path,
+    pinning: Pinning,
+    extra: Mapping[str, str],
+    log: Path | None,
+    name: str = "gateway",
 ) -> Iterator[GatewayServer]:
-    server = GatewayServer(upstream_url, workdir, pinning, extra, log)
+    server = GatewayServer(upstream, workdir, pinning, extra, log, name)
     try:
         server.start()
         yield server

@@ -17,8 +17,8 @@ class Goal:
     figure: str
     op: str
     limit: float
-    side: str = "gateway"  # or "vs_direct"
-    stat: str = "median"  # "max" where every repetition must pass
+    side: str = "gateway"  # or "vs_direct"; "vs_gateway" for a further gateway side (--upstreams)
+    stat: str = "median"  # "max" where every repetition must pass; "of_medians" for vs_gateway
     where: tuple[tuple[str, object], ...] = ()  # case parameters that must match
 
     def matches(self, params: dict[str, Any]) -> bool:
@@ -72,8 +72,53 @@ GOALS = (
 )
 
 
+# With --upstreams 1,3: more servers behind the gateway must not make a request cost more. The
+# text's {n} and {base} are the upstream counts of the side and of the baseline.
+UPSTREAM_GOALS = (
+    Goal(
+        "{n} vs {base}: gateway CPU per small request at c=16 <= 1.10 x",
+        "a",
+        "gateway_cpu_ms_per_request_ratio",
+        "<=",
+        1.10,
+        "vs_gateway",
+        "of_medians",
+        where=(("concurrency", 16),),
+    ),
+    Goal(
+        "{n} vs {base}: added p50 latency at c=1 <= 1.10 x",
+        "a",
+        "latency_p50_ms_added_ratio",
+        "<=",
+        1.10,
+        "vs_gateway",
+        "of_medians",
+        where=(("concurrency", 1),),
+    ),
+)
+
+
 def check(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per goal and matching case; goals whose case was not run are left out."""
+    rows = _scenario_rows(report)
+    sides = report["meta"].get("sides", [])
+    for goal in UPSTREAM_GOALS:
+        scenario = report["scenarios"].get(goal.scenario)
+        for side in sides[1:]:
+            text = goal.text.format(n=_count(side["upstreams"]), base=_count(sides[0]["upstreams"]))
+            for case in scenario["cases"] if scenario else []:
+                versus = case.get("sides", {}).get(side["side"], {}).get(goal.side) or {}
+                spread = versus.get(goal.figure) if goal.matches(case["params"]) else None
+                if spread is not None:
+                    rows.append(_row(goal, case["case"], spread[goal.stat], _worst_steal(case), text))
+    return rows
+
+
+def _count(upstreams: int) -> str:
+    return f"{upstreams} upstream{'' if upstreams == 1 else 's'}"
+
+
+def _scenario_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for goal in GOALS:
         if goal.scenario == "meta":
@@ -91,15 +136,23 @@ def check(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _worst_steal(case: dict[str, Any]) -> float | None:
     """The highest steal any CPU saw in any of the case's runs: how far to trust its figures."""
+    sides = [case["direct"], case["gateway"], *(side["gateway"] for side in case.get("sides", {}).values())]
     values = [
         spread["max"]
-        for side in ("direct", "gateway")
-        for name, spread in case[side].items()
+        for figures in sides
+        for name, spread in figures.items()
         if name.startswith("steal_") and spread is not None
     ]
     return max(values, default=None)
 
 
-def _row(goal: Goal, case: str, value: float, steal: float | None = None) -> dict[str, Any]:
+def _row(goal: Goal, case: str, value: float, steal: float | None = None, text: str = "") -> dict[str, Any]:
     met = _OPS[goal.op](value, goal.limit)
-    return {"goal": goal.text, "case": case, "value": value, "stat": goal.stat, "met": met, "steal_max_pct": steal}
+    return {
+        "goal": text or goal.text,
+        "case": case,
+        "value": value,
+        "stat": goal.stat,
+        "met": met,
+        "steal_max_pct": steal,
+    }

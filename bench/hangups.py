@@ -1,7 +1,8 @@
 """Client hang-ups: how long until the upstream sees the connection close.
 
 Each stream is opened, its first token read, and the client socket closed; the fast upstream
-notes when the close reached it. Hang-ups run one after another so each is timed on its own.
+notes when the close reached it. Hang-ups run one after another so each is timed on its own. A
+gateway fronting several fast upstreams may send each stream to any of them: all are asked.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bench.client import Connection, Exchange, close_all
@@ -43,7 +45,9 @@ class HangUps:
     unseen: int = 0  # hang-ups the upstream never saw (its stream kept running)
 
 
-async def hang_ups(target: Target, upstream: Target, count: int, tag: str, interval: float, cap: float) -> HangUps:
+async def hang_ups(
+    target: Target, upstreams: Sequence[Target], count: int, tag: str, interval: float, cap: float
+) -> HangUps:
     closed: dict[str, int] = {}
     async with asyncio.timeout(cap):
         for index in range(count):
@@ -58,7 +62,7 @@ async def hang_ups(target: Target, upstream: Target, count: int, tag: str, inter
             if exchange.closed_ns:
                 closed[name] = exchange.closed_ns
             await asyncio.sleep(GAP)
-        seen = await _collect(upstream, set(closed))
+        seen = await _collect(upstreams, set(closed))
     result = HangUps(attempted=count)
     for name, client_ns in closed.items():
         if name in seen:
@@ -69,13 +73,14 @@ async def hang_ups(target: Target, upstream: Target, count: int, tag: str, inter
     return result
 
 
-async def _collect(upstream: Target, names: set[str]) -> dict[str, int]:
-    """Ask the upstream's control route until every name is in, or give up after a while."""
+async def _collect(upstreams: Sequence[Target], names: set[str]) -> dict[str, int]:
+    """Ask the upstreams' control route until every name is in, or give up after a while."""
     seen: dict[str, int] = {}
     deadline = time.monotonic() + COLLECT_TIMEOUT
     while True:
-        reply = await fetch(upstream, upstream.request("GET", "/_bench/closed"))
-        seen.update(json.loads(bytes(reply.body)))
+        for upstream in upstreams:
+            reply = await fetch(upstream, upstream.request("GET", "/_bench/closed"))
+            seen.update(json.loads(bytes(reply.body)))
         if names <= seen.keys() or time.monotonic() > deadline:
             return seen
         await asyncio.sleep(0.05)

@@ -1,8 +1,10 @@
 """One measured window: wall time, CPU of every process in the run, and the gateway's RSS.
 
 CPU is read for each role (gateway, upstream, load) so a reader can tell who saturated: a role at
-~100 % of one core was the bottleneck. The gateway's RSS is sampled every ``every`` seconds
-during the window, and its kernel high-water mark is reset at the start where permitted.
+~100 % of one core was the bottleneck. A role may be several processes (the fast upstreams behind
+a gateway fronting several): their CPU and page faults are added up. The gateway's RSS is sampled
+every ``every`` seconds during the window, and its kernel high-water mark is reset at the start
+where permitted.
 Hypervisor steal is read for the CPUs named in ``steal`` (role -> /proc/stat line), so a run a
 noisy neighbour slowed says so.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -49,7 +51,7 @@ class Meter:
 
     def __init__(
         self,
-        pids: Mapping[str, int],
+        pids: Mapping[str, Sequence[int]],
         watch: int | None = None,
         every: float = 0.05,
         steal: Mapping[str, str] | None = None,
@@ -74,8 +76,8 @@ class Meter:
             self._hwm_reset = procstat.reset_peak(self._watch)
             self._rss_before = self._rss_peak = procstat.rss_kb(self._watch)
             self._sampler = asyncio.get_running_loop().create_task(self._sample(self._watch))
-        self._cpu = {role: procstat.cpu_ms(pid) for role, pid in self._pids.items()}
-        self._faults = {role: procstat.minor_faults(pid) for role, pid in self._pids.items()}
+        self._cpu = {role: _cpu_ms(pids) for role, pids in self._pids.items()}
+        self._faults = {role: _faults(pids) for role, pids in self._pids.items()}
         self._machine = procstat.machine_busy_ms()
         self._steal = procstat.steal_ms()
         self._started = time.perf_counter()
@@ -85,8 +87,8 @@ class Meter:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         seconds = time.perf_counter() - self._started
-        cpu = {role: procstat.cpu_ms(pid) - self._cpu[role] for role, pid in self._pids.items()}
-        faults = {role: procstat.minor_faults(pid) - self._faults[role] for role, pid in self._pids.items()}
+        cpu = {role: _cpu_ms(pids) - self._cpu[role] for role, pids in self._pids.items()}
+        faults = {role: _faults(pids) - self._faults[role] for role, pids in self._pids.items()}
         others = procstat.machine_busy_ms() - self._machine - sum(cpu.values())
         steal_now = procstat.steal_ms()
         steal = {
@@ -111,3 +113,11 @@ class Meter:
         if self.window is None:
             raise RuntimeError("the window has not ended")
         return self.window
+
+
+def _cpu_ms(pids: Sequence[int]) -> float:
+    return sum(procstat.cpu_ms(pid) for pid in pids)
+
+
+def _faults(pids: Sequence[int]) -> int:
+    return sum(procstat.minor_faults(pid) for pid in pids)

@@ -1,7 +1,9 @@
 """What the load side sends: the two targets and the exact request bytes of each scenario.
 
 Both targets get byte-for-byte the same requests (the key too: the fake ignores it), so the
-only difference between a direct and a gateway figure is the gateway.
+only difference between a direct and a gateway figure is the gateway. One exception: a gateway
+fronting several servers is told which one a blob goes to (``X-Gateway-Upstream``), as an admin
+must tell it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ _MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
 
 @dataclass(frozen=True)
 class Target:
-    name: str  # "direct" or "gateway"
+    name: str  # "direct", or a gateway side: "gateway", "gateway_3up"
     host: str
     port: int
     key: str | None = None
+    admin_upstream: str | None = None  # X-Gateway-Upstream on admin routes (blobs)
 
-    def request(self, method: str, path: str, body: bytes = b"", *, length: int | None = None) -> bytes:
+    def request(
+        self, method: str, path: str, body: bytes = b"", *, length: int | None = None, admin: bool = False
+    ) -> bytes:
         """Request head plus ``body``; ``length`` announces a body that is sent separately."""
         lines = [
             f"{method} {path} HTTP/1.1",
@@ -31,6 +36,8 @@ class Target:
         ]
         if self.key:
             lines.append(f"Authorization: Bearer {self.key}")
+        if admin and self.admin_upstream:
+            lines.append(f"X-Gateway-Upstream: {self.admin_upstream}")
         if method == "POST":
             lines.append("Content-Type: application/json")
             lines.append(f"Content-Length: {len(body) if length is None else length}")
@@ -78,4 +85,4 @@ BLOB_DIGEST = "sha256:" + "ab" * 32
 
 
 def blob_head(target: Target, size: int) -> bytes:
-    return target.request("POST", f"/api/blobs/{BLOB_DIGEST}", length=size)
+    return target.request("POST", f"/api/blobs/{BLOB_DIGEST}", length=size, admin=True)

@@ -6,8 +6,9 @@ from typing import Any
 
 from bench import soakreport
 from bench.goals import check
-from bench.scenarios import Outcome, Scenario
+from bench.scenarios import Figures, Outcome, Scenario
 from bench.stats import Spread, spread
+from bench.versus import versus
 
 DASH = "\u2013"
 
@@ -73,27 +74,46 @@ def _json(value: Spread | None) -> dict[str, object] | None:
     return None if value is None else value.as_json()
 
 
+def _vs_direct(scenario: Scenario, direct: list[Figures], gateway: list[Figures]) -> dict[str, Any]:
+    # Compared per repetition: each gateway run against the direct run of the same repetition.
+    pairs = list(zip(direct, gateway, strict=False))
+    return {
+        f"{name}_{kind}": _json(spread([_compare(d.get(name), g.get(name), kind) for d, g in pairs]))
+        for name, kind in scenario.compare.items()
+    }
+
+
 def scenario_report(scenario: Scenario, outcome: Outcome) -> dict[str, Any]:
     cases = []
     for case in scenario.cases:
         runs = outcome.runs.get(case.name, {})
         direct, gateway = runs.get("direct", []), runs.get("gateway", [])
-        # Compared per repetition: each gateway run against the direct run just before it.
-        pairs = list(zip(direct, gateway, strict=False))
-        vs_direct = {
-            f"{name}_{kind}": _json(spread([_compare(d.get(name), g.get(name), kind) for d, g in pairs]))
-            for name, kind in scenario.compare.items()
+        entry: dict[str, Any] = {
+            "case": case.name,
+            "params": case.params,
+            "direct": _spreads(direct),
+            "gateway": _spreads(gateway),
+            "vs_direct": _vs_direct(scenario, direct, gateway),
         }
-        cases.append(
-            {
-                "case": case.name,
-                "params": case.params,
-                "direct": _spreads(direct),
-                "gateway": _spreads(gateway),
-                "vs_direct": vs_direct,
+        # Further gateway sides (--upstreams 1,3): each against direct, and against "gateway".
+        others = [name for name in runs if name not in ("direct", "gateway")]
+        if others:
+            entry["sides"] = {
+                name: {
+                    "gateway": _spreads(runs[name]),
+                    "vs_direct": _vs_direct(scenario, direct, runs[name]),
+                    "vs_gateway": versus(scenario.compare, scenario.gateway_figures, direct, gateway, runs[name]),
+                }
+                for name in others
             }
-        )
-    return {"title": scenario.title, "compare": scenario.compare, "cases": cases, "error": outcome.error}
+        cases.append(entry)
+    return {
+        "title": scenario.title,
+        "compare": scenario.compare,
+        "gateway_figures": list(scenario.gateway_figures),
+        "cases": cases,
+        "error": outcome.error,
+    }
 
 
 def build(
@@ -140,7 +160,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# ollama-gateway benchmark, {meta['started']}",
         "",
         f"- command: `{meta['command']}`",
-        f"- gateway: {meta['gateway']['version']}, source sha256 {meta['gateway']['source_sha256']} (gateway/**/*.py)",
+        f"- gateway: {meta['gateway']['version']}, source sha256 {meta['gateway']['source_sha256']} (gateway/**/*.py)"
+        + (f", run from {meta['gateway']['package']}" if "package" in meta["gateway"] else ""),
         f"- machine: {meta['cpus']} CPUs ({meta['cpu_model']}), Linux {meta['kernel']}, Python {meta['python']}",
         f"- pinning: {meta['pinning']}",
         "- machine load average (1, 5, 15 min): "
@@ -151,34 +172,23 @@ def markdown(report: dict[str, Any]) -> str:
             []
             if "soak" in report
             else [
-                f"- repetitions: {meta['repeat']}, interleaved (direct, then gateway); "
+                f"- repetitions: {meta['repeat']}, interleaved (direct, then "
+                f"{'each gateway side' if len(meta.get('sides', [])) > 1 else 'gateway'}); "
                 f"each figure is the median, (min{DASH}max) across repetitions"
             ]
         ),
+        *_upstreams(meta),
         f"- gateway RSS: {meta['gateway_rss_start_mib']:.1f} MiB after start, "
         f"{meta['gateway_rss_idle_mib']:.1f} MiB idle after warm-up",
         "- features on in the gateway:",
         *(f"  - {feature}" for feature in meta["features"]),
     ]
+    sides = meta.get("sides", [])
     for key, scenario in report["scenarios"].items():
         lines += ["", f"## ({key}) {scenario['title']}", ""]
         if scenario["error"]:
             lines += [f"**Incomplete: {scenario['error']}**", ""]
-        lines += ["| case | figure | direct | gateway | gateway vs direct |", "|---|---|---:|---:|---:|"]
-        for case in scenario["cases"]:
-            names = list(dict.fromkeys([*case["direct"], *case["gateway"]]))
-            for index, name in enumerate(names):
-                kind = scenario["compare"].get(name)
-                versus = case["vs_direct"].get(f"{name}_{kind}") if kind else None
-                prefix = "x" if kind == "ratio" else "+" if versus and versus["median"] >= 0 else ""
-                row = [
-                    case["case"] if index == 0 else "",
-                    LABELS.get(name, name),
-                    _cell(case["direct"].get(name)),
-                    _cell(case["gateway"].get(name)),
-                    _cell(versus, prefix),
-                ]
-                lines.append("| " + " | ".join(row) + " |")
+        lines += _table(scenario, sides)
     if "soak" in report:
         lines += soakreport.markdown(report["soak"], _number)
     if report["goals"]:
@@ -192,7 +202,79 @@ def markdown(report: dict[str, Any]) -> str:
         for goal in report["goals"]:
             measured = "none" if goal["value"] is None else _number(goal["value"])
             measured += " (worst run)" if goal["stat"] == "max" else ""
+            measured += " (ratio of medians)" if goal["stat"] == "of_medians" else ""
             steal = "" if goal["steal_max_pct"] is None else _number(goal["steal_max_pct"])
             met = "yes" if goal["met"] else "**no**"
             lines.append(f"| {goal['goal']} | {goal['case']} | {measured} | {met} | {steal} |")
     return "\n".join(lines) + "\n"
+
+
+def _upstreams(meta: dict[str, Any]) -> list[str]:
+    sides = meta.get("sides", [])
+    if [side.get("upstreams") for side in sides] in ([], [1]):
+        return []
+    lines = ["- gateway sides (direct: one fast upstream; every side pinned alike; order turning each repetition):"]
+    for side in sides:
+        setting = side["settings"].get("GATEWAY_UPSTREAMS") or side["settings"].get("GATEWAY_UPSTREAM_URL")
+        lines.append(
+            f"  - `{side['side']}`: {_count(side['upstreams'])} ({setting}), "
+            f"RSS {side['rss_idle_mib']:.1f} MiB idle after warm-up, {side['starts']} start(s)"
+        )
+    return lines
+
+
+def _count(upstreams: int) -> str:
+    return f"{upstreams} upstream{'' if upstreams == 1 else 's'}"
+
+
+def _versus_cell(versus: dict[str, Any] | None, kind: str | None, name: str) -> str:
+    versus = versus or {}
+    ratio = versus.get(f"{name}_added_ratio" if kind == "added" else f"{name}_ratio")
+    diff = versus.get(f"{name}_added_diff") if kind == "added" else None
+    if ratio is None:
+        return ""
+    text = f"x{_number(ratio['of_medians'])}"
+    if len(ratio["runs"]) > 1:
+        text += f" ({_number(ratio['min'])}{DASH}{_number(ratio['max'])})"
+    if diff is not None:
+        text += f", {'+' if diff['of_medians'] >= 0 else ''}{_number(diff['of_medians'])} ms"
+    return text
+
+
+def _table(scenario: dict[str, Any], sides: list[dict[str, Any]]) -> list[str]:
+    """The scenario's table: direct, the gateway, and each further gateway side (--upstreams)."""
+    extra = sides[1:]
+    first = _count(sides[0]["upstreams"]) if extra else ""
+    head = ["case", "figure", "direct", f"gateway, {first}" if extra else "gateway", "gateway vs direct"]
+    for side in extra:
+        head += [f"gateway, {_count(side['upstreams'])}", "vs direct", f"{side['upstreams']} vs {first}"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    compared = set(scenario["compare"]) | set(scenario.get("gateway_figures", []))
+    for case in scenario["cases"]:
+        others = [case.get("sides", {}).get(side["side"], {}) for side in extra]
+        names = list(
+            dict.fromkeys([*case["direct"], *case["gateway"], *(n for o in others for n in o.get("gateway", {}))])
+        )
+        for index, name in enumerate(names):
+            kind = scenario["compare"].get(name)
+            row = [
+                case["case"] if index == 0 else "",
+                LABELS.get(name, name),
+                _cell(case["direct"].get(name)),
+                _cell(case["gateway"].get(name)),
+                _direct_cell(case["vs_direct"], kind, name),
+            ]
+            for other in others:
+                row += [
+                    _cell(other.get("gateway", {}).get(name)),
+                    _direct_cell(other.get("vs_direct", {}), kind, name),
+                    _versus_cell(other.get("vs_gateway"), kind, name) if name in compared else "",
+                ]
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _direct_cell(vs_direct: dict[str, Any], kind: str | None, name: str) -> str:
+    versus = vs_direct.get(f"{name}_{kind}") if kind else None
+    prefix = "x" if kind == "ratio" else "+" if versus and versus["median"] >= 0 else ""
+    return _cell(versus, prefix)

@@ -1,4 +1,4 @@
-"""One benchmark run: start the fast upstream and the gateway, probe, measure, always clean up."""
+"""One benchmark run: start the fast upstream(s) and the gateway(s), probe, measure, always clean up."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import resource
 import secrets
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,18 +21,17 @@ from typing import Any
 import uvloop
 
 from bench import procstat
-from bench.children import Child
-from bench.context import Context
+from bench.context import GATEWAY, Context
 from bench.features import probe
-from bench.gateway import python_path, running_gateway, source_digest
+from bench.fleet import admin_upstream, gateway_settings, running_upstreams, side
+from bench.gateway import GatewayServer, running_gateway, source_digest
 from bench.payloads import Target
-from bench.pinning import Pinning, choose
+from bench.pinning import choose
 from bench.plan import Plan, SoakPlan
 from bench.report import build
 from bench.scenarios import BUILDERS, Outcome, run_scenario
 from bench.soak import measure as measure_soak
 from bench.soakfigures import empty
-from bench.upstream import READY
 
 PREPARE_TIMEOUT = 120.0
 _SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
@@ -49,18 +48,8 @@ class Options:
     log: Path | None = None  # the children's output is appended here
     gateway_env: dict[str, str] = field(default_factory=dict)
     soak: SoakPlan | None = None  # run the soak instead of the scenarios
-
-
-@contextmanager
-def running_upstream(workdir: Path, pinning: Pinning, lifetime: float, log: Path | None) -> Iterator[tuple[Child, int]]:
-    env = {**os.environ, "PYTHONPATH": python_path()}
-    argv = [*pinning.prefix(pinning.load_cpu), sys.executable, "-m", "bench.upstream", "--lifetime", str(lifetime)]
-    child = Child("upstream", argv, env, workdir, log)
-    try:
-        line = child.wait_for(READY, 15.0)
-        yield child, int(line.rsplit(":", 1)[1])
-    finally:
-        child.stop()
+    # The gateway in front of this many fast upstreams; several counts: one gateway side each.
+    upstreams: tuple[int, ...] = (1,)
 
 
 def _raise_fd_limit() -> None:
@@ -96,26 +85,44 @@ def run(options: Options) -> dict[str, Any]:
     pinning = choose(options.pin)
     pinning.apply_to_self()
     _raise_fd_limit()
+    counts = options.upstreams
     with (
         TemporaryDirectory(prefix="gateway-bench-") as tmp,
-        running_upstream(Path(tmp), pinning, options.max_seconds + 60, options.log) as (upstream, port),
+        running_upstreams(max(counts), Path(tmp), pinning, options.max_seconds + 60, options.log) as upstreams,
+        ExitStack() as stack,
     ):
-        url = f"http://127.0.0.1:{port}"
-        with running_gateway(url, Path(tmp), pinning, options.gateway_env, options.log) as server:
-            ctx = Context(
-                direct=Target("direct", "127.0.0.1", port, server.key),
-                upstream=Target("upstream", "127.0.0.1", port),
-                upstream_pid=upstream.pid,
-                server=server,
-                plan=options.plan,
-                tag=secrets.token_hex(4),
-                warm_seconds=0.1 if options.quick else 0.3,
-                steal_lines=pinning.steal_lines(),
+        servers: dict[str, GatewayServer] = {}
+        for count in counts:
+            name = side(count, counts)
+            settings = gateway_settings(upstreams[:count])
+            servers[name] = stack.enter_context(
+                running_gateway(settings, Path(tmp), pinning, options.gateway_env, options.log, name)
             )
-            meta, outcomes, soak = uvloop.run(_measure(ctx, options))
-            meta["gateway"] = {"version": server.version, "source_sha256": source_digest()}
-            meta["gateway_settings"] = _public(server.settings)
-            meta["gateway_starts"] = server.starts
+        server = servers[side(counts[0], counts)]
+        port = upstreams[0].port
+        ctx = Context(
+            direct=Target("direct", "127.0.0.1", port, server.key),
+            upstreams=tuple(Target("upstream", "127.0.0.1", upstream.port) for upstream in upstreams),
+            upstream_pids=tuple(upstream.pid for upstream in upstreams),
+            servers=servers,
+            admin_upstreams={side(count, counts): admin_upstream(count) for count in counts},
+            plan=options.plan,
+            tag=secrets.token_hex(4),
+            warm_seconds=0.1 if options.quick else 0.3,
+            steal_lines=pinning.steal_lines(),
+        )
+        meta, outcomes, soak = uvloop.run(_measure(ctx, options))
+        meta["gateway"] = {
+            "version": server.version,
+            "source_sha256": source_digest(),
+            "package": server.package(),
+        }
+        meta["gateway_settings"] = _public(server.settings)
+        meta["gateway_starts"] = server.starts
+        for count, entry in zip(counts, meta["sides"], strict=True):
+            entry.update(
+                upstreams=count, settings=_public(servers[entry["side"]].settings), starts=servers[entry["side"]].starts
+            )
     meta.update(
         {
             "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -130,6 +137,7 @@ def run(options: Options) -> dict[str, Any]:
             "load_average": {"before": load_before, "after": os.getloadavg()},
             "steal_pct": _steal_pct(steal_before, time.monotonic() - began),
             "repeat": 1 if options.soak else options.plan.repeat,
+            "upstreams": list(counts),
             "plan": asdict(options.soak or options.plan),
         }
     )
@@ -139,21 +147,27 @@ def run(options: Options) -> dict[str, Any]:
 async def _measure(ctx: Context, options: Options) -> tuple[dict[str, Any], list[Outcome], dict[str, Any] | None]:
     deadline = asyncio.get_running_loop().time() + options.max_seconds
     async with asyncio.timeout(PREPARE_TIMEOUT):
-        rss_start = procstat.rss_kb(ctx.server.pid) / 1024
-        gateway = ctx.gateway()
-        features = await probe(ctx.server, gateway)
+        rss_start = {name: procstat.rss_kb(server.pid) / 1024 for name, server in ctx.servers.items()}
+        features = {name: await probe(server, ctx.gateway(name)) for name, server in ctx.servers.items()}
         await ctx.warm_up(ctx.direct)
-        await ctx.warm_up(gateway)
+        for name in ctx.servers:
+            await ctx.warm_up(ctx.gateway(name))
         await asyncio.sleep(0.5)
+    rss_idle = {name: procstat.rss_kb(server.pid) / 1024 for name, server in ctx.servers.items()}
     meta: dict[str, Any] = {
-        "features": features,
-        "gateway_rss_start_mib": rss_start,
-        "gateway_rss_idle_mib": procstat.rss_kb(ctx.server.pid) / 1024,
+        "features": features[GATEWAY],
+        "gateway_rss_start_mib": rss_start[GATEWAY],
+        "gateway_rss_idle_mib": rss_idle[GATEWAY],
+        # One entry per gateway side (one unless --upstreams names several counts).
+        "sides": [
+            {"side": name, "features": features[name], "rss_start_mib": rss_start[name], "rss_idle_mib": rss_idle[name]}
+            for name in ctx.servers
+        ],
     }
     if options.soak is not None:
         return meta, [], await _soak(ctx, options.soak, deadline, options.max_seconds)
     scenarios = [BUILDERS[key](ctx) for key in options.scenarios]
-    outcomes = [Outcome.of(scenario) for scenario in scenarios]
+    outcomes = [Outcome.of(scenario, ctx.sides()) for scenario in scenarios]
     try:
         async with asyncio.timeout_at(deadline):
             for scenario, outcome in zip(scenarios, outcomes, strict=True):

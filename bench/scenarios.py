@@ -1,7 +1,9 @@
-"""The four scenarios as cases, each run against both targets in interleaved repetitions.
+"""The four scenarios as cases, each run against every target in interleaved repetitions.
 
 For rep in 1..N, for each case: a direct run, then a gateway run, so slow drifts on a noisy
-machine touch both alike. Each run returns a flat dict of figures; report.py aggregates them.
+machine touch both alike. With several gateway sides (``--upstreams 1,3``) each follows the
+direct run, their order turning from one repetition to the next, so none always goes first.
+Each run returns a flat dict of figures; report.py aggregates them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class Scenario:
     cases: list[Case]
     compare: dict[str, str]  # figure -> "ratio" (gateway / direct) or "added" (gateway - direct)
     cap: float  # wall-clock seconds for the whole scenario
+    # The gateway's own cost figures, compared as ratios between gateway sides (with --upstreams)
+    # beside the ``compare`` figures.
+    gateway_figures: tuple[str, ...] = ()
 
 
 @dataclass
@@ -46,8 +51,8 @@ class Outcome:
     finished: bool = False
 
     @classmethod
-    def of(cls, scenario: Scenario) -> Outcome:
-        return cls({case.name: {DIRECT: [], GATEWAY: []} for case in scenario.cases})
+    def of(cls, scenario: Scenario, sides: list[str]) -> Outcome:
+        return cls({case.name: {side: [] for side in sides} for case in scenario.cases})
 
 
 def _ms(ns: float | None) -> float | None:
@@ -79,7 +84,7 @@ def small_requests(ctx: Context) -> Scenario:
                 "latency_p99_ms": _ms(percentile(result.latencies_ns, 99)),
                 **_load_side(window),
             }
-            if target.name == GATEWAY:
+            if target.name != DIRECT:
                 figures["gateway_cpu_ms_per_request"] = window.cpu_ms[GATEWAY] / count if count else None
                 figures["gateway_cpu_pct"] = window.cpu_pct(GATEWAY)
             return figures
@@ -87,13 +92,14 @@ def small_requests(ctx: Context) -> Scenario:
         return Case(f"{path} c={concurrency}", {"path": path, "concurrency": concurrency}, run)
 
     paths = SMALL_PATHS
-    runs = len(paths) * len(plan.concurrencies) * 2 * plan.repeat
+    runs = len(paths) * len(plan.concurrencies) * len(ctx.sides()) * plan.repeat
     return Scenario(
         "a",
         "small non-streamed chat requests, closed loop",
         [case(path, concurrency) for concurrency in plan.concurrencies for path in paths],
         {"rps": "ratio", "latency_p50_ms": "added", "latency_p99_ms": "added"},
         cap=runs * (plan.closed_loop_seconds + 10) + 30,
+        gateway_figures=("gateway_cpu_ms_per_request", "gateway_cpu_pct"),
     )
 
 
@@ -125,19 +131,19 @@ def concurrent_streams(ctx: Context) -> Scenario:
                 "ttfb_p99_ms": _ms(percentile(result.ttfb_ns, 99)),
                 **_load_side(window),
             }
-            if target.name == GATEWAY:
+            if target.name != DIRECT:
                 chunks = result.chunks
                 figures["gateway_cpu_ms_per_1k_chunks"] = window.cpu_ms[GATEWAY] * 1000 / chunks if chunks else None
                 figures["gateway_cpu_pct"] = window.cpu_pct(GATEWAY)
                 figures["gateway_rss_peak_mib"] = window.rss_peak_kb / 1024
-                figures["gateway_rss_after_mib"] = await ctx.rss_after_mib()
+                figures["gateway_rss_after_mib"] = await ctx.rss_after_mib(target.name)
                 figures["gateway_kib_per_stream"] = (window.rss_peak_kb - window.rss_before_kb) / count
             return figures
 
         name = f"{count} x {fmt.value}"
         return Case(name, {"streams": count, "format": fmt.value, "tokens": plan.stream_tokens}, run)
 
-    runs = 2 * len(plan.stream_counts) * 2 * plan.repeat
+    runs = 2 * len(plan.stream_counts) * len(ctx.sides()) * plan.repeat
     return Scenario(
         "b",
         f"concurrent streams of {plan.stream_tokens} tokens at {1 / plan.token_interval:g} tokens/s",
@@ -151,6 +157,7 @@ def concurrent_streams(ctx: Context) -> Scenario:
             "ttfb_p99_ms": "added",
         },
         cap=runs * (stream_seconds + 40) + 30,
+        gateway_figures=("gateway_cpu_ms_per_1k_chunks", "gateway_kib_per_stream"),
     )
 
 
@@ -171,10 +178,10 @@ def blob_upload(ctx: Context) -> Scenario:
             "upstream_faults_per_mib": window.faults["upstream"] * MiB / size,
             **_load_side(window),
         }
-        if target.name == GATEWAY:
+        if target.name != DIRECT:
             figures["gateway_faults_per_mib"] = window.faults[GATEWAY] * MiB / size
             figures["gateway_rss_growth_mib"] = (window.rss_peak_kb - window.rss_before_kb) / 1024
-            figures["gateway_rss_after_mib"] = await ctx.rss_after_mib()
+            figures["gateway_rss_after_mib"] = await ctx.rss_after_mib(target.name)
             figures["gateway_cpu_pct"] = window.cpu_pct(GATEWAY)
         return figures
 
@@ -184,7 +191,7 @@ def blob_upload(ctx: Context) -> Scenario:
         "blob upload (POST /api/blobs/<digest>, generated bytes)",
         [Case(name, {"bytes": size}, run)],
         {"mib_per_s": "ratio"},
-        cap=2 * ctx.plan.repeat * cap + 30,
+        cap=len(ctx.sides()) * ctx.plan.repeat * cap + 30,
     )
 
 
@@ -194,7 +201,7 @@ def client_hang_ups(ctx: Context) -> Scenario:
 
     async def run(target: Target, rep: int) -> Figures:
         async with ctx.meter(target) as meter:
-            result = await hang_ups(target, ctx.upstream, plan.hang_ups, f"{ctx.tag}-{target.name}-{rep}", 0.1, cap)
+            result = await hang_ups(target, ctx.upstreams, plan.hang_ups, f"{ctx.tag}-{target.name}-{rep}", 0.1, cap)
         return {
             "hang_ups": result.attempted,
             "unseen": result.unseen,
@@ -209,7 +216,7 @@ def client_hang_ups(ctx: Context) -> Scenario:
         "client hang-up after the first chunk: until the upstream sees its connection close",
         [Case(f"{plan.hang_ups} hang-ups", {"hang_ups": plan.hang_ups}, run)],
         {"close_p50_ms": "added", "close_p99_ms": "added"},
-        cap=2 * plan.repeat * cap + 30,
+        cap=len(ctx.sides()) * plan.repeat * cap + 30,
     )
 
 
@@ -221,6 +228,13 @@ BUILDERS: dict[str, Callable[[Context], Scenario]] = {
 }
 
 
+def order(sides: list[str], rep: int) -> list[str]:
+    """Direct first, then the gateway sides, turned by one place each repetition."""
+    direct, gateways = sides[0], sides[1:]
+    turn = rep % len(gateways) if gateways else 0
+    return [direct, *gateways[turn:], *gateways[:turn]]
+
+
 async def run_scenario(ctx: Context, scenario: Scenario, outcome: Outcome) -> None:
     """Fill ``outcome`` run by run, so that whatever stops the scenario leaves what was measured."""
     budget = asyncio.timeout(scenario.cap)
@@ -228,7 +242,7 @@ async def run_scenario(ctx: Context, scenario: Scenario, outcome: Outcome) -> No
         async with budget:
             for rep in range(ctx.plan.repeat):
                 for case in scenario.cases:
-                    for name in (DIRECT, GATEWAY):
+                    for name in order(ctx.sides(), rep):
                         target = await ctx.ready(name)
                         outcome.runs[case.name][name].append(await case.run(target, rep))
                         await asyncio.sleep(ctx.plan.settle)

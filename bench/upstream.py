@@ -5,6 +5,9 @@ pre-formatted bytes and keeps no per-request objects beyond one small stream sta
 
 Routes:
 - ``GET /api/version``
+- ``GET /api/tags`` and ``GET /api/ps``: the one model the benchmark asks for (``bench:latest``),
+  installed and loaded, so that a gateway fronting several of these routes to them (it routes a
+  request naming a model to a server whose ``/api/tags`` lists it)
 - ``POST /api/chat`` and ``POST /v1/chat/completions``: a small JSON answer, or with
   ``stream:true`` a stream of stamped tokens (see stamps.py). Tokens come from
   ``options.num_predict`` / ``max_tokens``; ``bench.interval_ms`` spaces them and ``bench.tag``
@@ -55,6 +58,15 @@ _OPENAI_REPLY = (
     b'"usage":{"prompt_tokens":8,"completion_tokens":11,"total_tokens":19}}\n'
 )
 _VERSION_REPLY = b'{"version":"0.33.0"}'
+# The model every benchmark request names ("bench"), as Ollama lists it (wire facts §2).
+_MODEL = (
+    b'"name":"bench:latest","model":"bench:latest","size":1,"digest":"' + b"be" * 32 + b'",'
+    b'"details":{"parent_model":"","format":"gguf","family":"bench","families":["bench"],'
+    b'"parameter_size":"1B","quantization_level":"Q4_K_M"}'
+)
+_TAGS_REPLY = b'{"models":[{' + _MODEL + b',"modified_at":"2026-01-01T00:00:00Z"}]}'
+_PS_REPLY = b'{"models":[{' + _MODEL + b',"expires_at":"2099-01-01T00:00:00Z","size_vram":1,"context_length":4096}]}'
+_LISTINGS = {b"/api/version": _VERSION_REPLY, b"/api/tags": _TAGS_REPLY, b"/api/ps": _PS_REPLY}
 _STREAM_TYPES = {Format.NDJSON: b"application/x-ndjson", Format.SSE: b"text/event-stream"}
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
@@ -146,8 +158,8 @@ class _Connection(asyncio.Protocol):
             self._chat(path == b"/api/chat")
         elif method == b"POST" and self._blob:
             self._write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
-        elif method == b"GET" and path == b"/api/version":
-            self._write(_response(b"200 OK", b"application/json; charset=utf-8", _VERSION_REPLY))
+        elif method == b"GET" and path in _LISTINGS:
+            self._write(_response(b"200 OK", b"application/json; charset=utf-8", _LISTINGS[path]))
         elif method == b"GET" and path == b"/_bench/closed":
             seen, self._closures.seen = self._closures.seen, {}
             self._write(_response(b"200 OK", b"application/json", json.dumps(seen).encode()))

@@ -12,7 +12,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from gateway.record import RequestRecord
@@ -139,7 +139,10 @@ class AuditLog:
         client: str,
         request_id: str,
         target: str | None = None,
+        target_name: str | None = None,
+        changed: Sequence[str] = (),
     ) -> None:
+        # ``target`` is a key id (or null); ``changed`` names the fields a write changed, never values.
         line = {
             "time": _iso(time.time()),
             "type": "audit",
@@ -149,12 +152,16 @@ class AuditLog:
             "client": client,
             "action": action,
             "target": target,
+            "target_name": target_name,
+            "changed": list(changed),
             "status": status,
         }
         if self._json:
             self._write(_ENCODER.encode(line))
             return
+        named = f" ({_escaped(target_name)})" if target_name else ""
+        fields = " changed=" + ",".join(changed) if changed else ""
         self._write(
-            f"{line['time']} AUDIT {status} {_escaped(action)} target={_escaped(target or '-')} "
+            f"{line['time']} AUDIT {status} {_escaped(action)} target={_escaped(target or '-')}{named}{fields} "
             f"key={_escaped(key_name or '-')} ({key_id or '-'}) client={client} id={request_id}"
         )

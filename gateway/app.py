@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -153,11 +154,11 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         finally:
             report.cancel()
             await asyncio.gather(report, return_exceptions=True)
-            # Requests have drained by now: write the last usage counts, then close.
-            await ledger.close()
-            await limiter.close()
-            await keyring.close()
-            await fleet.close()
+            # Requests have drained by now: write the last usage counts, then close. Each part is
+            # closed even when one before it fails: a broken database must not leave sockets open.
+            async with contextlib.AsyncExitStack() as closing:
+                for part in (fleet, keyring, limiter, ledger):  # closed last to first
+                    closing.push_async_callback(part.close)
 
     api = _fastapi(lifespan=lifespan)
     api.include_router(health_router(checks, fleet))

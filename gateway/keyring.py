@@ -5,7 +5,8 @@ event loop. A background task polls the store's change counter (written by the C
 when it moves, so created, changed, revoked and rotated keys take effect within about one
 refresh interval. A key the server does not recognise (new, or rotated a moment ago) makes it look
 at the change counter before refusing (one shared look at most every ``MISS_RECHECK`` seconds),
-so a key works the moment the CLI has printed it.
+so a key works the moment the CLI has printed it; the admin API makes the same call after each
+write, so a change acts on this server before its answer goes out.
 Last-use times are collected in memory and written in batches.
 """
 
@@ -41,6 +42,7 @@ class Keyring:
         self._refreshing: asyncio.Task[None] | None = None
         self._next_catch_up = 0.0
         self._looks = 0  # looks at the store begun so far
+        self._reads = 0  # of those, the ones that have begun reading (written by the look's thread)
 
     def get(self, key_id: str) -> KeyRecord | None:
         return self._keys.get(key_id)
@@ -51,20 +53,33 @@ class Keyring:
         return any(record.usable(now) for record in self._keys.values())
 
     async def catch_up(self) -> None:
-        """Reload if the store changed since the last look (shared, at most every MISS_RECHECK s)."""
-        looks = self._looks
-        wait = self._next_catch_up - time.monotonic()
-        if self._refreshing is None and wait > 0:
-            # Looked a moment ago, perhaps before the key was committed: wait for the next look
-            # (shared by everyone waiting) rather than answer from that view.
-            await asyncio.sleep(wait)
-        if self._refreshing is None:
-            # Counted, not timed: a timer may wake us a hair before the interval is over.
-            if self._looks != looks:
-                return  # a look that began after we arrived has just finished
-            self._next_catch_up = time.monotonic() + MISS_RECHECK
+        """Return once a look at the store that began after this call has finished: whatever was
+        committed before the call (a key the CLI just printed, a revocation the admin API just
+        wrote) is then in memory. Looks are shared by everyone waiting, and those started here
+        begin at most every MISS_RECHECK seconds."""
+        # Looks that had begun reading the store before this call; any later one sees what it must.
+        arrived = self._reads
         try:
-            await self._refreshed()
+            while True:
+                running = self._refreshing
+                if running is not None and self._looks > arrived:
+                    await asyncio.shield(running)
+                    return
+                if running is not None:
+                    # Reading since before this call: it may have read the change counter before
+                    # the change was committed. Let it finish, then look again.
+                    await asyncio.wait([running])
+                    continue
+                if self._looks > arrived:
+                    return  # a look that began after this call has just finished
+                wait = self._next_catch_up - time.monotonic()
+                if wait > 0:
+                    # Looked a moment ago: wait for the next slot (someone may start that look).
+                    await asyncio.sleep(wait)
+                    continue
+                self._next_catch_up = time.monotonic() + MISS_RECHECK
+                await self._refreshed()
+                return
         except _STORE_ERRORS as error:
             log.warning("key store unavailable: %s", error)
 
@@ -99,9 +114,13 @@ class Keyring:
             # A look a request started runs in a thread: let it finish before the store closes.
             await asyncio.wait([self._refreshing])
         if self._store is not None:
-            await self._flush()
-            self._store.close()
-            self._store = None
+            try:
+                await self._flush()
+            except _STORE_ERRORS as error:
+                log.warning("could not record when keys were last used: %s", error)
+            finally:
+                self._store.close()
+                self._store = None
 
     async def _poll(self) -> None:
         while True:
@@ -114,6 +133,7 @@ class Keyring:
                 log.warning("key store unavailable: %s", error)
 
     def _refresh(self) -> None:
+        self._reads += 1  # before the read: a change committed before this line is seen
         if self._opened().version() != self._version:
             self._reload()
 

@@ -12,18 +12,28 @@ import datetime as dt
 import io
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, cast, get_args
 
 from gateway.usagestore import Grouping, SqliteUsageStore, UsageCounts
 
 COLUMNS: Final = ("requests", "prompt_tokens", "completion_tokens", "errors")
 GROUPINGS: Final = get_args(Grouping)
 Stacking = Literal["key", "model"]
+STACKINGS: Final = get_args(Stacking)
+Format = Literal["json", "csv"]
+FORMATS: Final = get_args(Format)
+# The chart's bounds: a year of days, and the largest series (the rest summed as one).
+MAX_DAYS = 366
+MAX_SERIES = 20
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class InvalidUsageQuery(ValueError):
     """A filter names an impossible day or grouping, or an empty range."""
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def day(text: str) -> str:
@@ -33,7 +43,25 @@ def day(text: str) -> str:
             raise ValueError
         return dt.date.fromisoformat(text).isoformat()
     except ValueError:
-        raise InvalidUsageQuery(f"{text!r} is not a date (expected YYYY-MM-DD, e.g. 2026-01-31)") from None
+        raise InvalidUsageQuery(f"{_shown(text)} is not a date (expected YYYY-MM-DD, e.g. 2026-01-31)") from None
+
+
+def _one_of(text: str, choices: tuple[str, ...], what: str) -> str:
+    if text not in choices:
+        raise InvalidUsageQuery(f"{_shown(text)} is not {what} (one of {', '.join(choices)})")
+    return text
+
+
+def grouping(text: str) -> Grouping:
+    return cast(Grouping, _one_of(text, GROUPINGS, "a grouping"))
+
+
+def stacking(text: str) -> Stacking:
+    return cast(Stacking, _one_of(text, STACKINGS, "a stacking"))
+
+
+def report_format(text: str) -> Format:
+    return cast(Format, _one_of(text, FORMATS, "a format"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +72,9 @@ class UsageQuery:
     key: str | None = None
 
     def __post_init__(self) -> None:
-        if self.by not in GROUPINGS:
-            raise InvalidUsageQuery(f"{self.by!r} is not a grouping (one of {', '.join(GROUPINGS)})")
+        grouping(self.by)
         if self.since is not None and self.until is not None and self.since > self.until:
-            raise InvalidUsageQuery(f"--since {self.since} is after --until {self.until}")
+            raise InvalidUsageQuery(f"since {self.since} is after until {self.until}")
 
 
 def numbers(counts: UsageCounts) -> dict[str, int]:
@@ -94,16 +121,28 @@ def report(store: SqliteUsageStore, query: UsageQuery) -> UsageReport:
 
 
 def daily(store: SqliteUsageStore, query: UsageQuery, stack: Stacking) -> dict[str, Any]:
-    """Tokens per day for a chart stacked by key or model: ``{days, series: [{name, tokens}]}``."""
+    """Tokens per day for a chart stacked by key or model: ``{days, series: [{name, tokens}]}``.
+
+    Bounded: the last ``MAX_DAYS`` days of the range (``truncated`` says so), and the
+    ``MAX_SERIES - 1`` largest series with the rest summed as one, ``{"name": null, "other": true}``.
+    """
     rows = store.daily(by=stack, since=query.since, until=query.until, key_name=query.key)
-    days = sorted({row_day for row_day, _, _ in rows})
+    all_days = sorted({row_day for row_day, _, _ in rows})
+    days = all_days[-MAX_DAYS:]
     index = {row_day: position for position, row_day in enumerate(days)}
     series: dict[str, list[int]] = {}
     for row_day, group, counts in rows:
-        tokens = series.setdefault(group, [0] * len(days))
-        tokens[index[row_day]] += counts.prompt_tokens + counts.completion_tokens
-    return {
-        "stack": stack,
-        "days": days,
-        "series": [{"name": name or None, "tokens": tokens} for name, tokens in sorted(series.items())],
-    }
+        if row_day in index:
+            tokens = series.setdefault(group, [0] * len(days))
+            tokens[index[row_day]] += counts.prompt_tokens + counts.completion_tokens
+    named = sorted(series.items())
+    other: list[int] | None = None
+    if len(named) > MAX_SERIES:
+        largest = sorted(named, key=lambda item: -sum(item[1]))[: MAX_SERIES - 1]
+        kept = {name for name, _ in largest}
+        other = [sum(values) for values in zip(*(tokens for name, tokens in named if name not in kept), strict=True)]
+        named = [(name, tokens) for name, tokens in named if name in kept]
+    listed: list[dict[str, Any]] = [{"name": name or None, "tokens": tokens} for name, tokens in named]
+    if other is not None:
+        listed.append({"name": None, "other": True, "tokens": other})
+    return {"stack": stack, "days": days, "truncated": len(all_days) > len(days), "series": listed}

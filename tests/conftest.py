@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
+from gateway.fleet import Fleet, State
+from gateway.fleet.routing import RoutingPolicy
 from gateway.keystore import DEFAULT_SCOPES, KeyRecord, Limits, Scope
 from gateway.keystore.sqlite import SqliteKeyStore
 from gateway.settings import Settings
@@ -16,6 +21,8 @@ from tests.redis_server import RedisServer
 from tests.servers import RunningGateway, gateway_thread
 
 ALL_SCOPES = frozenset(Scope)
+FLEET_WAIT = 10.0
+FLEET_CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +122,66 @@ def make_gateway(fake: FakeOllama, database_url: str) -> Iterator[Callable[..., 
 def gateway(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
     """A gateway in front of the fake, default settings, with ``gateway.key`` for every scope."""
     return make_gateway()
+
+
+@dataclass
+class Fleetside:
+    """A gateway in front of named fakes."""
+
+    gateway: RunningGateway
+    fakes: dict[str, FakeOllama]
+    key: str  # every scope, every model
+
+    @property
+    def fleet(self) -> Fleet:
+        (routing,) = [p for p in self.gateway.app.forwarded.policies if isinstance(p, RoutingPolicy)]
+        return routing.fleet
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    def chat(self, model: str, key: str | None = None, **extra: Any) -> httpx.Response:
+        body = {**FLEET_CHAT, "model": model, **extra}
+        return httpx.post(self.gateway.url + "/api/chat", json=body, headers=self.auth(key), timeout=FLEET_WAIT)
+
+    def served(self, path: str = "/api/chat") -> dict[str, int]:
+        """How many requests for ``path`` each fake received."""
+        return {name: sum(r.path == path for r in fake.requests) for name, fake in self.fakes.items()}
+
+    def wait_until(self, condition: Callable[[], bool], what: str) -> None:
+        # The watchers work in the background and announce nothing: poll, bounded.
+        deadline = time.monotonic() + FLEET_WAIT
+        while not condition():
+            assert time.monotonic() < deadline, f"never: {what}"
+            time.sleep(0.01)
+
+    def all_up(self) -> None:
+        self.wait_until(lambda: all(m.state is State.UP for m in self.fleet.members), "every server up")
+
+    def forget(self) -> None:
+        for fake in self.fakes.values():
+            fake.forget_requests()
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Any) -> Iterator[Callable[..., Fleetside]]:
+    with ExitStack() as stack:
+
+        def start(
+            models: dict[str, list[str]], *, versions: dict[str, str] | None = None, **overrides: Any
+        ) -> Fleetside:
+            fakes = {
+                name: stack.enter_context(FakeOllama(listed, version=(versions or {}).get(name, "0.33.0")))
+                for name, listed in models.items()
+            }
+            database_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+            key = issue_key(database_url, "admin", scopes=ALL_SCOPES)
+            overrides.setdefault("upstreams", ",".join(f"{name}={fake.url}" for name, fake in fakes.items()))
+            overrides.setdefault("upstream_refresh_interval", 60)
+            settings = gateway_settings(database_url=database_url, key_refresh_interval=0.05, **overrides)
+            side = Fleetside(stack.enter_context(gateway_thread(settings)), fakes, key)
+            side.all_up()
+            side.forget()
+            return side
+
+        yield start

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from gateway.app import create_app
 from gateway.dispatch import Gateway
 from gateway.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
+from tests.quickserver import QuickServer
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0
@@ -53,19 +53,19 @@ def gateway_thread(settings: Settings) -> Iterator[RunningGateway]:
         proxy_headers=False,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = QuickServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.005)
+    server.ready.wait(START_TIMEOUT)
+    if not server.started:
+        server.stop()
+        thread.join(timeout=10)
+        raise RuntimeError("gateway did not start")
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield RunningGateway(f"http://127.0.0.1:{port}", app, server)
     finally:
-        server.should_exit = True
+        server.stop()
         thread.join(timeout=10)
 
 

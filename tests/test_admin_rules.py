@@ -3,10 +3,18 @@ admin settings, and the audit line's text form."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import replace
+
 import pytest
 from pydantic import ValidationError
 
 from gateway.accesslog import AuditLog
+from gateway.admin.traffic import LiveTraffic
 from gateway.keyadmin import (
     KEEP,
     DuplicateKey,
@@ -14,17 +22,24 @@ from gateway.keyadmin import (
     KeyAdmin,
     KeyChange,
     UnknownKey,
+    UnusableKey,
     apply,
     check_name,
+    describe,
     parse_expiry,
     parse_limit,
     parse_weight,
+    when,
 )
+from gateway.keyring import Keyring
 from gateway.keystore import DEFAULT_SCOPES, UNLIMITED, KeyRecord, Limits, Scope
 from gateway.keystore.sqlite import SqliteKeyStore
-from gateway.usagereport import InvalidUsageQuery, UsageQuery
+from gateway.usagereport import MAX_DAYS, MAX_SERIES, InvalidUsageQuery, UsageQuery, daily
+from gateway.usagestore import SqliteUsageStore, UsageCounts, UsageKey
 from tests.conftest import gateway_settings
+from tests.records import make_record
 
+NOW = 1_765_000_000.0  # 2025-12-06
 BASE = KeyRecord(
     id="k1",
     name="alice",
@@ -60,10 +75,61 @@ def test_impossible_weights(text: str) -> None:
 def test_expiry() -> None:
     assert parse_expiry("never") is None
     assert parse_expiry("2d", now=1000.0) == 1000.0 + 2 * 86400
-    assert parse_expiry("2027-01-31") == 1801353600.0
-    assert parse_expiry("2027-01-31T01:00:00+01:00") == 1801353600.0
+    assert parse_expiry("2027-01-31", now=NOW) == 1801353600.0
+    assert parse_expiry("2027-01-31T01:00:00+01:00", now=NOW) == 1801353600.0
+    assert parse_expiry("9999-12-31T23:59:59Z", now=NOW) == 253402300799.0
     with pytest.raises(InvalidKeyRequest):
         parse_expiry("tomorrow")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("999999999w", "'999999999w' is after 9999-12-31"),
+        ("9999-12-31T23:59:59-05:00", "is after 9999-12-31"),
+        ("9999-12-31T23:59:59.5Z", "is after 9999-12-31"),
+        ("1" * 5000 + "s", "is not a duration"),
+        ("2025-01-01", "'2025-01-01' is not in the future"),
+        ("0d", "'0d' is not in the future"),
+        ("", "'' is not a duration"),
+    ],
+)
+def test_impossible_expiries(text: str, message: str) -> None:
+    with pytest.raises(InvalidKeyRequest, match=re.escape(message)):
+        parse_expiry(text, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [
+        (None, None),
+        (0.0, "1970-01-01T00:00:00Z"),
+        (1e300, "9999-12-31T23:59:59Z"),
+        (float("inf"), "9999-12-31T23:59:59Z"),
+        (-1e300, "0001-01-01T00:00:00Z"),
+        (float("nan"), None),
+    ],
+)
+def test_every_stored_time_can_be_shown(stored: float | None, shown: str | None) -> None:
+    assert when(stored) == shown
+    assert describe(replace(BASE, expires_at=stored, last_used_at=stored), now=NOW)["expires_at"] == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("9223372036854775807", None),
+        ("9223372036854775808", "is larger than the largest limit (9223372036854775807)"),
+        ("9" * 5000, "is larger than the largest limit"),
+    ],
+)
+def test_limits_fit_the_database(text: str, message: str | None) -> None:
+    if message is None:
+        assert parse_limit(text) == int(text)
+        return
+    with pytest.raises(InvalidKeyRequest, match=re.escape(message)) as refused:
+        parse_limit(text)
+    assert len(str(refused.value)) < 120  # the input is not echoed whole
 
 
 @pytest.mark.parametrize("name", ["", " a", "a ", "x" * 65, "tab\there", "new\nline"])
@@ -88,24 +154,113 @@ def test_operations_and_their_errors(database_url: str) -> None:
     store = SqliteKeyStore(database_url)
     try:
         keys = KeyAdmin(store, clock=lambda: 50.0)
-        record, secret = keys.create("bob", KeyChange(limits={"rpm": 1}))
-        assert secret.startswith(f"ogw_{record.id}_")
+        created = keys.create("bob", KeyChange(limits={"rpm": 1}))
+        record = created.record
+        assert created.secret is not None
+        assert created.secret.startswith(f"ogw_{record.id}_")
+        assert created.changed == ["name", "limits.rpm"]
         with pytest.raises(DuplicateKey, match="a key named 'bob' already exists"):
             keys.create("bob", KeyChange())
-        for operation in (keys.get, keys.revoke, keys.rotate):
-            with pytest.raises(UnknownKey, match="no key named 'carol'"):
-                operation("carol")
-        with pytest.raises(UnknownKey):
-            keys.by_id("nope")
+        with pytest.raises(UnknownKey, match="no key named 'carol'"):
+            keys.get("carol")
+        for operation in (keys.revoke, keys.rotate, lambda key_id: keys.update(key_id, KeyChange())):
+            with pytest.raises(UnknownKey, match="no key with id 'nope'"):
+                operation("nope")
         assert keys.by_id(record.id) == keys.get("bob")
-        assert keys.describe(keys.revoke("bob"))["status"] == "revoked"
+        revoked = keys.revoke(record.id)
+        assert (keys.describe(revoked.record)["status"], revoked.changed) == ("revoked", ["revoked"])
+        for refused in (keys.rotate, lambda key_id: keys.update(key_id, KeyChange(admin=True))):
+            with pytest.raises(UnusableKey, match="key 'bob' is revoked"):
+                refused(record.id)
+        assert keys.get("bob") == revoked.record  # nothing written
     finally:
         store.close()
 
 
+def test_a_change_is_read_and_written_in_one_transaction(database_url: str) -> None:
+    """A second writer that starts while a change is being decided waits for it, then applies its
+    own change on top: neither is lost."""
+    first, second = SqliteKeyStore(database_url), SqliteKeyStore(database_url)
+    try:
+        record = KeyAdmin(first).create("shared", KeyChange(scopes=frozenset({Scope.ADMIN, Scope.READ}))).record
+        finished = threading.Event()
+
+        def concurrent_limit_edit() -> None:
+            KeyAdmin(second).update(record.id, KeyChange(limits={"rpm": 7}))
+            finished.set()
+
+        writer = threading.Thread(target=concurrent_limit_edit)
+
+        def remove_admin(current: KeyRecord) -> KeyRecord:
+            writer.start()
+            # The other writer is blocked on the transaction this change runs in.
+            assert not finished.wait(0.3)
+            return apply(KeyChange(scopes=frozenset({Scope.READ})), current)
+
+        first.modify(record.id, remove_admin)
+        writer.join(10)
+        assert finished.is_set()
+        final = KeyAdmin(first).get("shared")
+        assert (final.scopes, final.limits.rpm) == (frozenset({Scope.READ}), 7)
+    finally:
+        first.close()
+        second.close()
+
+
+class _SlowStore:
+    """A key store whose next change-counter read, once ``hold`` is set, returns the value it saw
+    only after ``release``: a look at the store that began before a write and ends after it."""
+
+    def __init__(self) -> None:
+        self.counter = 0
+        self.records: list[KeyRecord] = []
+        self.hold = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def version(self) -> int:
+        seen = self.counter
+        if self.hold:
+            self.hold = False
+            self.entered.set()
+            assert self.release.wait(10)
+        return seen
+
+    def load(self) -> list[KeyRecord]:
+        return list(self.records)
+
+    def record_use(self, last_used: Mapping[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def test_after_a_write_the_keyring_looks_again() -> None:
+    store = _SlowStore()
+    keyring = Keyring(lambda: store, refresh_interval=60)
+    await keyring.start()
+    store.hold = True
+    try:
+        # A look under way (someone presented an unknown key) has read the counter...
+        looking = asyncio.create_task(keyring.catch_up())
+        assert await asyncio.to_thread(store.entered.wait, 10)
+        # ...then a key is revoked (here: added) and committed, and the writer asks to catch up.
+        store.records = [BASE]
+        store.counter = 1
+        caught_up = asyncio.create_task(keyring.catch_up())
+        await asyncio.sleep(0)  # one turn of the loop: the writer's call is under way (not a timing)
+        store.release.set()
+        await asyncio.wait_for(asyncio.gather(looking, caught_up), 10)
+        assert keyring.get("k1") == BASE  # the change is in memory once the writer's call returns
+    finally:
+        store.release.set()
+        await keyring.close()
+
+
 def test_usage_queries() -> None:
     assert UsageQuery(since="2026-01-01", until="2026-01-01").by == "key"
-    with pytest.raises(InvalidUsageQuery, match="--since 2026-01-02 is after --until 2026-01-01"):
+    with pytest.raises(InvalidUsageQuery, match=r"^since 2026-01-02 is after until 2026-01-01$"):
         UsageQuery(since="2026-01-02", until="2026-01-01")
     with pytest.raises(InvalidUsageQuery):
         UsageQuery(by="colour")  # type: ignore[arg-type]
@@ -145,3 +300,53 @@ def test_the_audit_line_as_text() -> None:
     )
     assert len(lines) == 1
     assert lines[0].endswith(" AUDIT 200 keys.revoke target=k2 key=ops\\nfake line (k1) client=10.0.0.1 id=r1")
+    AuditLog(fmt="text", write=lines.append)(
+        action="keys.update",
+        status=200,
+        key_id="k1",
+        key_name="ops",
+        client="10.0.0.1",
+        request_id="r2",
+        target="k2",
+        target_name="bob\n",
+        changed=["scopes", "limits.rpm"],
+    )
+    assert lines[1].endswith(
+        " AUDIT 200 keys.update target=k2 (bob\\n) changed=scopes,limits.rpm key=ops (k1) client=10.0.0.1 id=r2"
+    )
+
+
+def test_a_flood_of_bad_keys_keeps_the_refusals_of_known_keys() -> None:
+    traffic = LiveTraffic(keep=3)
+    traffic(make_record(time=1.0, forwarded=False, status=403, outcome="forbidden", path="/api/pull"))
+    for n in range(10):
+        traffic(
+            make_record(time=2.0 + n, forwarded=False, status=401, outcome="unauthorized", key_id=None, key_name=None)
+        )
+    refusals = traffic.refusals()
+    assert [(item["time"], item["status"]) for item in refusals] == [(11.0, 401), (10.0, 401), (9.0, 401), (1.0, 403)]
+
+
+def test_the_daily_chart_is_bounded(database_url: str) -> None:
+    store = SqliteUsageStore(database_url)
+    try:
+        start = dt.date(2024, 1, 1)
+        rows = {
+            UsageKey((start + dt.timedelta(days=n)).isoformat(), "k1", "alice", "m0"): UsageCounts(1, 1, 0, 0)
+            for n in range(MAX_DAYS + 10)
+        }
+        # Series m1..m24 with m24 the largest; m0 is on every day (the largest in total).
+        rows |= {UsageKey("2025-01-05", "k1", "alice", f"m{n}"): UsageCounts(1, n * 10, 0, 0) for n in range(1, 25)}
+        store.add(rows)
+        chart = daily(store, UsageQuery(), "model")
+    finally:
+        store.close()
+    assert len(chart["days"]) == MAX_DAYS
+    assert chart["days"][-1] == (start + dt.timedelta(days=MAX_DAYS + 9)).isoformat()
+    assert chart["truncated"] is True
+    series = chart["series"]
+    assert len(series) == MAX_SERIES
+    assert [item["name"] for item in series[:-1]] == sorted(["m0", *(f"m{n}" for n in range(7, 25))])
+    assert series[-1]["name"] is None
+    assert series[-1]["other"] is True
+    assert sum(series[-1]["tokens"]) == sum(n * 10 for n in range(1, 7))

@@ -1,8 +1,9 @@
 """The benchmark harness and the soak, run at smoke size against the real gateway, so they never rot.
 
 Only the shape of the report is checked here (every scenario ran, every figure is a number, no
-chunk was lost; in the soak, every stream ended as its kind must): the figures themselves mean
-nothing at this size and on a shared machine.
+chunk was lost, for the gateway in front of one fast upstream and in front of three; in the soak,
+every stream ended as its kind must): the figures themselves mean nothing at this size and on a
+shared machine.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from bench import procstat
+from bench.goals import check
 
 ROOT = Path(__file__).resolve().parent.parent
 RSS_GOAL = "soak: gateway RSS at the end <= 1.10 x after the first minute"
@@ -31,8 +33,11 @@ def _numeric(spread: Any) -> bool:
 @pytest.mark.timeout(60)
 def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
+    # One gateway in front of one fast upstream, one in front of three: the same harness, and the
+    # comparison between them, at the cost of a few seconds.
+    argv = ["--quick", "--no-pin", "--upstreams", "1,3", "--max-minutes", "0.75", "--out", str(out)]
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--no-pin", "--max-minutes", "0.75", "--out", str(out)],
+        [sys.executable, "-m", "bench", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -43,35 +48,82 @@ def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
 
     assert set(report["scenarios"]) == {"a", "b", "c", "d"}
+    assert report["meta"]["upstreams"] == [1, 3]
+    assert [(side["side"], side["upstreams"]) for side in report["meta"]["sides"]] == [
+        ("gateway", 1),
+        ("gateway_3up", 3),
+    ]
+    assert set(report["meta"]["sides"][1]["settings"]) >= {"GATEWAY_UPSTREAMS"}
     for key, scenario in report["scenarios"].items():
         assert scenario["error"] is None, (key, scenario["error"])
         assert scenario["cases"], key
         for case in scenario["cases"]:
-            for side in ("direct", "gateway", "vs_direct"):
-                assert case[side], (key, case["case"], side)
-                bad = [name for name, spread in case[side].items() if not _numeric(spread)]
-                assert bad == [], (key, case["case"], side)
-            for side in ("direct", "gateway"):
+            three = case["sides"]["gateway_3up"]
+            for name, figures in [(side, case[side]) for side in ("direct", "gateway", "vs_direct")] + [
+                (f"3up {side}", three[side]) for side in ("gateway", "vs_direct")
+            ]:
+                assert figures, (key, case["case"], name)
+                bad = [figure for figure, spread in figures.items() if not _numeric(spread)]
+                assert bad == [], (key, case["case"], name)
+            for figures in (case["direct"], case["gateway"], three["gateway"]):
                 # Unpinned (--no-pin), steal is read over all CPUs.
-                assert "steal_machine_pct" in case[side], (key, case["case"], side)
+                assert "steal_machine_pct" in figures, (key, case["case"])
+            # 3 upstreams over 1, for every figure compared with direct, and the gateway's own.
+            expected = {f"{name}_ratio" for name in scenario["gateway_figures"]}
+            for name, kind in scenario["compare"].items():
+                expected |= {f"{name}_added_ratio", f"{name}_added_diff"} if kind == "added" else {f"{name}_ratio"}
+            assert set(three["vs_gateway"]) == expected, (key, case["case"])
 
+    for case in report["scenarios"]["a"]["cases"]:
+        assert case["sides"]["gateway_3up"]["vs_gateway"]["gateway_cpu_ms_per_request_ratio"]["of_medians"] > 0
     for case in report["scenarios"]["b"]["cases"]:
-        for side in ("direct", "gateway"):
-            figures = case[side]
+        for figures in (case["direct"], case["gateway"], case["sides"]["gateway_3up"]["gateway"]):
             assert figures["chunks_lost"]["max"] == 0
             assert figures["out_of_order"]["max"] == 0
             for failure in ("streams_refused", "streams_cut", "streams_unfinished"):
                 assert figures[failure]["max"] == 0, failure
             assert figures["chunks"]["min"] == case["params"]["streams"] * case["params"]["tokens"]
-    for side in ("direct", "gateway"):
-        assert report["scenarios"]["c"]["cases"][0][side]["status"]["min"] == 201
-        assert report["scenarios"]["d"]["cases"][0][side]["unseen"]["max"] == 0
+    for scenario in ("c", "d"):
+        case = report["scenarios"][scenario]["cases"][0]
+        for figures in (case["direct"], case["gateway"], case["sides"]["gateway_3up"]["gateway"]):
+            if scenario == "c":
+                assert figures["status"]["min"] == 201
+            else:
+                assert figures["unseen"]["max"] == 0
 
     assert report["meta"]["features"]
     # Every goal row of a scenario says how much steal its runs saw.
     assert all(isinstance(goal["steal_max_pct"], float) for goal in report["goals"] if goal["case"] != "whole run")
     assert set(report["meta"]["steal_pct"]) == set(procstat.steal_ms()) - {"cpu"}
     assert out.with_suffix(".md").read_text().startswith("# ollama-gateway benchmark")
+
+
+def _ratio(of_medians: float) -> dict[str, Any]:
+    return {"median": of_medians, "min": of_medians, "max": of_medians, "runs": [of_medians], "of_medians": of_medians}
+
+
+@pytest.mark.parametrize(("cpu", "added", "met"), [(1.08, 1.10, [True, True]), (1.11, 0.9, [False, True])])
+def test_three_upstreams_are_judged_against_one(cpu: float, added: float, met: list[bool]) -> None:
+    def case(concurrency: int) -> dict[str, Any]:
+        steal = {"steal_machine_pct": {"median": 0.0, "min": 0.0, "max": 0.5, "runs": [0.5]}}
+        vs_gateway = {"gateway_cpu_ms_per_request_ratio": _ratio(cpu), "latency_p50_ms_added_ratio": _ratio(added)}
+        return {
+            "case": f"/api/chat c={concurrency}",
+            "params": {"path": "/api/chat", "concurrency": concurrency},
+            "direct": steal,
+            "gateway": steal,
+            "vs_direct": {},
+            "sides": {"gateway_3up": {"gateway": steal, "vs_direct": {}, "vs_gateway": vs_gateway}},
+        }
+
+    sides = [{"side": "gateway", "upstreams": 1}, {"side": "gateway_3up", "upstreams": 3}]
+    report = {"meta": {"sides": sides}, "scenarios": {"a": {"cases": [case(1), case(16)]}}}
+    rows = [row for row in check(report) if row["goal"].startswith("3 upstreams vs 1 upstream")]
+    assert [(row["case"], row["value"], row["met"]) for row in rows] == [
+        ("/api/chat c=16", cpu, met[0]),
+        ("/api/chat c=1", added, met[1]),
+    ]
+    assert all(row["stat"] == "of_medians" and row["steal_max_pct"] == 0.5 for row in rows)
 
 
 @pytest.mark.timeout(60)

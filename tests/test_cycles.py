@@ -8,11 +8,12 @@ from __future__ import annotations
 import gc
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
+from tests.conftest import Fleetside
 from tests.fake_ollama import Behaviour, FakeOllama
 from tests.servers import RunningGateway, raw_post, read_until
 
@@ -58,4 +59,24 @@ def test_plain_cut_and_abandoned_requests_leave_no_cycles(
                 read_until(sock, b"tok1")  # then hang up
             assert fake.requests[-1].client_disconnected.wait(5)
             fake.behaviour = Behaviour()
+    assert _cyclic(saved_garbage) == Counter()
+
+
+def test_requests_routed_among_several_servers_leave_no_cycles(
+    make_fleet: Callable[..., Fleetside], saved_garbage: list[object]
+) -> None:
+    side = make_fleet({"a": ["llama3.2"], "b": ["llama3.2"]})
+    side.fakes["a"].load("llama3.2")  # a is preferred, until it goes
+    side.fleet.refresh_soon()
+    side.wait_until(lambda: bool(side.fleet.named("a").loaded), "a's loaded model learned")  # type: ignore[union-attr]
+    with httpx.Client(base_url=side.gateway.url, headers=side.auth(), timeout=10) as client:
+        for _ in range(10):
+            assert client.post("/api/chat", json={**CHAT, "stream": False}).status_code == 200
+            with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+                assert response.read().endswith(b"data: [DONE]\n\n")
+            assert client.get("/api/tags").status_code == 200
+        assert side.served() == {"a": 10, "b": 0}
+        side.fakes["a"].stop()  # the next request fails over to b
+        assert client.post("/api/chat", json={**CHAT, "stream": False}).status_code == 200
+    assert side.served()["b"] == 1
     assert _cyclic(saved_garbage) == Counter()

@@ -8,8 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -17,56 +16,13 @@ import ollama
 import openai
 import pytest
 
-from gateway.fleet import Fleet, State
-from gateway.fleet.routing import RoutingPolicy
-from tests.conftest import ALL_SCOPES, gateway_settings, issue_key
+from gateway.fleet import State
+from tests.conftest import FLEET_CHAT as CHAT
+from tests.conftest import FLEET_WAIT as WAIT
+from tests.conftest import Fleetside, issue_key
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
-from tests.servers import RunningGateway, gateway_thread
 
 pytestmark = pytest.mark.timeout(60)
-
-WAIT = 10.0
-CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
-
-
-@dataclass
-class Fleetside:
-    """A gateway in front of named fakes."""
-
-    gateway: RunningGateway
-    fakes: dict[str, FakeOllama]
-    key: str  # every scope, every model
-
-    @property
-    def fleet(self) -> Fleet:
-        (routing,) = [p for p in self.gateway.app.forwarded.policies if isinstance(p, RoutingPolicy)]
-        return routing.fleet
-
-    def auth(self, key: str | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}"}
-
-    def chat(self, model: str, key: str | None = None, **extra: Any) -> httpx.Response:
-        return httpx.post(
-            self.gateway.url + "/api/chat", json={**CHAT, "model": model, **extra}, headers=self.auth(key), timeout=WAIT
-        )
-
-    def served(self, path: str = "/api/chat") -> dict[str, int]:
-        """How many requests for ``path`` each fake received."""
-        return {name: sum(r.path == path for r in fake.requests) for name, fake in self.fakes.items()}
-
-    def wait_until(self, condition: Callable[[], bool], what: str) -> None:
-        # The watchers work in the background and announce nothing: poll, bounded.
-        deadline = time.monotonic() + WAIT
-        while not condition():
-            assert time.monotonic() < deadline, f"never: {what}"
-            time.sleep(0.01)
-
-    def all_up(self) -> None:
-        self.wait_until(lambda: all(m.state is State.UP for m in self.fleet.members), "every server up")
-
-    def forget(self) -> None:
-        for fake in self.fakes.values():
-            fake.forget_requests()
 
 
 @contextmanager
@@ -79,30 +35,6 @@ def held(client: httpx.Client, body: dict[str, Any], gate: StepGate) -> Iterator
         yield
         gate.release(10)
         assert json.loads(list(lines)[-1])["done"] is True
-
-
-@pytest.fixture
-def make_fleet(tmp_path: Any) -> Iterator[Callable[..., Fleetside]]:
-    with ExitStack() as stack:
-
-        def start(
-            models: dict[str, list[str]], *, versions: dict[str, str] | None = None, **overrides: Any
-        ) -> Fleetside:
-            fakes = {
-                name: stack.enter_context(FakeOllama(listed, version=(versions or {}).get(name, "0.33.0")))
-                for name, listed in models.items()
-            }
-            database_url = f"sqlite:///{tmp_path / 'gateway.db'}"
-            key = issue_key(database_url, "admin", scopes=ALL_SCOPES)
-            overrides.setdefault("upstreams", ",".join(f"{name}={fake.url}" for name, fake in fakes.items()))
-            overrides.setdefault("upstream_refresh_interval", 60)
-            settings = gateway_settings(database_url=database_url, key_refresh_interval=0.05, **overrides)
-            side = Fleetside(stack.enter_context(gateway_thread(settings)), fakes, key)
-            side.all_up()
-            side.forget()
-            return side
-
-        yield start
 
 
 def test_a_request_goes_to_the_server_that_has_its_model(make_fleet: Callable[..., Fleetside]) -> None:

@@ -115,7 +115,7 @@ def test_since_after_until(report) -> None:
     assert report("--since", "2026-01-03", "--until", "2026-01-01") == (
         2,
         "",
-        "ollama-gateway: error: --since 2026-01-03 is after --until 2026-01-01\n",
+        "ollama-gateway: error: since 2026-01-03 is after until 2026-01-01\n",
     )
 
 

@@ -20,6 +20,7 @@ from gateway.admin.errors import install_error_handlers
 from gateway.admin.gate import Gate, admitted
 from gateway.admin.hardening import Hardening
 from gateway.admin.keys import keys_router
+from gateway.admin.lastresort import LastResort
 from gateway.admin.live import QueueState, Upstreams, live_router
 from gateway.admin.openapi import described
 from gateway.admin.static import static_router
@@ -62,6 +63,8 @@ def admin_app(sources: AdminSources, *, guard: Guard, resolver: ClientResolver, 
         redoc_url=None,
     )
     install_error_handlers(api)
+    # Inside FastAPI's own handlers, so an unforeseen failure is answered in the /api dialect.
+    api.add_middleware(LastResort)
     api.include_router(keys_router(sources.open_keys, acting, sources.keys_changed), prefix="/api")
     api.include_router(usage_router(sources.open_usage, acting), prefix="/api")
     api.include_router(

@@ -37,6 +37,8 @@ def _translated(error: Exception) -> GatewayError:
 
 def _validation_message(error: RequestValidationError) -> str:
     first = error.errors()[0] if error.errors() else {}
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON"
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
     message = str(first.get("msg", "invalid request")).lower()
     return f"{where}: {message}" if where else message

@@ -29,6 +29,7 @@ _HEADERS = [
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), clipboard-write=(self)"),
 ]
 _NO_STORE = (b"cache-control", b"no-store")
+_LEFT = b"\0client left"  # a marker, compared by identity
 # The page's own files may be kept, but must be checked again (a new version is served at once).
 _REVALIDATE = (b"cache-control", b"no-cache")
 
@@ -55,6 +56,8 @@ class Hardening:
             await send(message)
 
         body = await self._bounded_body(scope, receive)
+        if body is _LEFT:
+            return  # the client left mid-body: a truncated body is not a request
         if body is None:
             await self._refuse(secured)
             return
@@ -70,7 +73,8 @@ class Hardening:
         await self.app(scope, replay, secured)
 
     async def _bounded_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The whole body, or None when it is larger than allowed (read no further than that)."""
+        """The whole body, None when it is larger than allowed (read no further than that), or
+        ``_LEFT`` when the client went away before sending all of it."""
         length = header(scope["headers"], b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self._max_body):
             return None
@@ -79,7 +83,7 @@ class Hardening:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                break
+                return _LEFT
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._max_body:

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from gateway.admin.audit import AuditNote
 from gateway.keyadmin import (
     KEEP,
     LIMIT_NAMES,
+    MODELS_LIMIT,
+    NAME_LIMIT,
     KeyAdmin,
     KeyChange,
+    Outcome,
+    as_text,
     describe,
     parse_expiry,
     parse_limit_named,
-    parse_scope,
+    parse_scopes,
 )
 from gateway.keystore import Scope
 from gateway.keystore.sqlite import SqliteKeyStore
@@ -32,56 +38,65 @@ KeyId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the k
 
 
 class KeyPolicy(BaseModel):
-    """Scopes, models, limits and expiry; on update, what is left out stays as it is."""
+    """Scopes, models, limits and expiry; on update, what is left out stays as it is.
+
+    Values are only typed here; what a valid one is (and the message when it is not) is
+    ``gateway.keyadmin``'s, as for the CLI. The schema documents those rules, it does not check them.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     scopes: list[str] | None = Field(
         default=None,
-        max_length=10,
+        description="exactly these scopes (at least one)",
         examples=[["inference", "read"]],
-        json_schema_extra={"items": {"type": "string", "enum": [scope.value for scope in Scope]}},
+        json_schema_extra={"minItems": 1, "items": {"type": "string", "enum": [scope.value for scope in Scope]}},
     )
     admin: bool = Field(default=False, description="add the admin scope")
-    models: list[Annotated[str, Field(max_length=200)]] | None = Field(
-        default=None, max_length=100, description="model names or globs; [] = every model", examples=[["llama3*"]]
+    models: list[str] | None = Field(
+        default=None,
+        description="model names or globs; [] = every model",
+        examples=[["llama3*"]],
+        json_schema_extra={"maxItems": MODELS_LIMIT},
     )
-    limits: dict[str, StrictInt | str] = Field(
+    limits: dict[str, JsonValue] = Field(
         default_factory=dict,
-        max_length=5,
         description="rpm, tpm, tpd, concurrency: a number, 'unlimited' or 'default'; weight: 1-100 or 'default'",
         examples=[{"rpm": 60, "tpd": "unlimited"}],
-        # Documented here, checked by gateway.keyadmin (with the CLI's messages).
         json_schema_extra={
             "propertyNames": {"enum": list(LIMIT_NAMES)},
             "additionalProperties": {
-                "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "enum": ["unlimited", "default"]}]
+                "anyOf": [
+                    {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                    {"type": "string", "enum": ["unlimited", "default"]},
+                ]
             },
         },
     )
     expires: str | None = Field(
         default=None,
-        max_length=40,
-        description="30d, 12h, 2027-01-31, an ISO time, or 'never'",
+        description="a duration from now (30d, 12h, 90m, 3600s, 2w), a date (2027-01-31, 00:00 UTC) or an ISO "
+        "time, in the future and no later than 9999-12-31; or 'never' (null means 'never' too)",
         examples=["30d"],
-        json_schema_extra={"pattern": r"^(never|\d+[smhdw]|\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?)$"},
     )
 
     def change(self) -> KeyChange:
         return KeyChange(
-            scopes=frozenset(parse_scope(text) for text in self.scopes) if self.scopes else None,
+            scopes=None if self.scopes is None else parse_scopes(self.scopes),
             admin=self.admin,
             models=None if self.models is None else tuple(self.models),
-            limits={name: parse_limit_named(name, str(value)) for name, value in self.limits.items()},
-            expires_at=parse_expiry(self.expires or "never") if "expires" in self.model_fields_set else KEEP,
+            limits={name: parse_limit_named(name, as_text(value)) for name, value in self.limits.items()},
+            expires_at=KEEP
+            if "expires" not in self.model_fields_set
+            else parse_expiry("never" if self.expires is None else self.expires),
         )
 
 
 class NewKey(KeyPolicy):
     name: str = Field(
-        max_length=200,
         examples=["alice"],
-        json_schema_extra={"pattern": r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]{0,62}[^\s\x00-\x1f\x7f])?$"},
+        description=f"1 to {NAME_LIMIT} printable characters without surrounding spaces",
+        json_schema_extra={"minLength": 1, "maxLength": NAME_LIMIT},
     )
 
 
@@ -103,22 +118,27 @@ def keys_router(
 
         return await asyncio.to_thread(with_store)
 
-    def audit(request: Request, action: str, target: str) -> None:
-        request.state.audit = (action, target)
+    def audit(request: Request, action: str, target: str | None, name: str | None = None) -> None:
+        request.state.audit = AuditNote(action, target, name)
+
+    async def written(request: Request, outcome: Outcome) -> dict[str, Any]:
+        request.state.audit = replace(
+            request.state.audit, target=outcome.record.id, target_name=outcome.record.name, changed=outcome.changed
+        )
+        await changed()
+        described = describe(outcome.record)
+        return described if outcome.secret is None else {**described, "key": outcome.secret}
 
     @router.get("", summary="List keys (never their secrets)")
     async def list_keys(request: Request) -> list[dict[str, Any]]:
-        audit(request, "keys.list", "*")
+        audit(request, "keys.list", None)
         return await run(lambda keys: [keys.describe(record) for record in keys.list()])
 
     @router.post("", status_code=201, summary="Create a key; the answer holds its secret, shown once")
     async def create_key(body: NewKey, request: Request) -> dict[str, Any]:
-        audit(request, "keys.create", body.name)
+        audit(request, "keys.create", None, body.name)
         change = body.change()
-        record, secret = await run(lambda keys: keys.create(body.name, change))
-        audit(request, "keys.create", record.id)
-        await changed()
-        return {**describe(record), "key": secret}
+        return await written(request, await run(lambda keys: keys.create(body.name, change)))
 
     @router.get("/{key_id}", summary="Show one key")
     async def show_key(key_id: KeyId, request: Request) -> dict[str, Any]:
@@ -129,22 +149,16 @@ def keys_router(
     async def update_key(key_id: KeyId, body: KeyPolicy, request: Request) -> dict[str, Any]:
         audit(request, "keys.update", key_id)
         change = body.change()
-        described = await run(lambda keys: keys.describe(keys.update(keys.by_id(key_id).name, change)))
-        await changed()
-        return described
+        return await written(request, await run(lambda keys: keys.update(key_id, change)))
 
     @router.post("/{key_id}/rotate", summary="A new secret for the key (shown once); the old one stops working")
     async def rotate_key(key_id: KeyId, request: Request) -> dict[str, Any]:
         audit(request, "keys.rotate", key_id)
-        record, secret = await run(lambda keys: keys.rotate(keys.by_id(key_id).name))
-        await changed()
-        return {**describe(record), "key": secret}
+        return await written(request, await run(lambda keys: keys.rotate(key_id)))
 
     @router.post("/{key_id}/revoke", summary="Revoke a key; it stops working at once")
     async def revoke_key(key_id: KeyId, request: Request) -> dict[str, Any]:
         audit(request, "keys.revoke", key_id)
-        described = await run(lambda keys: keys.describe(keys.revoke(keys.by_id(key_id).name)))
-        await changed()
-        return described
+        return await written(request, await run(lambda keys: keys.revoke(key_id)))
 
     return router

@@ -20,10 +20,13 @@ _ALWAYS = {
     "403": "The key lacks the admin scope",
     "413": "The request body is larger than 64 KiB",
     "429": "Too many failed attempts from this address",
+    "500": "An unexpected failure (logged with its traceback)",
+    "503": "The database cannot be used just now (locked, read-only)",
 }
 _WITH_INPUT = {"400": "An impossible value (the CLI's rules and messages)"}
 _ON_A_KEY = {"404": "No key with that id"}
 _ON_CREATE = {"409": "A key with that name exists"}
+_ON_A_USABLE_KEY = {"409": "The key is revoked (or, to rotate it, expired)"}
 
 
 def described(schema: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +43,8 @@ def described(schema: dict[str, Any]) -> dict[str, Any]:
                 errors |= _ON_A_KEY
             if method == "post" and path.endswith("/keys"):
                 errors |= _ON_CREATE
+            if (method, path.rsplit("/", 1)[-1]) in (("patch", "{key_id}"), ("post", "rotate")):
+                errors |= _ON_A_USABLE_KEY
             for status, description in sorted(errors.items()):
                 responses[status] = {
                     "description": description,

@@ -3,6 +3,9 @@
 ``LiveTraffic`` plugs into the forwarded routes as the last policy (it counts, per key, what has
 passed every check and is being forwarded) and as a sink (it keeps the last requests the gateway
 refused itself). It only counts and copies: it never refuses or delays anything.
+
+Refusals without a valid key (401, 429 lockouts) are kept apart from those of known keys, each in
+its own short list: a flood of bad keys cannot push out the refusals an operator looks for.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ class LiveTraffic:
     def __init__(self, *, keep: int = RECENT_REFUSALS) -> None:
         self._running: Counter[str] = Counter()
         self._names: dict[str, str] = {}
-        self._refusals: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._anonymous: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._known: deque[dict[str, Any]] = deque(maxlen=keep)
 
     async def admit(self, flow: Flow, inbound: Inbound) -> str:
         principal = flow.caller()
@@ -39,7 +43,7 @@ class LiveTraffic:
         # A refusal is an answer the gateway gave itself; a client that left refused nothing.
         if record.forwarded or record.status < 400 or record.outcome == "client_disconnect":
             return
-        self._refusals.append(
+        (self._known if record.key_id else self._anonymous).append(
             {
                 "time": record.time,
                 "key_id": record.key_id,
@@ -60,5 +64,5 @@ class LiveTraffic:
         ]
 
     def refusals(self) -> list[dict[str, Any]]:
-        """Newest first."""
-        return list(reversed(self._refusals))
+        """Both lists, newest first."""
+        return sorted([*self._anonymous, *self._known], key=lambda item: item["time"], reverse=True)

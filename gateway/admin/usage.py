@@ -1,33 +1,49 @@
 """``/admin/api/usage``: the ``ollama-gateway usage`` report (same filters, same rows), as JSON or
-CSV, and tokens per day for the page's chart."""
+CSV, and tokens per day for the page's chart.
+
+Parameters are plain text here: what a valid day, grouping, stacking or format is, and the
+message when it is not, is ``gateway.usagereport``'s, as for the CLI.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from gateway.admin.audit import AuditNote
 from gateway.principal import Principal
-from gateway.usagereport import Stacking, UsageQuery, daily, day, report
-from gateway.usagestore import Grouping, SqliteUsageStore
+from gateway.usagereport import (
+    FORMATS,
+    GROUPINGS,
+    STACKINGS,
+    UsageQuery,
+    daily,
+    day,
+    grouping,
+    report,
+    report_format,
+    stacking,
+)
+from gateway.usagestore import SqliteUsageStore
 
 T = TypeVar("T")
-Day = Annotated[
-    str | None,
-    # The pattern documents the rule gateway.usagereport checks (with the CLI's message).
-    Query(
-        max_length=10, description="YYYY-MM-DD (UTC), inclusive", json_schema_extra={"pattern": r"^\d{4}-\d{2}-\d{2}$"}
-    ),
-]
-KeyName = Annotated[str | None, Query(max_length=200, description="only this key (by name)")]
+Day = Annotated[str | None, Query(description="YYYY-MM-DD (UTC), inclusive", json_schema_extra={"format": "date"})]
+KeyName = Annotated[str | None, Query(description="only this key (by name)")]
+By = Annotated[str, Query(json_schema_extra={"enum": list(GROUPINGS)})]
+Stack = Annotated[str, Query(json_schema_extra={"enum": list(STACKINGS)})]
+Format = Annotated[str, Query(json_schema_extra={"enum": list(FORMATS)})]
 
 
-def _query(by: Grouping, since: str | None, until: str | None, key: str | None) -> UsageQuery:
+def _query(by: str, since: str | None, until: str | None, key: str | None) -> UsageQuery:
     return UsageQuery(
-        by=by, since=None if since is None else day(since), until=None if until is None else day(until), key=key
+        by=grouping(by),
+        since=None if since is None else day(since),
+        until=None if until is None else day(until),
+        key=key,
     )
 
 
@@ -50,30 +66,32 @@ def usage_router(open_store: Callable[[], SqliteUsageStore], admin: Callable[...
         since: Day = None,
         until: Day = None,
         key: KeyName = None,
-        by: Grouping = "key",
-        format: Literal["json", "csv"] = "json",
+        by: By = "key",
+        format: Format = "json",
     ) -> Response:
-        request.state.audit = ("usage.report", key or "*")
+        request.state.audit = AuditNote("usage.report", target_name=key)
         query = _query(by, since, until, key)
+        as_csv = report_format(format) == "csv"
         result = await run(lambda store: report(store, query))
-        if format == "csv":
+        if as_csv:
             return Response(
                 result.as_csv(),
                 media_type="text/csv; charset=utf-8",
-                headers={"content-disposition": f'attachment; filename="usage-by-{by}.csv"'},
+                headers={"content-disposition": f'attachment; filename="usage-by-{query.by}.csv"'},
             )
         return JSONResponse(result.as_json())
 
-    @router.get("/daily", summary="Tokens per UTC day, one series per key or per model")
+    @router.get("/daily", summary="Tokens per UTC day, one series per key or per model (at most a year, 20 series)")
     async def usage_daily(
         request: Request,
         since: Day = None,
         until: Day = None,
         key: KeyName = None,
-        stack: Stacking = "key",
+        stack: Stack = "key",
     ) -> dict[str, Any]:
-        request.state.audit = ("usage.daily", key or "*")
+        request.state.audit = AuditNote("usage.daily", target_name=key)
         query = _query("day", since, until, key)
-        return await run(lambda store: daily(store, query, stack))
+        chosen = stacking(stack)
+        return await run(lambda store: daily(store, query, chosen))
 
     return router

@@ -19,11 +19,14 @@ from gateway.keyadmin import (
     InvalidKeyRequest,
     KeyAdmin,
     KeyChange,
+    Outcome,
     check_name,
     check_pattern,
     describe,
     parse_expiry,
     parse_limit,
+    parse_scope,
+    parse_scopes,
     parse_weight,
 )
 from gateway.keystore import KeyRecord, Scope, open_keystore
@@ -46,7 +49,14 @@ def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
-    parser.add_argument("--scope", action="append", choices=[scope.value for scope in Scope], dest="scopes")
+    parser.add_argument(
+        "--scope",
+        action="append",
+        type=_argument(parse_scope),
+        dest="scopes",
+        metavar="|".join(scope.value for scope in Scope),
+        help="set the scopes exactly (repeat for several)",
+    )
     parser.add_argument("--admin", action="store_true", help="add the admin scope (pull, create, delete, …)")
     parser.add_argument("--model", action="append", type=_argument(check_pattern), dest="models", metavar="GLOB")
     if update:
@@ -103,7 +113,7 @@ def add_commands(commands: Any) -> None:
 def _change(args: argparse.Namespace) -> KeyChange:
     models = () if getattr(args, "all_models", False) else tuple(args.models) if args.models else None
     return KeyChange(
-        scopes=frozenset(Scope(value) for value in args.scopes) if args.scopes else None,
+        scopes=parse_scopes([scope.value for scope in args.scopes]) if args.scopes else None,
         admin=args.admin,
         models=models,
         limits={name: getattr(args, name) for name in LIMIT_NAMES if hasattr(args, name)},
@@ -122,8 +132,8 @@ def _admin(settings: Settings) -> Iterator[KeyAdmin]:
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
     with _admin(settings) as admin:
-        record, secret = admin.create(args.name, _change(args))
-    _print_secret(record, secret, args.json)
+        outcome = admin.create(args.name, _change(args))
+    _print_secret(outcome, args.json)
     return 0
 
 
@@ -152,22 +162,22 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _update(args: argparse.Namespace, settings: Settings) -> int:
     with _admin(settings) as admin:
-        record = admin.update(args.name, _change(args))
+        record = admin.update(admin.get(args.name).id, _change(args)).record
     _print_record(record, args.json)
     return 0
 
 
 def _revoke(args: argparse.Namespace, settings: Settings) -> int:
     with _admin(settings) as admin:
-        record = admin.revoke(args.name)
+        record = admin.revoke(admin.get(args.name).id).record
     print(f"revoked {record.name} ({record.id})")
     return 0
 
 
 def _rotate(args: argparse.Namespace, settings: Settings) -> int:
     with _admin(settings) as admin:
-        record, secret = admin.rotate(args.name)
-    _print_secret(record, secret, args.json)
+        outcome = admin.rotate(admin.get(args.name).id)
+    _print_secret(outcome, args.json)
     return 0
 
 
@@ -183,11 +193,12 @@ def _print_record(record: KeyRecord, as_json: bool) -> None:
         print(f"{field + ':':<14}{shown if shown not in (None, '') else '-'}")
 
 
-def _print_secret(record: KeyRecord, secret: str, as_json: bool) -> None:
+def _print_secret(outcome: Outcome, as_json: bool) -> None:
+    record = outcome.record
     if as_json:
-        print(json.dumps({**describe(record), "key": secret}, indent=2))
+        print(json.dumps({**describe(record), "key": outcome.secret}, indent=2))
         return
-    print(secret)
+    print(outcome.secret)
     print(
         f"Key {record.name!r} ({record.id}). Store it now: it is not shown again.",
         file=sys.stderr,

@@ -8,19 +8,38 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from gateway.database import sqlite_path
 from gateway.settings import Settings
-from gateway.usagereport import COLUMNS, InvalidUsageQuery, UsageQuery, UsageReport, day, numbers, report
+from gateway.usagereport import (
+    COLUMNS,
+    GROUPINGS,
+    InvalidUsageQuery,
+    UsageQuery,
+    UsageReport,
+    day,
+    grouping,
+    numbers,
+    report,
+)
 from gateway.usagestore import SqliteUsageStore
 
+T = TypeVar("T")
 
-def _day(text: str) -> str:
-    try:
-        return day(text)
-    except InvalidUsageQuery as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+
+def _argument(rule: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a shared rule: its message becomes argparse's error."""
+
+    def convert(text: str) -> T:
+        try:
+            return rule(text)
+        except InvalidUsageQuery as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = rule.__name__
+    return convert
 
 
 def add_commands(commands: Any) -> None:
@@ -29,10 +48,12 @@ def add_commands(commands: Any) -> None:
         help="report requests, tokens and errors",
         description="Requests, prompt and completion tokens and errors, per key, model or UTC day.",
     )
-    usage.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="first day included (UTC)")
-    usage.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="last day included (UTC)")
+    usage.add_argument("--since", type=_argument(day), metavar="YYYY-MM-DD", help="first day included (UTC)")
+    usage.add_argument("--until", type=_argument(day), metavar="YYYY-MM-DD", help="last day included (UTC)")
     usage.add_argument("--key", metavar="NAME", help="only this key")
-    usage.add_argument("--by", choices=("key", "model", "day"), default="key", help="one row per (default: key)")
+    usage.add_argument(
+        "--by", type=_argument(grouping), default="key", metavar="|".join(GROUPINGS), help="one row per (default: key)"
+    )
     output = usage.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")
     output.add_argument("--csv", action="store_true", help="print CSV")

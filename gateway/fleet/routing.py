@@ -93,6 +93,8 @@ class RoutingPolicy:
     def finish(self, flow: Flow, placement: Placement) -> None:
         member = placement.member
         self._leave(placement)
+        # A Routed upstream and its flow refer to each other: part them so both go at once.
+        flow.upstream = None
         inference = flow.route.route_class is RouteClass.INFERENCE
         if member is not None and placement.model is not None and inference and flow.upstream_status == 200:
             # It has it in memory now; the next request for it should prefer this server.
@@ -118,6 +120,7 @@ class RoutingPolicy:
             # Refused or abandoned while queued: it never ran here, and holds nothing.
             member.in_flight -= 1
             placement.member = None
+            flow.upstream = None
             flow.queue_wait += time.perf_counter() - queued_at
             raise
         flow.queue_wait += placement.ticket.waited

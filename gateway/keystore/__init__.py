@@ -59,6 +59,10 @@ class KeyStoreError(Exception):
     """A management operation failed (unknown name, duplicate name, ...)."""
 
 
+class UnknownKey(KeyStoreError):
+    """No key has that name (or id)."""
+
+
 class KeyStore(Protocol):
     def version(self) -> int:
         """Changes whenever a key is created, changed, revoked or rotated."""

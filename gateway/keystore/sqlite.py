@@ -6,12 +6,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from gateway import keys
 from gateway.database import connect
-from gateway.keystore import KeyRecord, KeyStoreError, Limits, Scope
+from gateway.keystore import KeyRecord, KeyStoreError, Limits, Scope, UnknownKey
 
 _COLUMNS = (
     "id, name, digest, created_at, last_used_at, expires_at, revoked, scopes, models, "
@@ -70,7 +70,7 @@ class SqliteKeyStore:
         with self._lock:
             row = self._connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE name = ?", (name,)).fetchone()  # noqa: S608
         if row is None:
-            raise KeyStoreError(f"no key named {name!r}")
+            raise UnknownKey(f"no key named {name!r}")
         return _record(row)
 
     def create(self, record: KeyRecord) -> tuple[KeyRecord, str]:
@@ -90,25 +90,38 @@ class SqliteKeyStore:
             return stored, new.secret
         raise KeyStoreError("could not allocate a key id")
 
-    def update(self, record: KeyRecord) -> KeyRecord:
-        self._write(
-            "UPDATE keys SET expires_at = ?, scopes = ?, models = ?, rpm = ?, tpm = ?, tpd = ?, concurrency = ?, "
-            "weight = ? WHERE id = ?",
-            (*_row(record)[5:6], *_row(record)[7:], record.id),
-        )
-        return record
+    def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> tuple[KeyRecord, KeyRecord]:
+        """Read a key, ``change`` it, write it back: one transaction, so a concurrent writer (another
+        request, the CLI, another replica) waits rather than has its change overwritten. ``change``
+        may raise to refuse (nothing is written). Returns the key before and after."""
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE id = ?", (key_id,)).fetchone()  # noqa: S608
+                if row is None:
+                    raise UnknownKey(f"no key with id {key_id!r}")
+                before = _record(row)
+                after = replace(change(before), id=before.id, name=before.name, created_at=before.created_at)
+                self._connection.execute(
+                    "UPDATE keys SET digest = ?, expires_at = ?, revoked = ?, scopes = ?, models = ?, rpm = ?, "
+                    "tpm = ?, tpd = ?, concurrency = ?, weight = ? WHERE id = ?",
+                    (after.digest, *_row(after)[5:7], *_row(after)[7:], after.id),
+                )
+                self._connection.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+        return before, after
 
     def revoke(self, name: str) -> KeyRecord:
-        record = self.get(name)
-        self._write("UPDATE keys SET revoked = 1 WHERE id = ?", (record.id,))
-        return replace(record, revoked=True)
+        return self.modify(self.get(name).id, lambda record: replace(record, revoked=True))[1]
 
     def rotate(self, name: str) -> tuple[KeyRecord, str]:
         """A new secret for the same key id and policy; the old secret stops working."""
-        record = self.get(name)
-        new = keys.generate(record.id)
-        self._write("UPDATE keys SET digest = ? WHERE id = ?", (new.digest, record.id))
-        return replace(record, digest=new.digest), new.secret
+        key_id = self.get(name).id
+        new = keys.generate(key_id)
+        return self.modify(key_id, lambda record: replace(record, digest=new.digest))[1], new.secret
 
     def _write(self, statement: str, parameters: tuple[object, ...]) -> None:
         with self._lock:

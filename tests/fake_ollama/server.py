@@ -14,6 +14,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tests.quickserver import QuickServer
+
 from .app import FakeApp
 from .behaviour import Behaviour
 from .catalog import DEFAULT_MODELS, EXTRA_REGISTRY, Catalog
@@ -78,18 +80,6 @@ def _protocol(transports: Transports) -> type[asyncio.Protocol]:
     return Protocol
 
 
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.loop = asyncio.get_running_loop()
-        self.ready.set()
-
-
 class FakeOllama:
     """A faithful fake Ollama on a free loopback port.
 
@@ -111,7 +101,7 @@ class FakeOllama:
         self._log = RequestLog()
         self._lock = threading.Lock()
         self._behaviour = Behaviour()
-        self._server: _Server | None = None
+        self._server: QuickServer | None = None
         self._app: FakeApp | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
@@ -138,7 +128,7 @@ class FakeOllama:
             server_header=False,  # Ollama sends no Server header
             timeout_graceful_shutdown=2,
         )
-        server = _Server(config)
+        server = QuickServer(config)
         thread = threading.Thread(target=_serve, args=(server, listener), name=f"fake-ollama:{self._port}", daemon=True)
         self._server, self._app, self._thread = server, app, thread
         thread.start()
@@ -155,7 +145,7 @@ class FakeOllama:
             # the loop may close in between
             with contextlib.suppress(RuntimeError):
                 server.loop.call_soon_threadsafe(app.stop_all)
-        server.should_exit = True
+        server.stop()
         thread.join(_STOP_TIMEOUT)
         if thread.is_alive():
             server.force_exit = True
@@ -265,7 +255,7 @@ class FakeOllama:
         return self._log.wait_for(n, timeout)
 
 
-def _serve(server: _Server, listener: socket.socket) -> None:
+def _serve(server: QuickServer, listener: socket.socket) -> None:
     try:
         with asyncio.Runner() as runner:
             runner.run(server.serve(sockets=[listener]))

@@ -1,6 +1,6 @@
 // The keys page: the table, create, rotate, revoke (after a confirmation), the secret shown once.
 import { $, button, el, fill, notify, row, shortTime } from "./dom.js";
-import { api, getJson, signedInId } from "./session.js";
+import { api, getJson, remember, signedInId } from "./session.js";
 
 const LIMITS = ["rpm", "tpm", "tpd", "concurrency", "weight"];
 
@@ -8,9 +8,9 @@ export async function loadKeys() {
   const keys = await getJson("keys");
   const rows = keys.map((key) => {
     const actions = el("span", null, "actions");
-    if (key.status !== "revoked") {
-      actions.append(button("Rotate", "quiet", () => rotateKey(key)), button("Revoke", "danger", () => revokeKey(key)));
-    }
+    // An expired key gets a new expiry before a new secret (the server refuses otherwise).
+    if (key.status === "active") actions.append(button("Rotate", "quiet", () => rotateKey(key)));
+    if (key.status !== "revoked") actions.append(button("Revoke", "danger", () => revokeKey(key)));
     const limits = Object.entries(key.limits)
       .filter(([, value]) => value !== "default")
       .map(([name, value]) => name + "=" + value)
@@ -74,11 +74,9 @@ async function createKey(event) {
     const value = limitValue(String(data.get(name) || ""));
     if (value !== undefined) limits[name] = value;
   }
-  const scopes = data.getAll("scope");
   const body = {
     name: String(data.get("name") || "").trim(),
-    scopes: scopes.filter((scope) => scope !== "admin"),
-    admin: scopes.includes("admin"),
+    scopes: data.getAll("scope"), // exactly the boxes ticked (none: the server says a key needs one)
     models: String(data.get("models") || "")
       .split(",")
       .map((item) => item.trim())
@@ -99,9 +97,17 @@ async function createKey(event) {
 }
 
 async function rotateKey(key) {
+  const own = key.id === signedInId();
   try {
     const rotated = await (await api("POST", "keys/" + encodeURIComponent(key.id) + "/rotate")).json();
-    showSecret("Key " + rotated.name + " rotated", rotated.key);
+    let title = "Key " + rotated.name + " rotated";
+    if (own) {
+      // The old secret stopped working: this page goes on with the new one (else the reload
+      // below would be refused, sign out, and the new secret would be lost).
+      remember(rotated.key);
+      title += " (the key you are signed in with: this page now uses the new secret)";
+    }
+    showSecret(title, rotated.key);
     await loadKeys();
   } catch (error) {
     notify(error.message, true);

@@ -72,7 +72,7 @@ function drawChart(daily) {
     series: [
       { label: "Day", value: (u, t) => (t == null ? "–" : new Date(t * 1000).toISOString().slice(0, 10)) },
       ...order.map((i) => ({
-        label: daily.series[i].name ?? "(none)",
+        label: daily.series[i].other ? "(others)" : daily.series[i].name ?? "(none)",
         fill: COLORS[i % COLORS.length],
         stroke: COLORS[i % COLORS.length],
         width: 0,

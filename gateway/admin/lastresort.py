@@ -1,0 +1,63 @@
+"""The admin API's answer to a failure nobody foresaw: ``{"error": "internal error"}`` (500), or 503
+when the database cannot be used just now (locked past the busy timeout, read-only, full), in the
+``/api`` dialect like every other refusal, never a plain-text page.
+
+The traceback is logged (it names code, not request data: no header, no body, so no secret). An
+answer that had already started cannot be replaced; then the failure is only logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import Dialect, GatewayError, render
+
+log = logging.getLogger("gateway.admin")
+
+
+class InternalError(GatewayError):
+    status = 500
+    outcome = "error"
+    code = "internal_error"
+
+
+class DatabaseUnavailable(GatewayError):
+    status = 503
+    outcome = "unavailable"
+    code = "database_unavailable"
+
+
+def translated(error: Exception) -> GatewayError:
+    if isinstance(error, sqlite3.OperationalError):
+        return DatabaseUnavailable("database unavailable, try again later")
+    return InternalError("internal error")
+
+
+class LastResort:
+    """Pure ASGI, inside FastAPI's exception handlers: what they do not handle ends here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as error:  # the last resort: every failure gets an answer, none is decided here
+            log.error("admin request %s %s failed", scope.get("method"), scope.get("path"), exc_info=error)
+            if started or scope["type"] != "http":
+                return
+            answer = translated(error)
+            body = render(answer, Dialect.NATIVE)
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
