@@ -118,9 +118,9 @@ class Keyring:
                 await self._flush()
             except _STORE_ERRORS as error:
                 log.warning("could not record when keys were last used: %s", error)
-            finally:
-                self._store.close()
-                self._store = None
+            # Not in a finally: a flush cancelled midway may still be writing in its thread.
+            self._store.close()
+            self._store = None
 
     async def _poll(self) -> None:
         while True:

@@ -38,15 +38,19 @@ class QuickServer(uvicorn.Server):
                 await asyncio.wait_for(self._stopping.wait(), 0.1)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if self.server_state.connections or self.server_state.tasks:
-            await super().shutdown(sockets)
-            return
         for server in self.servers:
             server.close()
         for sock in sockets or []:
             sock.close()
+        # A connection accepted just before the close is counted a few loop steps later.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if self.server_state.connections or self.server_state.tasks:
+            await super().shutdown(sockets)  # closing again is harmless
+            return
         for server in self.servers:
-            await server.wait_closed()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), self.config.timeout_graceful_shutdown)
         if not self.force_exit:
             await self.lifespan.shutdown()
 

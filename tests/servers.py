@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,7 +57,10 @@ def gateway_thread(settings: Settings) -> Iterator[RunningGateway]:
     server = QuickServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    server.ready.wait(START_TIMEOUT)
+    deadline = time.monotonic() + START_TIMEOUT
+    # A start-up that fails ends the thread without a word: stop waiting then.
+    while not server.ready.wait(0.05) and thread.is_alive() and time.monotonic() < deadline:
+        pass
     if not server.started:
         server.stop()
         thread.join(timeout=10)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import Fleetside
-from tests.fake_ollama import Behaviour, FakeOllama
+from tests.fake_ollama import Behaviour, FakeOllama, StepGate
 from tests.servers import RunningGateway, raw_post, read_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -79,4 +79,24 @@ def test_requests_routed_among_several_servers_leave_no_cycles(
         side.fakes["a"].stop()  # the next request fails over to b
         assert client.post("/api/chat", json={**CHAT, "stream": False}).status_code == 200
     assert side.served()["b"] == 1
+    assert _cyclic(saved_garbage) == Counter()
+
+
+def test_requests_refused_in_a_servers_queue_leave_no_cycles(
+    make_fleet: Callable[..., Fleetside], saved_garbage: list[object]
+) -> None:
+    side = make_fleet({"a": ["llama3.2"], "b": ["qwen3"]}, upstream_concurrency=1, queue_timeout=0.05)
+    gate = StepGate()
+    side.fakes["a"].behaviour = Behaviour(tokens=3, gate=gate)
+    with (
+        httpx.Client(base_url=side.gateway.url, headers=side.auth(), timeout=10) as client,
+        client.stream("POST", "/api/chat", json=CHAT) as holding,  # a's one slot, held
+    ):
+        lines = holding.iter_lines()
+        next(lines)
+        for _ in range(5):
+            refused = client.post("/api/chat", json={**CHAT, "stream": False})
+            assert refused.status_code == 503, refused.text
+        gate.release(10)
+        assert json.loads(list(lines)[-1])["done"] is True
     assert _cyclic(saved_garbage) == Counter()
