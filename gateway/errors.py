@@ -16,6 +16,11 @@ import enum
 import json
 
 
+def shown(text: str, limit: int = 40) -> str:
+    """Input quoted for an error message, cut short: a message never echoes a megabyte back."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 class Dialect(enum.Enum):
     NATIVE = "native"
     OPENAI = "openai"

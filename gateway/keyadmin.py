@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from gateway.errors import shown
 from gateway.keys import generate
 from gateway.keystore import DEFAULT_SCOPES, UNLIMITED, KeyRecord, KeyStoreError, Limits, Scope, UnknownKey
 from gateway.keystore.sqlite import SqliteKeyStore
@@ -46,11 +47,6 @@ class DuplicateKey(KeyStoreError):
 
 class UnusableKey(KeyStoreError):
     """The key is revoked (or expired, for a rotation): the operation could never take effect."""
-
-
-def shown(text: str, limit: int = 40) -> str:
-    """``text`` quoted for a message, cut short: a message never echoes a megabyte back."""
-    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 class _Keep:
@@ -269,12 +265,7 @@ class KeyAdmin:
         raise UnknownKey(f"no key with id {key_id!r}")
 
     def update(self, key_id: str, change: KeyChange) -> Outcome:
-        def changed(record: KeyRecord) -> KeyRecord:
-            if record.revoked:
-                raise UnusableKey(f"key {record.name!r} is revoked")
-            return apply(change, record)
-
-        return self._modify(key_id, changed)
+        return self._modify(key_id, lambda record: apply(change, _unrevoked(record)))
 
     def revoke(self, key_id: str) -> Outcome:
         return self._modify(key_id, lambda record: replace(record, revoked=True))
@@ -285,9 +276,7 @@ class KeyAdmin:
 
         def rotated(record: KeyRecord) -> KeyRecord:
             # A secret that could never authenticate is not worth showing.
-            if record.revoked:
-                raise UnusableKey(f"key {record.name!r} is revoked")
-            if record.expired(self._clock()):
+            if _unrevoked(record).expired(self._clock()):
                 raise UnusableKey(f"key {record.name!r} has expired: give it a new expiry first")
             return replace(record, digest=new.digest)
 
@@ -300,6 +289,13 @@ class KeyAdmin:
 
     def describe(self, record: KeyRecord) -> dict[str, Any]:
         return describe(record, self._clock())
+
+
+def _unrevoked(record: KeyRecord) -> KeyRecord:
+    """``record``, unless it is revoked: nothing but showing it makes sense then."""
+    if record.revoked:
+        raise UnusableKey(f"key {record.name!r} is revoked")
+    return record
 
 
 # The range ``datetime`` can show; a stored time outside it (written before expiries were checked,

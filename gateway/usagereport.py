@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast, get_args
 
+from gateway.errors import shown
 from gateway.usagestore import Grouping, SqliteUsageStore, UsageCounts
 
 COLUMNS: Final = ("requests", "prompt_tokens", "completion_tokens", "errors")
@@ -32,10 +33,6 @@ class InvalidUsageQuery(ValueError):
     """A filter names an impossible day or grouping, or an empty range."""
 
 
-def _shown(text: str, limit: int = 40) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "…")
-
-
 def day(text: str) -> str:
     """A calendar day as YYYY-MM-DD (usage days are UTC)."""
     try:
@@ -43,12 +40,12 @@ def day(text: str) -> str:
             raise ValueError
         return dt.date.fromisoformat(text).isoformat()
     except ValueError:
-        raise InvalidUsageQuery(f"{_shown(text)} is not a date (expected YYYY-MM-DD, e.g. 2026-01-31)") from None
+        raise InvalidUsageQuery(f"{shown(text)} is not a date (expected YYYY-MM-DD, e.g. 2026-01-31)") from None
 
 
 def _one_of(text: str, choices: tuple[str, ...], what: str) -> str:
     if text not in choices:
-        raise InvalidUsageQuery(f"{_shown(text)} is not {what} (one of {', '.join(choices)})")
+        raise InvalidUsageQuery(f"{shown(text)} is not {what} (one of {', '.join(choices)})")
     return text
 
 

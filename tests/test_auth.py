@@ -17,6 +17,7 @@ import pytest
 
 from gateway.auth import Authenticator
 from gateway.errors import AuthThrottled, Unauthorized
+from gateway.keyadmin import KeyAdmin
 from gateway.keyring import MISS_RECHECK, Keyring
 from gateway.keystore import Scope
 from gateway.keystore.sqlite import SqliteKeyStore
@@ -130,7 +131,7 @@ def test_new_and_rotated_keys_work_at_once(
     assert httpx.get(gateway.url + "/api/tags", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     store = SqliteKeyStore(database_url)
     try:
-        rotated = store.rotate("fresh")[1]
+        rotated = KeyAdmin(store).rotate(store.get("fresh").id).secret
     finally:
         store.close()
     assert httpx.get(gateway.url + "/api/tags", headers={"Authorization": f"Bearer {rotated}"}).status_code == 200

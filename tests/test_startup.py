@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from gateway.accesslog import chosen_format
+from gateway.keyadmin import KeyAdmin
 from gateway.keyring import Keyring
 from gateway.keystore.sqlite import SqliteKeyStore
 from tests.conftest import issue_key
@@ -58,7 +59,7 @@ async def test_only_a_key_that_can_authenticate_counts(database_url: str) -> Non
     try:
         issue_key(database_url, "old", expires_at=time.time() - 1)
         issue_key(database_url, "gone")
-        store.revoke("gone")
+        KeyAdmin(store).revoke(store.get("gone").id)
         keyring = Keyring(lambda: SqliteKeyStore(database_url))
         await keyring.start()
         try:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
+from gateway.commands import argument
 from gateway.keyadmin import (
     KEEP,
     LIMIT_NAMES,
@@ -32,55 +33,48 @@ from gateway.keyadmin import (
 from gateway.keystore import KeyRecord, Scope, open_keystore
 from gateway.settings import Settings
 
-T = TypeVar("T")
-
-
-def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
-    """An argparse type from a shared parser: its message becomes argparse's error."""
-
-    def convert(text: str) -> T:
-        try:
-            return parse(text)
-        except InvalidKeyRequest as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    convert.__name__ = parse.__name__
-    return convert
-
 
 def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
     parser.add_argument(
         "--scope",
         action="append",
-        type=_argument(parse_scope),
+        type=argument(parse_scope, InvalidKeyRequest),
         dest="scopes",
         metavar="|".join(scope.value for scope in Scope),
         help="set the scopes exactly (repeat for several)",
     )
     parser.add_argument("--admin", action="store_true", help="add the admin scope (pull, create, delete, …)")
-    parser.add_argument("--model", action="append", type=_argument(check_pattern), dest="models", metavar="GLOB")
+    parser.add_argument(
+        "--model", action="append", type=argument(check_pattern, InvalidKeyRequest), dest="models", metavar="GLOB"
+    )
     if update:
         parser.add_argument("--all-models", action="store_true", help="remove every model restriction")
     for name in LIMIT_NAMES[:4]:
         parser.add_argument(
-            f"--{name}", type=_argument(parse_limit), default=argparse.SUPPRESS, metavar="N|unlimited|default"
+            f"--{name}",
+            type=argument(parse_limit, InvalidKeyRequest),
+            default=argparse.SUPPRESS,
+            metavar="N|unlimited|default",
         )
     parser.add_argument(
         "--weight",
-        type=_argument(parse_weight),
+        type=argument(parse_weight, InvalidKeyRequest),
         default=argparse.SUPPRESS,
         metavar="N|default",
         help="share of the upstream when queued",
     )
     parser.add_argument(
-        "--expires", type=_argument(parse_expiry), default=argparse.SUPPRESS, metavar="30d|2027-01-31|never"
+        "--expires",
+        type=argument(parse_expiry, InvalidKeyRequest),
+        default=argparse.SUPPRESS,
+        metavar="30d|2027-01-31|never",
     )
 
 
 def add_commands(commands: Any) -> None:
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key and print its secret (shown once)")
-    create.add_argument("name", type=_argument(check_name))
+    create.add_argument("name", type=argument(check_name, InvalidKeyRequest))
     add_policy_options(create, update=False)
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=_create)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
+from gateway.commands import argument
 from gateway.database import sqlite_path
 from gateway.settings import Settings
 from gateway.usagereport import (
@@ -26,21 +26,6 @@ from gateway.usagereport import (
 )
 from gateway.usagestore import SqliteUsageStore
 
-T = TypeVar("T")
-
-
-def _argument(rule: Callable[[str], T]) -> Callable[[str], T]:
-    """An argparse type from a shared rule: its message becomes argparse's error."""
-
-    def convert(text: str) -> T:
-        try:
-            return rule(text)
-        except InvalidUsageQuery as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    convert.__name__ = rule.__name__
-    return convert
-
 
 def add_commands(commands: Any) -> None:
     usage = commands.add_parser(
@@ -48,11 +33,19 @@ def add_commands(commands: Any) -> None:
         help="report requests, tokens and errors",
         description="Requests, prompt and completion tokens and errors, per key, model or UTC day.",
     )
-    usage.add_argument("--since", type=_argument(day), metavar="YYYY-MM-DD", help="first day included (UTC)")
-    usage.add_argument("--until", type=_argument(day), metavar="YYYY-MM-DD", help="last day included (UTC)")
+    usage.add_argument(
+        "--since", type=argument(day, InvalidUsageQuery), metavar="YYYY-MM-DD", help="first day included (UTC)"
+    )
+    usage.add_argument(
+        "--until", type=argument(day, InvalidUsageQuery), metavar="YYYY-MM-DD", help="last day included (UTC)"
+    )
     usage.add_argument("--key", metavar="NAME", help="only this key")
     usage.add_argument(
-        "--by", type=_argument(grouping), default="key", metavar="|".join(GROUPINGS), help="one row per (default: key)"
+        "--by",
+        type=argument(grouping, InvalidUsageQuery),
+        default="key",
+        metavar="|".join(GROUPINGS),
+        help="one row per (default: key)",
     )
     output = usage.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON")

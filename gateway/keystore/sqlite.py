@@ -114,15 +114,6 @@ class SqliteKeyStore:
                 raise
         return before, after
 
-    def revoke(self, name: str) -> KeyRecord:
-        return self.modify(self.get(name).id, lambda record: replace(record, revoked=True))[1]
-
-    def rotate(self, name: str) -> tuple[KeyRecord, str]:
-        """A new secret for the same key id and policy; the old secret stops working."""
-        key_id = self.get(name).id
-        new = keys.generate(key_id)
-        return self.modify(key_id, lambda record: replace(record, digest=new.digest))[1], new.secret
-
     def _write(self, statement: str, parameters: tuple[object, ...]) -> None:
         with self._lock:
             self._connection.execute("BEGIN IMMEDIATE")
