@@ -21,6 +21,7 @@ from gateway.admin.live import checked_when_single, queue_totals
 from gateway.auth import Authenticator, AuthPolicy
 from gateway.clientaddr import ClientResolver
 from gateway.cors import Cors
+from gateway.database import Database
 from gateway.dispatch import Gateway
 from gateway.endpoints import (
     READY_TIMEOUT,
@@ -39,7 +40,7 @@ from gateway.fleet.routing import RoutingPolicy
 from gateway.forwarding import ForwardedRoutes
 from gateway.guard import admin_scope
 from gateway.keyring import Keyring
-from gateway.keystore import open_keystore
+from gateway.keystore.sqlite import SqliteKeyStore
 from gateway.limits import Quota, open_limiter
 from gateway.limits.policy import LimitPolicy
 from gateway.lockout import Lockout
@@ -78,12 +79,16 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         probe_timeout=min(settings.connect_timeout, READY_TIMEOUT) + READY_TIMEOUT,
     )
     client = fleet.members[0].client
-    keyring = Keyring(lambda: open_keystore(settings.database_url), refresh_interval=settings.key_refresh_interval)
+    # One connection for the whole process, on its own thread (see database.py).
+    database = Database(settings.database_url)
+    key_store = SqliteKeyStore(database)
+    usage_store = SqliteUsageStore(database)
+    keyring = Keyring(lambda: key_store, refresh_interval=settings.key_refresh_interval, executor=database.executor)
     authenticator = Authenticator(
         keyring, Lockout(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
     )
     limiter = open_limiter(settings.redis_url, fail_closed=settings.redis_fail_closed)
-    ledger = UsageLedger(lambda: SqliteUsageStore(settings.database_url), flush_interval=settings.usage_flush_interval)
+    ledger = UsageLedger(lambda: usage_store, flush_interval=settings.usage_flush_interval, executor=database.executor)
     metrics = Metrics()
 
     resolver = ClientResolver(settings.trusted_proxies)
@@ -126,21 +131,16 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     metrics.track_in_flight(lambda: forwarded.in_flight)
     metrics.track_fleet(fleet)
 
-    def usage_writable() -> bool:
-        store = ledger.store
-        if store is None:
-            raise RuntimeError("usage store not open")
-        return store.writable()
-
     checks: dict[str, Check] = {
         "upstream": fleet_check(fleet) if fleet.several else upstream_check(client),
-        "database": database_check(usage_writable),
+        "database": database_check(database),
     }
     if settings.redis_url:
         checks["redis"] = limiter_check(limiter)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await database.call(database.open)
         await keyring.start()
         await ledger.start()
         await limiter.start()
@@ -157,6 +157,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             # Requests have drained by now: write the last usage counts, then close. Each part is
             # closed even when one before it fails: a broken database must not leave sockets open.
             async with contextlib.AsyncExitStack() as closing:
+                closing.push_async_callback(database.aclose)  # after every part that writes to it
                 for part in (fleet, keyring, limiter, ledger):  # closed last to first
                     closing.push_async_callback(part.close)
 
@@ -172,8 +173,9 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     if settings.admin_ui:
         admin = admin_app(
             AdminSources(
-                open_keys=lambda: open_keystore(settings.database_url),
-                open_usage=lambda: SqliteUsageStore(settings.database_url),
+                keys=key_store,
+                usage=usage_store,
+                run=database.call,
                 keys_changed=keyring.catch_up,
                 traffic=traffic,
                 in_flight=lambda: forwarded.in_flight,

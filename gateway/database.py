@@ -1,14 +1,50 @@
-"""The embedded SQLite database: opening it safely and applying forward migrations.
+"""The embedded SQLite database: one connection per process, its own thread, and the file it
+belongs to.
 
-WAL mode lets the CLI write while the server reads and writes; ``busy_timeout`` makes a writer
-wait for the other instead of failing. The schema version lives in ``PRAGMA user_version`` and
-every migration below runs exactly once, in order, at start-up.
+WAL mode lets the CLI write while the server reads and writes; a busy timeout makes a writer
+wait for the other instead of failing, for a bounded time. The schema version lives in
+``PRAGMA user_version`` and every migration below runs exactly once, in order, when a file is
+opened.
+
+A ``Database`` is the only way to the file: every statement runs under its lock (a connection is
+never used by two threads at once), on its own single worker thread when called from the event
+loop (so a locked or slow database can hold up database work only, never the default executor
+that parses request bodies), and only while the file at the configured path is still the file
+that was opened. Before each use it compares the path's device and inode with the open file's:
+
+* replaced (a backup moved into place): the old file's write-ahead log is folded into the old
+  file, the connection closed, and the log and index files it left at the path removed, before
+  the new file is opened (SQLite itself leaves them behind for a moved file, and the new file
+  would read them as its own); the new file is then opened and its ``generation`` counted, so the
+  keyring reloads every key from it;
+* gone (deleted or moved away): nothing is written to the unlinked file and no empty file is
+  created in its place; every use fails with ``DatabaseGone`` until a file is back at the path.
+
+Each change of state is logged once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+
+# How long a statement waits for another writer (the CLI, another replica, a backup) before it
+# fails. The server's work is batched and retried, so it need not wait long; the CLI waits longer.
+SERVER_BUSY_TIMEOUT = 2.0
+CLI_BUSY_TIMEOUT = 10.0
+
+log = logging.getLogger("gateway.database")
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: API keys, and a counter the server polls to notice changes made by the CLI.
@@ -50,11 +86,33 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE keys ADD COLUMN weight INTEGER;
     """,
+    # 4: one row that readiness checks rewrite, to prove a write reaches the disk.
+    """
+    CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
+    """,
 )
+
+
+class Runner(Protocol):
+    """Runs blocking database work off the event loop (``Database.call``)."""
+
+    async def __call__(self, work: Callable[[], T], /) -> T: ...
 
 
 class DatabaseError(Exception):
     pass
+
+
+class DatabaseUnavailable(sqlite3.OperationalError):
+    """The database cannot be used now (a ``sqlite3.Error``, so every store's handler takes it)."""
+
+
+class DatabaseGone(DatabaseUnavailable):
+    """No file is at the configured path any more."""
+
+
+class DatabaseClosed(DatabaseUnavailable):
+    """Used after ``close``: a bug in the order of shutdown, reported instead of a crash."""
 
 
 def sqlite_path(database_url: str) -> Path:
@@ -65,21 +123,175 @@ def sqlite_path(database_url: str) -> Path:
     return Path(database_url[len(prefix) :])
 
 
-def connect(database_url: str) -> sqlite3.Connection:
-    path = sqlite_path(database_url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA busy_timeout=10000")
-    connection.execute("PRAGMA foreign_keys=ON")
-    migrate(connection)
-    return connection
+@contextlib.contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; on failure a rollback, but only of a transaction that
+    began, so the error raised is the one that happened (not "no transaction is active")."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _sidecars(path: Path) -> tuple[Path, Path]:
+    """The write-ahead log and its shared-memory index, named after the database file."""
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+class Database:
+    def __init__(self, database_url: str, *, busy_timeout: float = SERVER_BUSY_TIMEOUT) -> None:
+        # Absolute from the start: the process may change directory, the file must not change.
+        self.path = Path(os.path.abspath(sqlite_path(database_url)))
+        self._busy = busy_timeout
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._opened_identity: tuple[int, int] | None = None
+        self._sidecars: dict[Path, tuple[int, int] | None] = {}
+        self._current_busy = busy_timeout
+        self._closed = False
+        self._gone = False
+        # Counts the files opened: a new one means every key must be read again.
+        self.generation = 0
+        # Threads start on first use: the CLI's databases never start one.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
+
+    # Use from any thread.
+    def open(self) -> None:
+        """Open (creating the file and its folder if need be) and migrate."""
+        with self._lock:
+            if self._connection is None:
+                self._open(create=True)
+
+    def run(self, work: Callable[[sqlite3.Connection], T], *, busy: float | None = None) -> T:
+        """``work`` with the connection, under the lock, on the file now at the path. ``busy``
+        overrides how long it may wait for another writer."""
+        with self._lock:
+            connection = self._current()
+            wanted = self._busy if busy is None else busy
+            if wanted != self._current_busy:
+                connection.execute(f"PRAGMA busy_timeout={round(wanted * 1000)}")
+                self._current_busy = wanted
+            return work(connection)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a statement is running now."""
+        return self._lock.locked()
+
+    def heartbeat(self, *, busy: float) -> None:
+        """A real write, committed: proves the file can be written now (not only locked)."""
+
+        def beat(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                connection.execute(
+                    "INSERT INTO heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                    (time.time(),),
+                )
+
+        self.run(beat, busy=busy)
+
+    def close(self) -> None:
+        """Waits for a statement that is running, then closes for good."""
+        with self._lock:
+            self._closed = True
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+        self.executor.shutdown(wait=False)
+
+    # Use from the event loop: on the database's own thread.
+    async def call(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (which uses this database) on the database's thread, after what is queued."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, work)
+
+    async def aclose(self) -> None:
+        """``close`` on the database's thread, after the work queued before it."""
+        await self.call(self.close)
+
+    def _current(self) -> sqlite3.Connection:
+        if self._closed:
+            raise DatabaseClosed(f"the database at {self.path} is closed")
+        identity = _identity(self.path)
+        if self._connection is not None and identity == self._opened_identity:
+            return self._connection
+        if self._connection is not None:
+            self._let_go(self._connection)
+            self._connection = None
+        if identity is None:
+            if not self._gone:
+                self._gone = True
+                log.error(
+                    "the database file %s is gone: not ready; usage is kept in memory and the keys "
+                    "already loaded are served until a database file is back at that path",
+                    self.path,
+                )
+            raise DatabaseGone(f"no database file at {self.path}")
+        was_gone, self._gone = self._gone, False
+        connection = self._open(create=False)
+        log.warning(
+            "the database file %s %s: reopened it; its keys apply from now on",
+            self.path,
+            "is back" if was_gone else "was replaced",
+        )
+        return connection
+
+    def _let_go(self, connection: sqlite3.Connection) -> None:
+        """Close the connection to a file that was replaced or removed. SQLite folds its log into
+        a file on close only while the file is still at its path, so that is done here first (the
+        old file, wherever it went, is whole); then the log and index files it left at the path
+        are removed, so the file now at the path never reads them as its own."""
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.close()
+        for sidecar, identity in self._sidecars.items():
+            if identity is not None and _identity(sidecar) == identity:
+                sidecar.unlink(missing_ok=True)
+
+    def _open(self, *, create: bool) -> sqlite3.Connection:
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            before = _identity(self.path)
+            # mode=rw: reopening never creates an empty file where the operator removed one.
+            uri = self.path.as_uri() + ("?mode=rwc" if create else "?mode=rw")
+            connection = sqlite3.connect(
+                uri, uri=True, timeout=self._busy, isolation_level=None, check_same_thread=False
+            )
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.execute("PRAGMA foreign_keys=ON")
+                migrate(connection)
+            except BaseException:
+                connection.close()
+                raise
+            after = _identity(self.path)
+            if after is not None and (before is None or before == after):
+                self._connection = connection
+                self._opened_identity = after
+                # Open while this connection is: they are this file's until it is let go.
+                self._sidecars = {sidecar: _identity(sidecar) for sidecar in _sidecars(self.path)}
+                self._current_busy = self._busy
+                self.generation += 1
+                return connection
+            connection.close()  # swapped while opening: open what is there now
+        raise DatabaseUnavailable(f"the database file {self.path} keeps changing while it is opened")
 
 
 def migrate(connection: sqlite3.Connection) -> None:
-    connection.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(connection):
         version: int = connection.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
             raise DatabaseError(f"database schema {version} is newer than this gateway ({len(MIGRATIONS)})")
@@ -87,7 +299,3 @@ def migrate(connection: sqlite3.Connection) -> None:
             for statement in filter(str.strip, script.split(";")):
                 connection.execute(statement)
             connection.execute(f"PRAGMA user_version={number}")
-        connection.execute("COMMIT")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise

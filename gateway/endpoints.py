@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
+from gateway.database import Database, DatabaseGone
 from gateway.errors import GatewayError
 from gateway.fleet import Fleet, State
 from gateway.guard import Guard
@@ -18,6 +21,12 @@ from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.upstream import Upstream, fetch_version
 
 READY_TIMEOUT = 5.0
+# The database probe: how long its write may wait for another writer, and for its turn on the
+# database's thread. A held lock answers "not writable" within about a second, never holds a probe.
+DATABASE_PROBE_BUSY = 1.0
+DATABASE_PROBE_TIMEOUT = 1.5
+
+log = logging.getLogger("gateway.database")
 # A readiness check: a coroutine answering "ok", "degraded: <why>" (still serving, e.g. on local
 # limits while Redis is away), or what is wrong (not ready).
 Check = Callable[[], Awaitable[str]]
@@ -97,16 +106,44 @@ def fleet_check(fleet: Fleet) -> Check:
     return check
 
 
-def database_check(writable: Callable[[], bool]) -> Check:
+def database_check(database: Database) -> Check:
+    """A real write (the heartbeat row), committed, within a bounded wait. Probes that arrive
+    while one is running share it: however often /readyz is asked, one write at a time."""
+    running: asyncio.Task[None] | None = None
+    failure: str | None = None
+
     async def check() -> str:
+        nonlocal running, failure
+        if running is None or running.done():
+            beat = functools.partial(database.heartbeat, busy=DATABASE_PROBE_BUSY)
+            running = asyncio.get_running_loop().create_task(database.call(beat))
+            running.add_done_callback(_observed)
         try:
-            async with asyncio.timeout(READY_TIMEOUT):
-                await asyncio.to_thread(writable)
-        except (sqlite3.Error, TimeoutError, RuntimeError):
-            return "not writable"
-        return "ok"
+            async with asyncio.timeout(DATABASE_PROBE_TIMEOUT):
+                await asyncio.shield(running)
+        except DatabaseGone:
+            answer = "not ready: no database file at its path"
+        except sqlite3.Error as error:
+            answer = f"not writable: {error}"
+        except TimeoutError:
+            answer = "not writable: timed out waiting for the database"
+        else:
+            answer = "ok"
+        if answer != (failure or "ok"):
+            if answer == "ok":
+                log.warning("database %s is writable again", database.path)
+            else:
+                log.error("database %s: %s", database.path, answer)
+            failure = None if answer == "ok" else answer
+        return answer
 
     return check
+
+
+def _observed(task: asyncio.Task[None]) -> None:
+    # A probe nobody waits for any more (its callers timed out) must not report "never retrieved".
+    if not task.cancelled():
+        task.exception()
 
 
 def limiter_check(limiter: Limiter) -> Check:

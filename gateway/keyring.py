@@ -8,6 +8,11 @@ at the change counter before refusing (one shared look at most every ``MISS_RECH
 so a key works the moment the CLI has printed it; the admin API makes the same call after each
 write, so a change acts on this server before its answer goes out.
 Last-use times are collected in memory and written in batches.
+
+Store work runs on the ``executor`` given (the database's own thread in the server). Closing stops
+the poller between rounds, never inside one: a write it began finishes before the store closes.
+When the store cannot be read, the keys already loaded keep being served (the database logs why);
+this logs once when the store fails and once when it answers again, not every round.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
+from typing import TypeVar
 
 from gateway.keystore import KeyRecord, KeyStore
 
@@ -29,16 +36,27 @@ _STORE_ERRORS = (sqlite3.Error, ValueError)
 
 log = logging.getLogger("gateway.keys")
 
+T = TypeVar("T")
+
 
 class Keyring:
-    def __init__(self, open_store: Callable[[], KeyStore], *, refresh_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        open_store: Callable[[], KeyStore],
+        *,
+        refresh_interval: float = 1.0,
+        executor: Executor | None = None,
+    ) -> None:
         self._open_store = open_store
         self._store: KeyStore | None = None
         self._interval = refresh_interval
+        self._executor = executor
         self._keys: dict[str, KeyRecord] = {}
-        self._version = -1
+        self._version: Hashable = None
         self._used: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._failure: str | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._next_catch_up = 0.0
         self._looks = 0  # looks at the store begun so far
@@ -81,13 +99,13 @@ class Keyring:
                 await self._refreshed()
                 return
         except _STORE_ERRORS as error:
-            log.warning("key store unavailable: %s", error)
+            self._failed(error)
 
     async def _refreshed(self) -> None:
         # One check at a time, shared by the poller and every request that asks meanwhile.
         if self._refreshing is None:
             self._looks += 1
-            self._refreshing = asyncio.get_running_loop().create_task(asyncio.to_thread(self._refresh))
+            self._refreshing = asyncio.get_running_loop().create_task(self._in_thread(self._refresh))
             self._refreshing.add_done_callback(self._refresh_done)
         await asyncio.shield(self._refreshing)
 
@@ -100,15 +118,17 @@ class Keyring:
         self._used[key_id] = time.time()
 
     async def start(self) -> None:
-        self._store = await asyncio.to_thread(self._open_store)
-        await asyncio.to_thread(self._reload)
+        self._store = await self._in_thread(self._open_store)
+        await self._in_thread(self._reload)
+        self._stopping.clear()
         self._task = asyncio.get_running_loop().create_task(self._poll())
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Between rounds: a write the poller began finishes in its thread before the store
+            # closes (cancelling would leave that thread writing while the store closed under it).
+            self._stopping.set()
+            await self._task
             self._task = None
         if self._refreshing is not None:
             # A look a request started runs in a thread: let it finish before the store closes.
@@ -118,19 +138,34 @@ class Keyring:
                 await self._flush()
             except _STORE_ERRORS as error:
                 log.warning("could not record when keys were last used: %s", error)
-            # Not in a finally: a flush cancelled midway may still be writing in its thread.
-            self._store.close()
+            await self._in_thread(self._store.close)
             self._store = None
 
     async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
             try:
                 await self._refreshed()
                 await self._flush()
             except _STORE_ERRORS as error:
                 # Keep serving with the keys we have; the next round tries again.
-                log.warning("key store unavailable: %s", error)
+                self._failed(error)
+            else:
+                if self._failure is not None:
+                    log.warning("key store available again")
+                    self._failure = None
+
+    def _failed(self, error: Exception) -> None:
+        if str(error) != self._failure:
+            self._failure = str(error)
+            log.warning("key store unavailable: %s", error)
+
+    async def _in_thread(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     def _refresh(self) -> None:
         self._reads += 1  # before the read: a change committed before this line is seen
@@ -151,4 +186,11 @@ class Keyring:
     async def _flush(self) -> None:
         # Swapped on the event loop, written in a thread.
         used, self._used = self._used, {}
-        await asyncio.to_thread(self._opened().record_use, used)
+        store = self._opened()
+        try:
+            await self._in_thread(lambda: store.record_use(used))
+        except _STORE_ERRORS:
+            # Kept for the next round (a later time for a key wins).
+            for key_id, when in used.items():
+                self._used[key_id] = max(when, self._used.get(key_id, when))
+            raise

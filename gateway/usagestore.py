@@ -1,13 +1,13 @@
-"""Token usage in the embedded SQLite database: batched upserts, and the report query."""
+"""Token usage in the embedded SQLite database: batched upserts, and the report queries."""
 
 from __future__ import annotations
 
-import threading
+import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from gateway.database import connect
+from gateway.database import CLI_BUSY_TIMEOUT, Database, transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +35,6 @@ class UsageCounts:
 class UsageStore(Protocol):
     def add(self, rows: Mapping[UsageKey, UsageCounts]) -> None: ...
 
-    def writable(self) -> bool: ...
-
     def close(self) -> None: ...
 
 
@@ -45,17 +43,19 @@ _GROUP_COLUMN = {"key": "key_name", "model": "model", "day": "day"}
 
 
 class SqliteUsageStore:
-    def __init__(self, database_url: str) -> None:
-        self._connection = connect(database_url)
-        self._lock = threading.Lock()
+    """Usage in ``database``; closes it on ``close`` only when ``owned`` (the CLI's own)."""
+
+    def __init__(self, database: Database, *, owned: bool = False) -> None:
+        self._database = database
+        self._owned = owned
 
     def add(self, rows: Mapping[UsageKey, UsageCounts]) -> None:
         if not rows:
             return
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                self._connection.executemany(
+
+        def upsert(connection: sqlite3.Connection) -> None:
+            with transaction(connection):
+                connection.executemany(
                     "INSERT INTO usage (day, key_id, key_name, model, requests, prompt_tokens, completion_tokens, "
                     "errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, key_id, model) DO UPDATE SET "
                     "requests = requests + excluded.requests, "
@@ -76,17 +76,8 @@ class SqliteUsageStore:
                         for key, c in rows.items()
                     ],
                 )
-                self._connection.execute("COMMIT")
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
 
-    def writable(self) -> bool:
-        """Can a write transaction start (the database is not read-only or locked up)?"""
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
-            self._connection.execute("ROLLBACK")
-        return True
+        self._database.run(upsert)
 
     def report(
         self,
@@ -99,12 +90,13 @@ class SqliteUsageStore:
         """Totals grouped by key name, model or day; ``since``/``until`` are inclusive days."""
         where, parameters = _where(since, until, key_name)
         column = _GROUP_COLUMN[by]
-        with self._lock:
-            rows: Iterable[tuple[str, int, int, int, int]] = self._connection.execute(
+        rows: Iterable[tuple[str, int, int, int, int]] = self._database.run(
+            lambda connection: connection.execute(
                 f"SELECT {column}, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(errors) "  # noqa: S608
                 f"FROM usage {where} GROUP BY {column} ORDER BY {column}",
                 parameters,
             ).fetchall()
+        )
         return [(group, UsageCounts(*counts)) for group, *counts in rows]
 
     def daily(
@@ -118,16 +110,25 @@ class SqliteUsageStore:
         """Totals per (day, key name or model), for a chart of days stacked by key or model."""
         where, parameters = _where(since, until, key_name)
         column = _GROUP_COLUMN[by]
-        with self._lock:
-            rows: Iterable[tuple[str, str, int, int, int, int]] = self._connection.execute(
+        rows: Iterable[tuple[str, str, int, int, int, int]] = self._database.run(
+            lambda connection: connection.execute(
                 f"SELECT day, {column}, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), "  # noqa: S608
                 f"SUM(errors) FROM usage {where} GROUP BY day, {column} ORDER BY day, {column}",
                 parameters,
             ).fetchall()
+        )
         return [(day, group, UsageCounts(*counts)) for day, group, *counts in rows]
 
     def close(self) -> None:
-        self._connection.close()
+        if self._owned:
+            self._database.close()
+
+
+def open_usage_store(database_url: str) -> SqliteUsageStore:
+    """A usage store with a database of its own (the CLI's): closing the store closes it."""
+    database = Database(database_url, busy_timeout=CLI_BUSY_TIMEOUT)
+    database.open()
+    return SqliteUsageStore(database, owned=True)
 
 
 def _where(since: str | None, until: str | None, key_name: str | None) -> tuple[str, list[str]]:

@@ -13,8 +13,7 @@ import redis
 
 from gateway.fleet import Fleet, State
 from gateway.fleet.routing import RoutingPolicy
-from gateway.keystore import DEFAULT_SCOPES, KeyRecord, Limits, Scope
-from gateway.keystore.sqlite import SqliteKeyStore
+from gateway.keystore import DEFAULT_SCOPES, KeyRecord, Limits, Scope, open_keystore
 from gateway.settings import Settings
 from tests.fake_ollama import FakeOllama
 from tests.redis_server import RedisServer
@@ -68,7 +67,7 @@ def issue_key(
     expires_at: float | None = None,
 ) -> str:
     """Create a key in the database the way the CLI does; returns the secret."""
-    store = SqliteKeyStore(database_url)
+    store = open_keystore(database_url)
     try:
         record = KeyRecord(
             id="",

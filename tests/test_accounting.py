@@ -15,7 +15,7 @@ import pytest
 
 from gateway.accounting import UsageLedger
 from gateway.record import RequestRecord
-from gateway.usagestore import SqliteUsageStore, UsageCounts, UsageKey
+from gateway.usagestore import UsageCounts, UsageKey, open_usage_store
 from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
 from tests.records import make_record
@@ -219,14 +219,14 @@ async def test_close_waits_for_a_write_in_progress() -> None:
 
 
 async def test_sqlite_store_adds_up_and_reports(database_url: str) -> None:
-    ledger = UsageLedger(lambda: SqliteUsageStore(database_url), flush_interval=60)
+    ledger = UsageLedger(lambda: open_usage_store(database_url), flush_interval=60)
     await ledger.start()
     ledger(record())
     await ledger.flush()
     ledger(record(completion_tokens=5))
     ledger(record(key_id="k2", key_name="bob", model="qwen3:latest", status=500, outcome="upstream_error"))
     await ledger.close()
-    store = SqliteUsageStore(database_url)
+    store = open_usage_store(database_url)
     try:
         assert store.report(by="key") == [("alice", UsageCounts(2, 14, 8, 0)), ("bob", UsageCounts(1, 7, 3, 1))]
         assert store.report(by="model", key_name="bob") == [("qwen3:latest", UsageCounts(1, 7, 3, 1))]

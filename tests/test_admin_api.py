@@ -17,7 +17,7 @@ import pytest
 import gateway.admin as gateway_admin
 from gateway.admin.static import served
 from gateway.keystore import Scope
-from gateway.usagestore import SqliteUsageStore, UsageCounts, UsageKey
+from gateway.usagestore import UsageCounts, UsageKey, open_usage_store
 from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama
 from tests.fake_ollama.gate import StepGate
@@ -294,7 +294,7 @@ def test_the_admin_surface_can_be_switched_off(make_gateway: Callable[..., Runni
 
 
 def test_usage_matches_the_cli_report(gateway: RunningGateway, admin: httpx.Client, database_url: str) -> None:
-    store = SqliteUsageStore(database_url)
+    store = open_usage_store(database_url)
     store.add(
         {
             UsageKey("2026-01-01", "k1", "alice", "llama3.2:latest"): UsageCounts(3, 30, 12, 1),

@@ -32,10 +32,9 @@ from gateway.keyadmin import (
     when,
 )
 from gateway.keyring import Keyring
-from gateway.keystore import DEFAULT_SCOPES, UNLIMITED, KeyRecord, Limits, Scope
-from gateway.keystore.sqlite import SqliteKeyStore
+from gateway.keystore import DEFAULT_SCOPES, UNLIMITED, KeyRecord, Limits, Scope, open_keystore
 from gateway.usagereport import MAX_DAYS, MAX_SERIES, InvalidUsageQuery, UsageQuery, daily
-from gateway.usagestore import SqliteUsageStore, UsageCounts, UsageKey
+from gateway.usagestore import UsageCounts, UsageKey, open_usage_store
 from tests.conftest import gateway_settings
 from tests.records import make_record
 
@@ -151,7 +150,7 @@ def test_a_change_keeps_what_it_does_not_name() -> None:
 
 
 def test_operations_and_their_errors(database_url: str) -> None:
-    store = SqliteKeyStore(database_url)
+    store = open_keystore(database_url)
     try:
         keys = KeyAdmin(store, clock=lambda: 50.0)
         created = keys.create("bob", KeyChange(limits={"rpm": 1}))
@@ -180,7 +179,7 @@ def test_operations_and_their_errors(database_url: str) -> None:
 def test_a_change_is_read_and_written_in_one_transaction(database_url: str) -> None:
     """A second writer that starts while a change is being decided waits for it, then applies its
     own change on top: neither is lost."""
-    first, second = SqliteKeyStore(database_url), SqliteKeyStore(database_url)
+    first, second = open_keystore(database_url), open_keystore(database_url)
     try:
         record = KeyAdmin(first).create("shared", KeyChange(scopes=frozenset({Scope.ADMIN, Scope.READ}))).record
         finished = threading.Event()
@@ -328,7 +327,7 @@ def test_a_flood_of_bad_keys_keeps_the_refusals_of_known_keys() -> None:
 
 
 def test_the_daily_chart_is_bounded(database_url: str) -> None:
-    store = SqliteUsageStore(database_url)
+    store = open_usage_store(database_url)
     try:
         start = dt.date(2024, 1, 1)
         rows = {

@@ -19,8 +19,7 @@ from gateway.auth import Authenticator
 from gateway.errors import AuthThrottled, Unauthorized
 from gateway.keyadmin import KeyAdmin
 from gateway.keyring import MISS_RECHECK, Keyring
-from gateway.keystore import Scope
-from gateway.keystore.sqlite import SqliteKeyStore
+from gateway.keystore import Scope, open_keystore
 from gateway.lockout import Lockout
 from tests.conftest import issue_key
 from tests.fake_ollama import FakeOllama
@@ -129,7 +128,7 @@ def test_new_and_rotated_keys_work_at_once(
     gateway = make_gateway(key_refresh_interval=5)
     key = issue_key(database_url, "fresh")
     assert httpx.get(gateway.url + "/api/tags", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-    store = SqliteKeyStore(database_url)
+    store = open_keystore(database_url)
     try:
         rotated = KeyAdmin(store).rotate(store.get("fresh").id).secret
     finally:
@@ -147,7 +146,7 @@ class _CountingKeyring(Keyring):
 
 
 async def test_unknown_key_ids_share_one_look_at_the_store_per_interval(database_url: str) -> None:
-    keyring = _CountingKeyring(lambda: SqliteKeyStore(database_url), refresh_interval=5)
+    keyring = _CountingKeyring(lambda: open_keystore(database_url), refresh_interval=5)
     await keyring.start()
     try:
         # Many requests with unknown ids at once share one look...
@@ -167,7 +166,7 @@ async def test_unknown_key_ids_share_one_look_at_the_store_per_interval(database
 
 
 async def test_a_locked_out_address_never_reaches_the_store(database_url: str) -> None:
-    keyring = _CountingKeyring(lambda: SqliteKeyStore(database_url), refresh_interval=5)
+    keyring = _CountingKeyring(lambda: open_keystore(database_url), refresh_interval=5)
     await keyring.start()
     authenticator = Authenticator(keyring, Lockout(limit=1, window=60))
     forged = [(b"authorization", b"Bearer ogw_abcdefgh_" + b"x" * 43)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -12,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from gateway.endpoints import Check, database_check, health_router
+from gateway.endpoints import Check, health_router
 from tests.fake_ollama import FakeOllama
 from tests.servers import RunningGateway, free_port
 
@@ -109,18 +108,6 @@ def test_readyz_reports_an_upstream_error_status(make_gateway: Callable[..., Run
     gateway = make_gateway(upstream_url=fake.url + "/not-ollama")
     response = httpx.get(gateway.url + "/readyz")
     assert (response.status_code, response.json()["checks"]["upstream"]) == (503, "status 404")
-
-
-async def test_database_check() -> None:
-    def locked() -> bool:
-        raise sqlite3.OperationalError("database is locked")
-
-    def not_open() -> bool:
-        raise RuntimeError("usage store not open")
-
-    assert await database_check(lambda: True)() == "ok"
-    assert await database_check(locked)() == "not writable"
-    assert await database_check(not_open)() == "not writable"
 
 
 async def test_readyz_is_ready_when_degraded_but_not_when_a_check_fails() -> None:

@@ -19,7 +19,7 @@ import pytest
 from gateway.accesslog import chosen_format
 from gateway.keyadmin import KeyAdmin
 from gateway.keyring import Keyring
-from gateway.keystore.sqlite import SqliteKeyStore
+from gateway.keystore import open_keystore
 from tests.conftest import issue_key
 from tests.fake_ollama import FakeOllama
 from tests.servers import ROOT, free_port, gateway_process, stop_process
@@ -55,12 +55,12 @@ def test_a_healthy_start_names_the_upstream_and_its_version(fake: FakeOllama, da
 
 
 async def test_only_a_key_that_can_authenticate_counts(database_url: str) -> None:
-    store = SqliteKeyStore(database_url)
+    store = open_keystore(database_url)
     try:
         issue_key(database_url, "old", expires_at=time.time() - 1)
         issue_key(database_url, "gone")
         KeyAdmin(store).revoke(store.get("gone").id)
-        keyring = Keyring(lambda: SqliteKeyStore(database_url))
+        keyring = Keyring(lambda: open_keystore(database_url))
         await keyring.start()
         try:
             assert not keyring.has_usable_key()

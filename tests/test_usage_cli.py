@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.usagestore import SqliteUsageStore, UsageCounts, UsageKey
+from gateway.usagestore import UsageCounts, UsageKey, open_usage_store
 from tests.servers import ROOT
 
 pytestmark = pytest.mark.timeout(30)
@@ -26,7 +26,7 @@ ROWS = {
 
 @pytest.fixture
 def report(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    store = SqliteUsageStore(database_url)
+    store = open_usage_store(database_url)
     store.add(ROWS)
     store.close()
     monkeypatch.chdir(tmp_path)  # no stray .env
@@ -129,7 +129,7 @@ def test_a_missing_database_is_not_created(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_the_installed_command(database_url: str) -> None:
-    store = SqliteUsageStore(database_url)
+    store = open_usage_store(database_url)
     store.add(ROWS)
     store.close()
     result = subprocess.run(

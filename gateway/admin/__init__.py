@@ -27,6 +27,7 @@ from gateway.admin.static import static_router
 from gateway.admin.traffic import LiveTraffic
 from gateway.admin.usage import usage_router
 from gateway.clientaddr import ClientResolver
+from gateway.database import Runner
 from gateway.guard import Guard
 from gateway.keystore.sqlite import SqliteKeyStore
 from gateway.usagestore import SqliteUsageStore
@@ -38,8 +39,10 @@ __all__ = ["AdminSources", "LiveTraffic", "admin_app"]
 class AdminSources:
     """Where the admin surface reads and writes; each is built by ``create_app``."""
 
-    open_keys: Callable[[], SqliteKeyStore]
-    open_usage: Callable[[], SqliteUsageStore]
+    keys: SqliteKeyStore
+    usage: SqliteUsageStore
+    # Where their blocking work runs (the database's own thread).
+    run: Runner
     # Awaited after a key changes, so this server acts on it before the answer goes out.
     keys_changed: Callable[[], Awaitable[None]]
     traffic: LiveTraffic
@@ -65,8 +68,8 @@ def admin_app(sources: AdminSources, *, guard: Guard, resolver: ClientResolver, 
     install_error_handlers(api)
     # Inside FastAPI's own handlers, so an unforeseen failure is answered in the /api dialect.
     api.add_middleware(LastResort)
-    api.include_router(keys_router(sources.open_keys, acting, sources.keys_changed), prefix="/api")
-    api.include_router(usage_router(sources.open_usage, acting), prefix="/api")
+    api.include_router(keys_router(sources.keys, sources.run, acting, sources.keys_changed), prefix="/api")
+    api.include_router(usage_router(sources.usage, sources.run, acting), prefix="/api")
     api.include_router(
         live_router(
             sources.traffic,

@@ -6,7 +6,6 @@ is in exactly two answers, create and rotate, and never in a log line.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Annotated, Any, TypeVar
@@ -15,6 +14,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from gateway.admin.audit import AuditNote
+from gateway.database import Runner
 from gateway.keyadmin import (
     KEEP,
     LIMIT_NAMES,
@@ -101,7 +101,8 @@ class NewKey(KeyPolicy):
 
 
 def keys_router(
-    open_store: Callable[[], SqliteKeyStore],
+    store: SqliteKeyStore,
+    run_blocking: Runner,
     admin: Callable[..., Awaitable[Principal]],
     changed: Callable[[], Awaitable[None]],
 ) -> APIRouter:
@@ -109,14 +110,7 @@ def keys_router(
     router = APIRouter(prefix="/keys", tags=["keys"], dependencies=[Depends(admin)])
 
     async def run(operation: Callable[[KeyAdmin], T]) -> T:
-        def with_store() -> T:
-            store = open_store()
-            try:
-                return operation(KeyAdmin(store))
-            finally:
-                store.close()
-
-        return await asyncio.to_thread(with_store)
+        return await run_blocking(lambda: operation(KeyAdmin(store)))
 
     def audit(request: Request, action: str, target: str | None, name: str | None = None) -> None:
         request.state.audit = AuditNote(action, target, name)

@@ -7,7 +7,6 @@ message when it is not, is ``gateway.usagereport``'s, as for the CLI.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -15,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway.admin.audit import AuditNote
+from gateway.database import Runner
 from gateway.principal import Principal
 from gateway.usagereport import (
     FORMATS,
@@ -47,18 +47,13 @@ def _query(by: str, since: str | None, until: str | None, key: str | None) -> Us
     )
 
 
-def usage_router(open_store: Callable[[], SqliteUsageStore], admin: Callable[..., Awaitable[Principal]]) -> APIRouter:
+def usage_router(
+    store: SqliteUsageStore, run_blocking: Runner, admin: Callable[..., Awaitable[Principal]]
+) -> APIRouter:
     router = APIRouter(prefix="/usage", tags=["usage"], dependencies=[Depends(admin)])
 
     async def run(operation: Callable[[SqliteUsageStore], T]) -> T:
-        def with_store() -> T:
-            store = open_store()
-            try:
-                return operation(store)
-            finally:
-                store.close()
-
-        return await asyncio.to_thread(with_store)
+        return await run_blocking(lambda: operation(store))
 
     @router.get("", summary="Requests, tokens and errors per key, model or day (as `ollama-gateway usage`)")
     async def usage_report(

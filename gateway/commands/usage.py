@@ -24,7 +24,7 @@ from gateway.usagereport import (
     numbers,
     report,
 )
-from gateway.usagestore import SqliteUsageStore
+from gateway.usagestore import open_usage_store
 
 
 def add_commands(commands: Any) -> None:
@@ -64,7 +64,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
         # Opening would create an empty database and report zeros for a mistyped path.
         print(f"ollama-gateway: error: no database at {path}", file=sys.stderr)
         return 1
-    store = SqliteUsageStore(settings.database_url)
+    store = open_usage_store(settings.database_url)
     try:
         result = report(store, query)
     finally:

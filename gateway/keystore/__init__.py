@@ -1,9 +1,10 @@
-"""Where API keys live. The server only reads (and records last use); the CLI manages them."""
+"""Where API keys live: the server reads them (and records last use); the CLI and the admin API
+manage them."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -64,8 +65,9 @@ class UnknownKey(KeyStoreError):
 
 
 class KeyStore(Protocol):
-    def version(self) -> int:
-        """Changes whenever a key is created, changed, revoked or rotated."""
+    def version(self) -> Hashable:
+        """Changes whenever a key is created, changed, revoked or rotated, or the store itself is
+        replaced (compared for equality only)."""
 
     def load(self) -> list[KeyRecord]: ...
 
@@ -75,7 +77,10 @@ class KeyStore(Protocol):
 
 
 def open_keystore(database_url: str) -> SqliteKeyStore:
-    """The key store for ``database_url`` (only SQLite is built in)."""
+    """A key store with a database of its own (the CLI's): closing the store closes it."""
+    from gateway.database import CLI_BUSY_TIMEOUT, Database
     from gateway.keystore.sqlite import SqliteKeyStore
 
-    return SqliteKeyStore(database_url)
+    database = Database(database_url, busy_timeout=CLI_BUSY_TIMEOUT)
+    database.open()
+    return SqliteKeyStore(database, owned=True)

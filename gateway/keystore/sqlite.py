@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from gateway import keys
-from gateway.database import connect
+from gateway.database import Database, transaction
 from gateway.keystore import KeyRecord, KeyStoreError, Limits, Scope, UnknownKey
 
 _COLUMNS = (
@@ -38,37 +37,47 @@ def _record(row: tuple[object, ...]) -> KeyRecord:
 
 
 class SqliteKeyStore:
-    def __init__(self, database_url: str) -> None:
-        self._connection = connect(database_url)
-        self._lock = threading.Lock()
+    """Keys in ``database``; closes it on ``close`` only when ``owned`` (the CLI's own)."""
+
+    def __init__(self, database: Database, *, owned: bool = False) -> None:
+        self._database = database
+        self._owned = owned
 
     def close(self) -> None:
-        self._connection.close()
+        if self._owned:
+            self._database.close()
 
     # Read side (the server).
-    def version(self) -> int:
-        with self._lock:
-            row = self._connection.execute("SELECT value FROM meta WHERE name = 'keys_version'").fetchone()
-        return int(row[0])
+    def version(self) -> tuple[int, int]:
+        """The file opened (a replaced file is a new generation) and its change counter."""
+
+        def read(connection: sqlite3.Connection) -> tuple[int, int]:
+            row = connection.execute("SELECT value FROM meta WHERE name = 'keys_version'").fetchone()
+            return self._database.generation, int(row[0])
+
+        return self._database.run(read)
 
     def load(self) -> list[KeyRecord]:
-        with self._lock:
-            rows = self._connection.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY name").fetchall()  # noqa: S608
+        rows = self._database.run(
+            lambda connection: connection.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY name").fetchall()  # noqa: S608
+        )
         return [_record(row) for row in rows]
 
     def record_use(self, last_used: Mapping[str, float]) -> None:
         if not last_used:
             return
-        with self._lock:
-            self._connection.executemany(
+        self._database.run(
+            lambda connection: connection.executemany(
                 "UPDATE keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
                 [(when, key_id) for key_id, when in last_used.items()],
             )
+        )
 
-    # Management side (the CLI).
+    # Management side (the CLI and the admin API).
     def get(self, name: str) -> KeyRecord:
-        with self._lock:
-            row = self._connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE name = ?", (name,)).fetchone()  # noqa: S608
+        row = self._database.run(
+            lambda connection: connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE name = ?", (name,)).fetchone()  # noqa: S608
+        )
         if row is None:
             raise UnknownKey(f"no key named {name!r}")
         return _record(row)
@@ -78,11 +87,17 @@ class SqliteKeyStore:
         for _ in range(5):
             new = keys.generate()
             stored = replace(record, id=new.key_id, digest=new.digest, created_at=time.time())
+
+            def insert(connection: sqlite3.Connection, stored: KeyRecord = stored) -> None:
+                with transaction(connection):
+                    connection.execute(
+                        f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                        _row(stored),
+                    )
+                    _changed(connection)
+
             try:
-                self._write(
-                    f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                    _row(stored),
-                )
+                self._database.run(insert)
             except sqlite3.IntegrityError as error:
                 if "keys.name" in str(error):
                     raise KeyStoreError(f"a key named {record.name!r} already exists") from None
@@ -94,36 +109,28 @@ class SqliteKeyStore:
         """Read a key, ``change`` it, write it back: one transaction, so a concurrent writer (another
         request, the CLI, another replica) waits rather than has its change overwritten. ``change``
         may raise to refuse (nothing is written). Returns the key before and after."""
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE id = ?", (key_id,)).fetchone()  # noqa: S608
+
+        def rewrite(connection: sqlite3.Connection) -> tuple[KeyRecord, KeyRecord]:
+            with transaction(connection):
+                row = connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE id = ?", (key_id,)).fetchone()  # noqa: S608
                 if row is None:
                     raise UnknownKey(f"no key with id {key_id!r}")
                 before = _record(row)
                 after = replace(change(before), id=before.id, name=before.name, created_at=before.created_at)
-                self._connection.execute(
+                connection.execute(
                     "UPDATE keys SET digest = ?, expires_at = ?, revoked = ?, scopes = ?, models = ?, rpm = ?, "
                     "tpm = ?, tpd = ?, concurrency = ?, weight = ? WHERE id = ?",
                     (after.digest, *_row(after)[5:7], *_row(after)[7:], after.id),
                 )
-                self._connection.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
-                self._connection.execute("COMMIT")
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-        return before, after
+                _changed(connection)
+            return before, after
 
-    def _write(self, statement: str, parameters: tuple[object, ...]) -> None:
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                self._connection.execute(statement, parameters)
-                self._connection.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
-                self._connection.execute("COMMIT")
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
+        return self._database.run(rewrite)
+
+
+def _changed(connection: sqlite3.Connection) -> None:
+    # What the keyring polls: any change to any key moves it.
+    connection.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
 
 
 def _row(record: KeyRecord) -> tuple[object, ...]:

@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.usagestore import SqliteUsageStore, UsageCounts, UsageKey
+from gateway.usagestore import UsageCounts, UsageKey, open_usage_store
 from tests.browser.chromium import chromium
 from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama
@@ -47,7 +47,7 @@ def _until(check: Callable[[], bool], seconds: float, what: str) -> None:
 
 def _seed_usage(database_url: str, name: str, days: int) -> None:
     today = dt.datetime.now(dt.UTC).date()
-    store = SqliteUsageStore(database_url)
+    store = open_usage_store(database_url)
     try:
         store.add(
             {
@@ -253,7 +253,7 @@ def test_names_are_shown_as_text_never_run(browser_gateway: RunningGateway, data
     assert created.status_code == 201
     # Model names come from request bodies, paths from request lines: anyone can choose them.
     today = dt.datetime.now(dt.UTC).date().isoformat()
-    store = SqliteUsageStore(database_url)
+    store = open_usage_store(database_url)
     try:
         store.add({UsageKey(today, "id-x", hostile, hostile): UsageCounts(1, 5, 5, 0)})
     finally:
