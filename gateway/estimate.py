@@ -20,14 +20,21 @@ _COMPLETION_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 def _text_length(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_length(item) for item in value)
-    if isinstance(value, dict):
-        text = value.get("text") if value.get("type") in ("text", "input_text") else None
-        return _text_length(text) + _text_length(value.get("content"))
-    return 0
+    # With a stack of its own, not recursion: a body nested as deep as the parser allows must
+    # cost a loop, never a RecursionError (a 500 raised before any limit applied).
+    length = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            length += len(item)
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            if item.get("type") in ("text", "input_text"):
+                pending.append(item.get("text"))
+            pending.append(item.get("content"))
+    return length
 
 
 def prompt_tokens(body: JsonBody) -> int:

@@ -82,4 +82,9 @@ class JsonBody:
                 canonical[folded] = item
         canonical[field] = value
         self.__init__(list(canonical.items()))  # type: ignore[misc]
-        return json.dumps(canonical, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            return json.dumps(canonical, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (valid JSON as an escape, not encodable as UTF-8): written back as
+            # the escape it came in as, which Go decodes as Ollama would have read the original.
+            return json.dumps(canonical, separators=(",", ":")).encode()
