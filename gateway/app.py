@@ -84,12 +84,13 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     key_store = SqliteKeyStore(database)
     usage_store = SqliteUsageStore(database)
     keyring = Keyring(lambda: key_store, refresh_interval=settings.key_refresh_interval, executor=database.executor)
+    metrics = Metrics()
     authenticator = Authenticator(
-        keyring, Lockout(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
+        keyring,
+        Lockout(limit=settings.auth_failure_limit, window=settings.auth_failure_window, on_lock=metrics.lockouts.inc),
     )
     limiter = open_limiter(settings.redis_url, fail_closed=settings.redis_fail_closed)
     ledger = UsageLedger(lambda: usage_store, flush_interval=settings.usage_flush_interval, executor=database.executor)
-    metrics = Metrics()
 
     resolver = ClientResolver(settings.trusted_proxies)
     traffic = LiveTraffic()

@@ -4,6 +4,8 @@ Keys are accepted as ``Authorization: Bearer KEY`` (openai SDK, ``ollama.Client(
 ``OLLAMA_API_KEY``), ``X-API-Key: KEY``, or HTTP Basic with the key as the password (tools that only
 speak basic auth, LangChain's ``user:pass@host`` URLs). Never from the query string, where it
 would end up in logs. Every failure looks the same to the caller (401, no hint which check failed).
+A valid key is checked before the lockout is (see ``lockout.py``): it is never refused for other
+requests' failures from its address.
 """
 
 from __future__ import annotations
@@ -54,25 +56,30 @@ class Authenticator:
         self._principals: dict[str, tuple[KeyRecord, Principal]] = {}
 
     async def authenticate(self, headers: Headers, address: str) -> Principal:
-        self._lockout.check(address)
         key = presented_key(headers)
-        key_id = keys.key_id_of(key) if key else None
+        if key is None:
+            # No credential is no guess: a plain 401 that the lockout does not count.
+            raise Unauthorized(_MESSAGE, headers=CHALLENGE)
+        key_id = keys.key_id_of(key)
         record = self._valid(key, key_id)
-        if record is None and key is not None and key_id is not None:
-            # A key created or rotated a moment ago may be newer than this server's last look at
-            # the store: look again (shared and rate-limited by the keyring) before refusing.
-            await self._keyring.catch_up()
-            record = self._valid(key, key_id)
+        if record is None:
+            refusal = self._lockout.refusal(address)
+            if refusal is not None:
+                raise refusal  # a wrong key from a locked address: no look at the store
+            if key_id is not None:
+                # A key created or rotated a moment ago may be newer than this server's last look
+                # at the store: look again (shared and rate-limited by the keyring) before refusing.
+                await self._keyring.catch_up()
+                record = self._valid(key, key_id)
         if record is None:
             self._lockout.failed(address)
             raise Unauthorized(_MESSAGE, headers=CHALLENGE)
-        self._lockout.succeeded(address)
         self._keyring.note_use(record.id)
         return self._principal(record)
 
-    def _valid(self, key: str | None, key_id: str | None) -> KeyRecord | None:
+    def _valid(self, key: str, key_id: str | None) -> KeyRecord | None:
         record = self._keyring.get(key_id) if key_id else None
-        if key is None or record is None or not keys.verify(key, record.digest) or not record.usable(self._clock()):
+        if record is None or not keys.verify(key, record.digest) or not record.usable(self._clock()):
             return None
         return record
 
@@ -92,7 +99,8 @@ class Authenticator:
 
 
 class AuthPolicy:
-    """Puts the caller's ``Principal`` on the flow, or refuses with 401 (429 when its address is locked out)."""
+    """Puts the caller's ``Principal`` on the flow, or refuses with 401 (429 for a wrong key from an
+    address that is locked out)."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator

@@ -17,6 +17,20 @@ from gateway.headers import header
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def _ip(hop: str) -> str | None:
+    """A forwarded hop as an IP address in its normal form (proxies may add a port, and IPv6 in
+    brackets then), or None when it is not one."""
+    text = hop.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class ClientAddress:
     ip: str
@@ -53,7 +67,9 @@ class ClientResolver:
     ) -> ClientAddress:
         if not forwarded_for or not self._is_trusted(peer):
             return ClientAddress(peer, scheme, peer)
-        chain = [hop.strip() for hop in forwarded_for.decode("latin-1").split(",") if hop.strip()]
+        # Only hops that are IP addresses count: anything else a client wrote there is dropped, so
+        # junk can never become an identity (for the lockout, the limits or the logs).
+        chain = [ip for hop in forwarded_for.decode("latin-1").split(",") if (ip := _ip(hop))]
         # The client is the right-most hop that is not one of our own proxies.
         client = peer
         for hop in reversed(chain):

@@ -62,6 +62,11 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.lockouts = Counter(
+            "gateway_auth_lockouts",
+            "Addresses locked out for sending too many wrong keys.",
+            registry=self.registry,
+        )
         self.upstream_errors = Counter(
             "gateway_upstream_errors",
             "Upstream failures: unreachable, broken mid-response, timed out, or an error inside a stream.",

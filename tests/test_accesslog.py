@@ -437,10 +437,11 @@ def test_body_too_large(logged: Logged, fake: FakeOllama) -> None:
 
 def test_auth_throttled(logged: Logged, fake: FakeOllama) -> None:
     address = {"X-Forwarded-For": "203.0.113.20"}
+    wrong = {**address, "Authorization": "Bearer ogw_nope"}
     for _ in range(2):
-        assert _refused(logged, new_id(), address, b"{}").status_code == 401
+        assert _refused(logged, new_id(), wrong, b"{}").status_code == 401
     rid, started = new_id(), time.time()
-    response = _refused(logged, rid, {**address, **logged.bearer("alice")}, b"{}")
+    response = _refused(logged, rid, wrong, b"{}")
     assert response.status_code == 429
     assert stable(logged.line(rid), started) == expected(
         logged,

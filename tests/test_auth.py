@@ -217,20 +217,55 @@ def _status_within(gateway: RunningGateway, key: str, status: int, seconds: floa
     return False
 
 
-def test_repeated_failures_lock_out_one_address_only(
-    make_gateway: Callable[..., RunningGateway], fake: FakeOllama
+WRONG = {"Authorization": "Bearer ogw_nope"}
+
+
+def test_the_lockout_refuses_wrong_keys_and_never_a_valid_one(
+    make_gateway: Callable[..., RunningGateway], fake: FakeOllama, caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = make_gateway(auth_failure_limit=3, auth_failure_window=60, trusted_proxies=("127.0.0.1",))
-    attacker = {"X-Forwarded-For": "203.0.113.66"}
-    for _ in range(3):
-        refused = httpx.get(gateway.url + "/api/tags", headers={**attacker, "Authorization": "Bearer ogw_nope"})
-        assert refused.status_code == 401
-    locked = httpx.get(gateway.url + "/api/tags", headers={**attacker, **gateway.auth})
+    office = {"X-Forwarded-For": "203.0.113.66"}
+
+    def status(headers: dict[str, str], method: str = "GET", path: str = "/api/tags") -> int:
+        return httpx.request(method, gateway.url + path, headers={**office, **headers}).status_code
+
+    # Requests without a credential (the ollama CLI's heartbeat) are 401s that count for nothing.
+    assert [status({}, "HEAD", "/") for _ in range(10)] == [401] * 10
+    # A valid key between wrong ones does not reset their count, and is never refused itself.
+    assert [status(headers) for headers in (WRONG, gateway.auth, WRONG, gateway.auth, WRONG)] == [
+        401,
+        200,
+        401,
+        200,
+        401,
+    ]
+    locked = httpx.get(gateway.url + "/api/tags", headers={**office, **WRONG})
     assert locked.status_code == 429
     assert 55 <= int(locked.headers["retry-after"]) <= 60
     assert locked.json() == {"error": "too many failed authentication attempts; try again later"}
-    other = httpx.get(gateway.url + "/api/tags", headers={"X-Forwarded-For": "198.51.100.7", **gateway.auth})
-    assert other.status_code == 200
+    assert status(gateway.auth) == 200
+    assert status(WRONG, path="/metrics") == 429
+    # One line per lock, naming the address and never a key; and a metric.
+    lines = [record.getMessage() for record in caplog.records if record.name == "gateway.auth"]
+    assert lines == ["locked out 203.0.113.66 for 60s: 3 failed authentications within 60s"]
+    metrics = httpx.get(gateway.url + "/metrics", headers=gateway.auth).text
+    assert "gateway_auth_lockouts_total 1.0" in metrics.splitlines()
+
+
+def test_forwarded_hops_that_are_not_addresses_never_become_identities(
+    make_gateway: Callable[..., RunningGateway], fake: FakeOllama
+) -> None:
+    gateway = make_gateway(auth_failure_limit=3, auth_failure_window=60, trusted_proxies=("127.0.0.1",))
+    # Junk in X-Forwarded-For is dropped: every one of these counts for the proxy's own address.
+    statuses = [
+        httpx.get(gateway.url + "/api/tags", headers={"X-Forwarded-For": f"junk-{n}", **WRONG}).status_code
+        for n in range(4)
+    ]
+    assert statuses == [401, 401, 401, 429]
+    # Real addresses behind the proxy are their own identities (a port or brackets are allowed).
+    for hop in ("198.51.100.7:5555", "[2001:db8::1]:443", "2001:db8::2"):
+        response = httpx.get(gateway.url + "/api/tags", headers={"X-Forwarded-For": hop, **WRONG})
+        assert response.status_code == 401
 
 
 def test_cors_preflight_is_answered_without_a_key(
