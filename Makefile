@@ -19,9 +19,12 @@ run: $(STAMP)
 
 test: lint typecheck unit
 
+# deptry: every import in the package is a runtime dependency (or the redis extra), so the image and
+# `pip install` hold what it imports (settings in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/deptry gateway
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

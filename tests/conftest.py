@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from gateway.settings import Settings
 from tests.fake_ollama import FakeOllama
 from tests.redis_server import RedisServer
 from tests.servers import RunningGateway, gateway_thread
+from tests.shipped import KINDS, Venv, shipped
 
 ALL_SCOPES = frozenset(Scope)
 FLEET_WAIT = 10.0
@@ -37,6 +39,14 @@ def redis_url(_shared_redis: RedisServer) -> Iterator[str]:
     client.flushall()
     yield _shared_redis.url
     client.close()
+
+
+@pytest.fixture(scope="session")
+def shipped_venvs() -> dict[str, Venv]:
+    """The gateway installed each way it ships (tests/shipped.py), built side by side when what
+    they are built from has changed. A failed build is an error of the tests that need it."""
+    with ThreadPoolExecutor(len(KINDS)) as pool:
+        return dict(zip(KINDS, pool.map(shipped, KINDS), strict=True))
 
 
 @pytest.fixture(scope="session")

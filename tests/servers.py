@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,19 +144,27 @@ class GatewayProcess:
 
 @contextmanager
 def gateway_process(
-    env: Mapping[str, str], args: tuple[str, ...] = ("serve",), cwd: Path | None = None
+    env: Mapping[str, str],
+    args: tuple[str, ...] = ("serve",),
+    cwd: Path | None = None,
+    *,
+    program: Sequence[str] = (sys.executable, "-m", "gateway"),
+    inherit: bool = True,
 ) -> Iterator[GatewayProcess]:
-    """``python -m gateway serve`` as its own process; ready once uvicorn says it is running."""
+    """``python -m gateway serve`` as its own process; ready once uvicorn says it is running.
+
+    Another ``program`` with ``inherit=False`` runs an installed gateway with ``env`` alone, as a
+    container or a unit starts it (``program[0]`` is looked up on that environment's PATH)."""
     port = free_port()
     full_env = {
-        **os.environ,
+        **(os.environ if inherit else {}),
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(port),
         "GATEWAY_LOG_LEVEL": "info",
         **env,
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", *args],
+        [*program, *args],
         env=full_env,
         cwd=cwd or ROOT,
         stdout=subprocess.PIPE,

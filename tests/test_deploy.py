@@ -1,7 +1,8 @@
 """The container image, the Compose deployment and the deploy/ recipes.
 
 No container engine runs here, so the files are parsed and their safety invariants asserted, and
-the image's exact entrypoint and environment are run as a process against the fake Ollama.
+the image's exact entrypoint and environment, and the systemd unit's command, are run as
+processes against the fake Ollama from the virtualenvs each way installs (tests/shipped.py).
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from packaging.utils import canonicalize_name
 from gateway.database import sqlite_path
 from gateway.fleet.config import parse_list
 from gateway.settings import Settings
+from tests.dockerfile import Stage, stages
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
-from tests.servers import ROOT, RunningGateway, free_port, gateway_process, stop_process
+from tests.servers import ROOT, GatewayProcess, RunningGateway, free_port, gateway_process, stop_process
+from tests.shipped import BUILD_TIMEOUT, Venv
 
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILES = (
@@ -62,69 +65,6 @@ READ_TIMEOUT: float = _default("read_timeout")
 # --- Dockerfile -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Instruction:
-    keyword: str
-    value: str
-
-
-@dataclass(frozen=True)
-class Stage:
-    base: str
-    body: tuple[Instruction, ...]
-
-    def all(self, keyword: str) -> list[str]:
-        return [item.value for item in self.body if item.keyword == keyword]
-
-    def last(self, keyword: str) -> str:
-        values = self.all(keyword)
-        assert values, f"no {keyword} in the stage FROM {self.base}"
-        return values[-1]
-
-    def env(self) -> dict[str, str]:
-        pairs = (word.partition("=") for value in self.all("ENV") for word in shlex.split(value))
-        return {name: value for name, _, value in pairs}
-
-
-def _instructions(text: str) -> list[Instruction]:
-    """Logical lines: comments dropped (also inside continuations), continuations joined."""
-    logical: list[str] = []
-    parts: list[str] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            parts.append(line[:-1].strip())
-            continue
-        logical.append(" ".join([*parts, line]))
-        parts = []
-    assert not parts, "the Dockerfile ends inside a continuation"
-    return [Instruction(keyword.upper(), value.strip()) for keyword, _, value in (x.partition(" ") for x in logical)]
-
-
-def _stages() -> list[Stage]:
-    instructions = _instructions((ROOT / "Dockerfile").read_text())
-    args: dict[str, str] = {}
-    stages: list[Stage] = []
-    body: list[Instruction] = []
-    base = ""
-    for item in instructions:
-        if item.keyword == "ARG" and not base:
-            name, _, value = item.value.partition("=")
-            args[name] = value
-        elif item.keyword == "FROM":
-            if base:
-                stages.append(Stage(base, tuple(body)))
-            image = item.value.split()[0]
-            base = re.sub(r"\$\{(\w+)\}", lambda match: args[match.group(1)], image)
-            body = []
-        else:
-            body.append(item)
-    stages.append(Stage(base, tuple(body)))
-    return stages
-
-
 def _healthcheck(stage: Stage) -> list[str]:
     options, marker, command = stage.last("HEALTHCHECK").partition(" CMD ")
     assert marker, "HEALTHCHECK must use CMD"
@@ -139,15 +79,15 @@ def _entrypoint(stage: Stage) -> list[str]:
 
 
 def test_image_is_built_on_one_pinned_slim_python() -> None:
-    stages = _stages()
-    assert len(stages) == 2
+    found = stages()
+    assert len(found) == 2
     # The virtualenv is built in the first stage and copied into the second: same interpreter.
-    assert stages[0].base == stages[1].base
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+", stages[1].base), stages[1].base
+    assert found[0].base == found[1].base
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+", found[1].base), found[1].base
 
 
 def test_dependencies_are_a_layer_of_their_own_before_the_project() -> None:
-    build = _stages()[0]
+    build = stages()[0]
     order = [(item.keyword, item.value) for item in build.body]
     copy_lock = order.index(("COPY", "requirements.lock ./"))
     install = next(i for i, (kw, value) in enumerate(order) if kw == "RUN" and "-r requirements.lock" in value)
@@ -195,7 +135,7 @@ def test_the_lock_pins_every_runtime_dependency_within_pyproject_with_hashes() -
 
 
 def test_final_stage_installs_nothing_and_runs_as_a_fixed_non_root_user() -> None:
-    final = _stages()[1]
+    final = stages()[1]
     assert final.all("COPY") == ["--from=build /opt/venv /opt/venv"]
     for command in final.all("RUN"):
         assert not re.search(r"\b(apt-get|apt|apk|pip|gcc|cc|make)\b", command), command
@@ -208,7 +148,7 @@ def test_final_stage_installs_nothing_and_runs_as_a_fixed_non_root_user() -> Non
 
 
 def test_image_listens_everywhere_keeps_its_database_on_the_volume_and_stops_on_sigterm() -> None:
-    final = _stages()[1]
+    final = stages()[1]
     env = final.env()
     assert env["GATEWAY_HOST"] == "0.0.0.0"
     assert env["GATEWAY_PORT"] == final.last("EXPOSE") == "8080"
@@ -219,7 +159,7 @@ def test_image_listens_everywhere_keeps_its_database_on_the_volume_and_stops_on_
     # The working directory is not the volume: a stray .env there would be read as settings.
     assert not PurePosixPath(final.last("WORKDIR")).is_relative_to("/data")
     assert final.last("STOPSIGNAL") == "SIGTERM"
-    # `python` is the virtualenv's: the command the tests run as `sys.executable -m gateway serve`.
+    # `python` is the virtualenv's: the tests run this command with the image's virtualenv on PATH.
     assert _entrypoint(final) == ["python", "-m", "gateway", "serve"]
     check = _healthcheck(final)
     assert check[:2] == ["python", "-c"]
@@ -237,7 +177,7 @@ def test_dockerignore_admits_exactly_what_the_image_copies() -> None:
     admitted = {pattern[1:].rstrip("/") for pattern in patterns if pattern.startswith("!")}
     copied = {
         source.rstrip("/")
-        for stage in _stages()
+        for stage in stages()
         for value in stage.all("COPY")
         if not value.startswith("--from")
         for source in value.split()[:-1]
@@ -361,7 +301,7 @@ def test_gateway_service_reaches_ollama_by_name_and_keeps_its_data_on_a_volume()
     upstream = urlsplit(env["GATEWAY_UPSTREAM_URL"])
     assert upstream.hostname in services
     # The same values the image carries, so `docker run` and Compose agree.
-    image_env = _stages()[1].env()
+    image_env = stages()[1].env()
     for name in ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_DATABASE_URL"):
         assert env[name] == image_env[name], name
     # Ollama's usual port on the host, the gateway's port in the container.
@@ -378,7 +318,7 @@ def test_healthchecks_start_order_and_stop_grace() -> None:
     ollama, gateway = services["ollama"], services["gateway"]
     # `ollama list` fails unless the server answers (the image has no curl).
     assert ollama["healthcheck"]["test"] == ["CMD", "ollama", "list"]
-    assert gateway["healthcheck"]["test"] == ["CMD", *_healthcheck(_stages()[1])]
+    assert gateway["healthcheck"]["test"] == ["CMD", *_healthcheck(stages()[1])]
     assert gateway["depends_on"] == {"ollama": {"condition": "service_healthy"}}
     # Docker kills after stop_grace_period; streams get GATEWAY_SHUTDOWN_GRACE before that.
     assert _seconds(gateway["stop_grace_period"]) > SHUTDOWN_GRACE
@@ -609,7 +549,7 @@ def test_systemd_unit_runs_serve_as_its_own_user_and_outlasts_the_grace() -> Non
     unit = _unit()
     command = shlex.split(unit["ExecStart"][0])
     assert PurePosixPath(command[0]).name == "ollama-gateway"
-    assert command[1:] == _entrypoint(_stages()[1])[3:]
+    assert command[1:] == _entrypoint(stages()[1])[3:]
     assert unit["User"] == ["ollama-gateway"]
     assert unit["KillSignal"] == ["SIGTERM"]
     assert _seconds(unit["TimeoutStopSec"][0]) > SHUTDOWN_GRACE
@@ -647,7 +587,7 @@ def test_kubernetes_manifests_probe_health_and_drain_like_the_container() -> Non
     assert {"configMapRef": {"name": "ollama-gateway"}} in container["envFrom"]
     assert {"secretRef": {"name": "ollama-gateway", "optional": True}} in container["envFrom"]
     # The image's user, checked by the kubelet.
-    uid = int(_stages()[1].last("USER").partition(":")[0])
+    uid = int(stages()[1].last("USER").partition(":")[0])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == uid
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -676,7 +616,7 @@ def _container_env(data: Path, upstream: str) -> dict[str, str]:
     /data becomes `data`, Ollama becomes the fake, and the listener stays on loopback with the
     port that gateway_process picks.
     """
-    env = {name: value for name, value in _stages()[1].env().items() if name.startswith(("GATEWAY_", "PYTHON"))}
+    env = {name: value for name, value in stages()[1].env().items() if name.startswith(("GATEWAY_", "PYTHON"))}
     env.update(_compose("docker-compose.yml")["services"]["gateway"]["environment"])
     container_data = str(_database_dir(env["GATEWAY_DATABASE_URL"]))
     env["GATEWAY_DATABASE_URL"] = env["GATEWAY_DATABASE_URL"].replace(container_data, str(data), 1)
@@ -686,12 +626,11 @@ def _container_env(data: Path, upstream: str) -> dict[str, str]:
     return env
 
 
-def _healthcheck_exit(port: str) -> int:
-    """The image's HEALTHCHECK command, as Docker runs it in the container."""
-    command = _healthcheck(_stages()[1])
-    assert command[0] == "python"
-    env = {"PATH": os.environ.get("PATH", ""), "GATEWAY_PORT": port}
-    result = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=15, check=False)
+def _healthcheck_exit(env: dict[str, str], port: str) -> int:
+    """The image's HEALTHCHECK command, as Docker runs it in the container (with its environment)."""
+    command = _healthcheck(stages()[1])
+    env = {**env, "GATEWAY_PORT": port}
+    result = subprocess.run(command, env=env, capture_output=True, timeout=15, check=False)
     return result.returncode
 
 
@@ -709,74 +648,110 @@ def _wait_refused(url: str, timeout: float = 5.0) -> None:
     raise AssertionError("the gateway still accepts connections after SIGTERM")
 
 
-@pytest.mark.timeout(60)
-def test_container_command_serves_keeps_its_database_on_the_volume_and_drains_on_sigterm(
-    fake: FakeOllama, tmp_path: Path
-) -> None:
-    command = _entrypoint(_stages()[1])
-    data, workdir = tmp_path / "data", tmp_path / "app"
-    data.mkdir()
-    workdir.mkdir()
-    env = _container_env(data, fake.url)
+def _first_key(gateway: GatewayProcess, command: list[str], env: dict[str, str], cwd: Path) -> dict[str, str]:
+    """A key made with the recipe's own bootstrap command, once the running gateway accepts it."""
+    created = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=30, check=True)
+    auth = {"Authorization": f"Bearer {created.stdout.strip()}"}
+    deadline = time.monotonic() + 5
+    # The server notices the new key within its refresh interval.
+    while httpx.get(gateway.url + "/api/version", headers=auth, timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "the new key was never accepted"
+        time.sleep(0.3)
+    return auth
+
+
+def _drains_a_stream_on_sigterm(gateway: GatewayProcess, fake: FakeOllama, auth: dict[str, str]) -> None:
+    """SIGTERM after a stream's first line: new connections are refused while the stream goes on
+    to its end, the process exits within the grace, and its JSON access log counts the stream whole."""
     gate = StepGate()
     fake.behaviour = Behaviour(tokens=4, gate=gate)
-    with gateway_process(env, args=tuple(command[3:]), cwd=workdir) as gateway:
-        assert gateway.process.args == [sys.executable, "-m", "gateway", *command[3:]]
-        port = urlsplit(gateway.url).port
-        assert httpx.get(gateway.url + "/healthz", timeout=5).json() == {"status": "ok"}
-        assert _healthcheck_exit(str(port)) == 0
-        # The database is created on the volume at start-up.
-        assert (data / "gateway.db").is_file()
-        # The README's first-key bootstrap (`docker compose exec gateway ollama-gateway keys create alice`).
-        created = subprocess.run(
-            [str(Path(sys.executable).with_name("ollama-gateway")), "keys", "create", "alice"],
-            env={**os.environ, **env},
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-        auth = {"Authorization": f"Bearer {created.stdout.strip()}"}
-        deadline = time.monotonic() + 5
-        # The server notices the new key within its refresh interval.
-        while httpx.get(gateway.url + "/api/version", headers=auth, timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, "the new key was never accepted"
-            time.sleep(0.3)
-
-        body = {"model": "llama3.2", "prompt": "hi"}
-        with (
-            httpx.Client(timeout=10) as client,
-            client.stream("POST", gateway.url + "/api/generate", json=body, headers=auth) as response,
-        ):
-            assert response.status_code == 200
-            lines = (json.loads(line) for line in response.iter_lines() if line)
-            received = [next(lines)]
-            gateway.process.send_signal(signal.SIGTERM)
-            signalled = time.monotonic()
-            # New connections are refused while the stream goes on, one chunk per release.
-            _wait_refused(gateway.url)
-            for _ in range(4):
-                gate.release()
-                received.append(next(lines))
-            assert list(lines) == []
-        assert [item["response"] for item in received] == ["tok0 ", "tok1 ", "tok2 ", "tok3 ", ""]
-        assert received[-1]["done"] is True
-        # Drained and shut down, then uvicorn re-raises the signal. (As a container's PID 1 the
-        # kernel ignores that re-raise and the exit status is 0.)
-        assert gateway.process.wait(timeout=SHUTDOWN_GRACE) == -signal.SIGTERM
-        assert time.monotonic() - signalled < SHUTDOWN_GRACE
+    body = {"model": "llama3.2", "prompt": "hi", "stream": True}
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", gateway.url + "/api/generate", json=body, headers=auth) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/x-ndjson"
+        lines = (json.loads(line) for line in response.iter_lines() if line)
+        received = [next(lines)]
+        gateway.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        # New connections are refused while the stream goes on, one chunk per release.
+        _wait_refused(gateway.url)
+        for _ in range(4):
+            gate.release()
+            received.append(next(lines))
+        assert list(lines) == []
+    assert [item["response"] for item in received] == ["tok0 ", "tok1 ", "tok2 ", "tok3 ", ""]
+    assert received[-1]["done"] is True
+    # Drained and shut down, then uvicorn re-raises the signal. (As a container's PID 1 the kernel
+    # ignores that re-raise and the exit status is 0; systemd counts a stop by SIGTERM as clean.)
+    assert gateway.process.wait(timeout=SHUTDOWN_GRACE) == -signal.SIGTERM
+    assert time.monotonic() - signalled < SHUTDOWN_GRACE
+    gateway.stdout.join(timeout=5)
+    gateway.stderr.join(timeout=5)
     log = "".join(gateway.stderr.lines)
     assert "Application shutdown complete." in log
     assert "timeout graceful shutdown exceeded" not in log
-    # The image's JSON access log: the stream counted as whole and ok.
     records = [json.loads(line) for line in gateway.stdout.lines]
     (streamed,) = [record for record in records if record["path"] == "/api/generate"]
     assert (streamed["status"], streamed["outcome"], streamed["completion_tokens"]) == (200, "ok", 4)
-    assert _healthcheck_exit(str(port)) == 1
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT)
+def test_container_command_serves_keeps_its_database_on_the_volume_and_drains_on_sigterm(
+    shipped_venvs: dict[str, Venv], fake: FakeOllama, tmp_path: Path
+) -> None:
+    image = shipped_venvs["image"]
+    command = _entrypoint(stages()[1])
+    data, workdir = tmp_path / "data", tmp_path / "app"
+    data.mkdir()
+    workdir.mkdir()
+    # The image's environment alone: its virtualenv first on PATH, nothing of this test's.
+    env = {**image.environ(), **_container_env(data, fake.url)}
+    assert shutil.which(command[0], path=env["PATH"]) == str(image.python)
+    with gateway_process(env, args=tuple(command[3:]), cwd=workdir, program=command[:3], inherit=False) as gateway:
+        port = str(urlsplit(gateway.url).port)
+        assert httpx.get(gateway.url + "/healthz", timeout=5).json() == {"status": "ok"}
+        assert _healthcheck_exit(env, port) == 0
+        # The database is created on the volume at start-up.
+        assert (data / "gateway.db").is_file()
+        # The README's first-key bootstrap (`docker compose exec gateway ollama-gateway keys create alice`).
+        auth = _first_key(gateway, ["ollama-gateway", "keys", "create", "alice"], env, workdir)
+        _drains_a_stream_on_sigterm(gateway, fake, auth)
+    assert _healthcheck_exit(env, port) == 1
     # Nothing is written outside the volume (the image's working directory is not writable).
     assert list(workdir.iterdir()) == []
     assert {path.name for path in data.iterdir()} <= {"gateway.db", "gateway.db-wal", "gateway.db-shm"}
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT)
+def test_systemd_unit_serves_from_a_pip_installed_checkout_and_drains_on_sigterm(
+    shipped_venvs: dict[str, Venv], fake: FakeOllama, tmp_path: Path
+) -> None:
+    """The unit's ExecStart, Environment and WorkingDirectory, with /opt/ollama-gateway made as
+    README "systemd" makes it (`pip install <checkout>`) and the state directory on tmp_path."""
+    installed = shipped_venvs["pip"]
+    unit = _unit()
+    command = shlex.split(unit["ExecStart"][0])
+    prefix = str(PurePosixPath(command[0]).parent.parent)
+    state_dir = str(PurePosixPath("/var/lib") / unit["StateDirectory"][0])
+    assert unit["WorkingDirectory"] == [state_dir]
+    state = tmp_path / "state"
+    state.mkdir()
+    settings = dict(item.partition("=")[::2] for item in unit["Environment"])
+    settings["GATEWAY_DATABASE_URL"] = settings["GATEWAY_DATABASE_URL"].replace(state_dir, str(state), 1)
+    settings.update(GATEWAY_HOST="127.0.0.1", GATEWAY_UPSTREAM_URL=fake.url)
+    del settings["GATEWAY_PORT"]
+    program = [command[0].replace(prefix, str(installed.prefix), 1)]
+    env = {**installed.environ(), **settings}
+    with gateway_process(env, args=tuple(command[1:]), cwd=state, program=program, inherit=False) as gateway:
+        # README: `sudo -u ollama-gateway env GATEWAY_DATABASE_URL=… /opt/ollama-gateway/bin/ollama-gateway
+        # keys create alice`, without the unit's other settings.
+        bootstrap = {**installed.environ(), "GATEWAY_DATABASE_URL": settings["GATEWAY_DATABASE_URL"]}
+        auth = _first_key(gateway, [*program, "keys", "create", "alice"], bootstrap, tmp_path)
+        _drains_a_stream_on_sigterm(gateway, fake, auth)
+    assert {path.name for path in state.iterdir()} <= {"gateway.db", "gateway.db-wal", "gateway.db-shm"}
 
 
 @pytest.mark.timeout(60)
