@@ -189,7 +189,9 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         )
         if not settings.admin_address:
             api.mount("/admin", admin)
-    return Gateway(api, forwarded, metrics, metrics_app, admin if settings.admin_address else None)
+    return Gateway(
+        api, forwarded, metrics, metrics_app, admin if settings.admin_address else None, close_usage=ledger.close
+    )
 
 
 def upstream_client(settings: Settings, url: str, *, max_connections: int | None = None) -> Upstream:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +28,8 @@ class Gateway:
         metrics: Metrics,
         metrics_app: FastAPI,
         admin_app: ASGIApp | None = None,
+        *,
+        close_usage: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.api = api
         self.forwarded = forwarded
@@ -34,6 +38,9 @@ class Gateway:
         self.metrics_app = metrics_app
         # The admin surface's own listener (GATEWAY_ADMIN_ADDRESS), else None.
         self.admin_app = WithRequestId(admin_app) if admin_app is not None else None
+        # Writes the usage counted so far and closes its store. The lifespan's shutdown does it;
+        # the server calls this when a forced exit skips that shutdown.
+        self.close_usage = close_usage
         self._api = WithRequestId(api)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

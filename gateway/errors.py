@@ -189,6 +189,16 @@ class QueueTimeout(GatewayError):
     anthropic_type = "overloaded_error"
 
 
+class GatewayShutdown(GatewayError):
+    """The gateway is shutting down and its grace period is over (or the exit was forced): a
+    request still open ends with this, in its dialect, instead of being cut."""
+
+    status = 503
+    code = "gateway_shutdown"
+    outcome = "shutdown"
+    anthropic_type = "overloaded_error"
+
+
 class LimiterUnavailable(GatewayError):
     """The shared limit store is down and the gateway is configured to fail closed."""
 

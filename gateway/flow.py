@@ -43,7 +43,7 @@ class Flow:
     streaming: bool = False
     bytes_in: int = 0
     bytes_out: int = 0
-    # ok | client_disconnect | upstream_error | upstream_timeout | the refusing error's outcome
+    # ok | client_disconnect | upstream_error | upstream_timeout | shutdown | the refusing error's outcome
     outcome: str = "ok"
     # The request body, once read (by RequestBodyPolicy); forwarded instead of streaming it. A
     # policy that rewrites it replaces it here.

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.clientaddr import ClientResolver
 from gateway.cors import Cors
+from gateway.drain import Drain, Stop
 from gateway.errors import BodyTooLarge, Dialect, GatewayError, render
 from gateway.flow import Flow
 from gateway.headers import Headers, header, upstream_request_headers
@@ -66,6 +67,8 @@ class ForwardedRoutes:
         self.policies = tuple(policies)
         self._sinks = tuple(sinks)
         self.in_flight = 0
+        # Ends the exchanges still open when the server's grace period is over.
+        self.drain = Drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: Headers = scope["headers"]
@@ -84,8 +87,10 @@ class ForwardedRoutes:
             headers=headers,
         )
         admitted: list[tuple[Policy[Any], Any]] = []
+        stop: Stop | None = None
         self.in_flight += 1
         try:
+            stop = self.drain.enter()
             path = checked_path(raw_path)
             query = checked_query(scope["query_string"])
             flow.route = route = classify(path)
@@ -124,6 +129,7 @@ class ForwardedRoutes:
                 dialect=route.dialect,
                 extra_headers=[(b"x-request-id", rid), _overhead_header(flow), *flow.response_headers],
                 observer=flow,
+                stop=stop,
                 transform=Chain(flow.transforms) if flow.transforms else None,
             )
         except GatewayError as error:
@@ -133,13 +139,21 @@ class ForwardedRoutes:
         except ClientDisconnected:
             flow.outcome = "client_disconnect"
         except asyncio.CancelledError:
-            if not inbound.gone:
+            shutdown = stop.claim() if stop is not None else None
+            if shutdown is not None:
+                # Ended by the drain before the relay could say so: a 503 if nothing went out yet.
+                flow.fail(shutdown)
+                inbound.stop()
+                if flow.status == 0:
+                    await self._refuse(flow, shutdown, rid, send)
+            elif not inbound.gone:
                 raise
-            # Our own cancellation (the client left): absorb it and record the outcome.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            flow.outcome = "client_disconnect"
+            else:
+                # Our own cancellation (the client left): absorb it and record the outcome.
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                flow.outcome = "client_disconnect"
         finally:
             self.in_flight -= 1
             inbound.stop()
@@ -155,6 +169,9 @@ class ForwardedRoutes:
             record = record_of(flow)
             for sink in self._sinks:
                 sink(record)
+            if stop is not None:
+                # Last: whoever waits for the drain finds this exchange's record written.
+                self.drain.leave(stop)
 
     def _body(self, flow: Flow, inbound: Inbound, has_body: bool, limit: int | None) -> bytes | AsyncIterable[bytes]:
         if flow.body is not None:

@@ -5,11 +5,14 @@ It knows nothing of keys, limits or logs. Policies see the exchange through an `
 receives copies of what passes (it must never hold a byte back), and may swap the body through
 an optional ``BodyTransform``. "Response started" is the point of no return: before it, failures
 propagate as ``GatewayError`` for the caller to render; after it, a stream ends with one error
-frame in its own dialect, and a fixed-length body is cut (the client sees it truncated).
+frame in its own dialect, and a fixed-length body is cut (the client sees it truncated). The same
+holds for an exchange ended from outside (the gateway shutting down): its task is cancelled, and
+the ``Stop`` it was given names the error that cancellation stands for.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -30,6 +33,12 @@ class Observer(Protocol):
         """How many body bytes the client was sent in all (once, when the relay ends)."""
 
     def failed(self, error: GatewayError) -> None: ...
+
+
+class Stop(Protocol):
+    def claim(self) -> GatewayError | None:
+        """On a CancelledError: the error the exchange was ended with from outside (the
+        cancellation is then taken back), or None when the cancellation is not its own."""
 
 
 class BodyTransform(Protocol):
@@ -73,6 +82,7 @@ async def relay(
     dialect: Dialect,
     extra_headers: Headers,
     observer: Observer,
+    stop: Stop,
     transform: BodyTransform | None = None,
 ) -> None:
     response = await upstream.send(request)
@@ -89,6 +99,7 @@ async def relay(
         observer.response_started(response.status, headers, streaming)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         tail = b""
+        stream_type = content_type if streaming else None
         try:
             async for data in response.body():
                 observer.chunk(data)
@@ -99,13 +110,12 @@ async def relay(
                 size += len(data)
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         except GatewayError as error:
-            observer.failed(error)
-            if not streaming:
-                inbound.stop()
-                raise ResponseAborted from error
-            event_stream = (content_type or b"").startswith(b"text/event-stream")
-            # Whatever a transform still holds is half a frame: dropped, the error frame ends it.
-            tail = render_in_stream(error, dialect, event_stream=event_stream)
+            tail = _broken_off(error, observer, inbound, stream_type, dialect)
+        except asyncio.CancelledError:
+            ended = stop.claim()
+            if ended is None:
+                raise
+            tail = _broken_off(ended, observer, inbound, stream_type, dialect)
         else:
             if transform is not None:
                 tail = transform.end()
@@ -115,3 +125,16 @@ async def relay(
     finally:
         observer.sent(size)
         await response.aclose()
+
+
+def _broken_off(
+    error: GatewayError, observer: Observer, inbound: Inbound, stream_type: bytes | None, dialect: Dialect
+) -> bytes:
+    """The frame ending a stream that broke off (``stream_type``: its content type); a fixed-length
+    body (None) cannot say so and is cut."""
+    observer.failed(error)
+    if stream_type is None:
+        inbound.stop()
+        raise ResponseAborted from error
+    # Whatever a transform still holds is half a frame: dropped, the error frame ends it.
+    return render_in_stream(error, dialect, event_stream=stream_type.startswith(b"text/event-stream"))

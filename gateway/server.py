@@ -15,6 +15,7 @@ from gateway.http_protocol import GatewayHttpProtocol
 from gateway.listeners import admin_listener, metrics_listener, serve_all
 from gateway.logs import configure_logging
 from gateway.settings import Settings
+from gateway.shutdown import GatewayServer
 from gateway.tuning import prepare_process
 
 
@@ -31,7 +32,8 @@ def _options(settings: Settings) -> dict[str, Any]:
         "server_header": False,
         "access_log": False,
         "log_level": settings.log_level,
-        # On SIGTERM: stop accepting, let in-flight requests (streams too) finish for this long.
+        # On SIGTERM: stop accepting, let in-flight requests (streams too) finish for this long. One
+        # process runs GatewayServer, which ends them itself then and moves this deadline behind.
         "timeout_graceful_shutdown": round(settings.shutdown_grace),
         "timeout_keep_alive": 75,
     }
@@ -65,7 +67,7 @@ def serve(settings: Settings) -> int:
         return _serve_workers(settings)
     app = create_app(settings)
     config = uvicorn_config(settings, app)
-    main = uvicorn.Server(config)
+    main = GatewayServer(config, app, grace=settings.shutdown_grace)
     side = metrics_listener(settings, app)
     config.load()
     prepare_process()

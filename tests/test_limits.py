@@ -194,5 +194,21 @@ async def test_queue_wait_is_bounded_and_leaving_frees_the_place() -> None:
     assert patient.in_use == 1
 
 
+async def test_a_waiter_cancelled_before_it_could_leave_takes_no_slot() -> None:
+    queue = FairQueue(1, timeout=5)
+    await queue.acquire("a")
+    leaving = asyncio.create_task(queue.acquire("b"))
+    staying = asyncio.create_task(queue.acquire("c"))
+    await asyncio.sleep(0)
+    # Cancelled, and a slot freed, before the cancelled task has run to leave the queue: what
+    # happens when the gateway ends every open request at once at shutdown.
+    leaving.cancel()
+    queue.release()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    ticket = await asyncio.wait_for(staying, 5)
+    assert (ticket.position, queue.in_use, queue.waiting) == (2, 1, 0)
+
+
 def test_a_zero_limit_blocks_the_key_without_dividing_by_zero() -> None:
     assert MemoryLimiter()._state("k", Quota(rpm=0), 0.0).requests.window(0) == Window(0, 0, 0.0)  # type: ignore[union-attr]

@@ -89,6 +89,10 @@ class FairQueue:
         while self.in_use < self.capacity and self._queues:
             waiter = self._next()
             self.waiting -= 1
+            if waiter.future.cancelled():
+                # Its task was cancelled and has not run yet to leave the queue (several requests
+                # ended at once, as at shutdown): it takes no slot.
+                continue
             self.in_use += 1
             waiter.future.set_result(None)
 
