@@ -40,7 +40,7 @@ import httptools
 import uvloop
 
 from bench.stamps import Format, ending, token
-from gateway.allocator import keep_large_blocks
+from gateway.runtime.allocator import keep_large_blocks
 
 READY = "bench-upstream listening on"
 MAX_JSON_BODY = 1 << 20

@@ -14,16 +14,30 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Lifespan
 
 from gateway import __version__
-from gateway.accesslog import AccessLog, AuditLog, chosen_format
-from gateway.accounting import UsageLedger
 from gateway.admin import AdminSources, LiveTraffic, admin_app
 from gateway.admin.live import checked_when_single, queue_totals
-from gateway.auth import Authenticator, AuthPolicy
-from gateway.clientaddr import ClientResolver
-from gateway.cors import Cors
 from gateway.database import Database
-from gateway.dispatch import Gateway
-from gateway.endpoints import (
+from gateway.errors import Dialect, GatewayError, render
+from gateway.fleet import Fleet
+from gateway.fleet.config import fleet_specs
+from gateway.keys.keyring import Keyring
+from gateway.keys.sqlite import SqliteKeyStore
+from gateway.observe.accesslog import AccessLog, AuditLog, chosen_format
+from gateway.observe.metrics import Metrics
+from gateway.observe.startup import report_start
+from gateway.policies.auth import Authenticator, AuthPolicy
+from gateway.policies.limits import Quota, open_limiter
+from gateway.policies.limits.policy import LimitPolicy
+from gateway.policies.lockout import Lockout
+from gateway.policies.permissions import ModelPolicy, RoutePolicy
+from gateway.policies.requestbody import RequestBodyPolicy
+from gateway.policies.routing import RoutingPolicy
+from gateway.policies.usagerequest import StreamUsagePolicy
+from gateway.proxy.clientaddr import ClientResolver
+from gateway.proxy.upstream import Upstream, open_upstream
+from gateway.routes.cors import Cors
+from gateway.routes.dispatch import Gateway
+from gateway.routes.endpoints import (
     READY_TIMEOUT,
     Check,
     database_check,
@@ -33,25 +47,11 @@ from gateway.endpoints import (
     metrics_router,
     upstream_check,
 )
-from gateway.errors import Dialect, GatewayError, render
-from gateway.fleet import Fleet
-from gateway.fleet.config import fleet_specs
-from gateway.fleet.routing import RoutingPolicy
-from gateway.forwarding import ForwardedRoutes
-from gateway.guard import admin_scope
-from gateway.keyring import Keyring
-from gateway.keystore.sqlite import SqliteKeyStore
-from gateway.limits import Quota, open_limiter
-from gateway.limits.policy import LimitPolicy
-from gateway.lockout import Lockout
-from gateway.metrics import Metrics
-from gateway.permissions import ModelPolicy, RoutePolicy
-from gateway.requestbody import RequestBodyPolicy
+from gateway.routes.forwarding import ForwardedRoutes
+from gateway.routes.guard import admin_scope
 from gateway.settings import Settings
-from gateway.startup import report_start
-from gateway.upstream import Upstream, open_upstream
-from gateway.usagerequest import StreamUsagePolicy
-from gateway.usagestore import SqliteUsageStore
+from gateway.usage.accounting import UsageLedger
+from gateway.usage.store import SqliteUsageStore
 
 # Each server's connections for the watcher and the merged listings (small, quick requests).
 _PROBE_CONNECTIONS = 4

@@ -11,15 +11,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from gateway.clientaddr import ClientAddress
 from gateway.errors import GatewayError
-from gateway.headers import Headers, header
-from gateway.jsonbody import JsonBody
-from gateway.principal import Principal
-from gateway.relay import BodyTransform
-from gateway.streams import Usage, UsageReader
-from gateway.surfaces import Route, RouteClass
-from gateway.upstream import Upstream
+from gateway.keys.principal import Principal
+from gateway.ollama.jsonbody import JsonBody
+from gateway.ollama.streams import Usage, UsageReader
+from gateway.ollama.surfaces import Route, RouteClass
+from gateway.proxy.clientaddr import ClientAddress
+from gateway.proxy.headers import Headers, header
+from gateway.proxy.relay import BodyTransform
+from gateway.proxy.upstream import Upstream
 
 
 @dataclass(eq=False, slots=True)

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from gateway.fleet import Fleet, State
-from gateway.fleet.routing import RoutingPolicy
-from gateway.keystore import DEFAULT_SCOPES, KeyRecord, Limits, Scope, open_keystore
+from gateway.keys.store import DEFAULT_SCOPES, KeyRecord, Limits, Scope, open_keystore
+from gateway.policies.routing import RoutingPolicy
 from gateway.settings import Settings
 from tests.fake_ollama import FakeOllama
 from tests.redis_server import RedisServer
@@ -95,7 +95,7 @@ def issue_key(
 
 
 def forget_startup_check(fake: FakeOllama) -> None:
-    """A gateway asks for /api/version once it has started (see gateway/startup.py): wait for
+    """A gateway asks for /api/version once it has started (see gateway/observe/startup.py): wait for
     that request and drop it, so a test sees only the requests it caused."""
     probe = fake.wait_for_request()
     assert (probe.method, probe.path) == ("GET", "/api/version")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.record import RequestRecord
+from gateway.observe.record import RequestRecord
 
 
 def make_record(**fields: object) -> RequestRecord:

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from gateway.app import create_app
-from gateway.dispatch import Gateway
-from gateway.http_protocol import GatewayHttpProtocol
+from gateway.routes.dispatch import Gateway
+from gateway.runtime.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 from tests.quickserver import QuickServer
 

@@ -17,12 +17,12 @@ import httpx
 import pytest
 
 from gateway.database import Database, DatabaseGone
-from gateway.endpoints import DATABASE_PROBE_TIMEOUT, database_check
-from gateway.keyadmin import KeyAdmin
-from gateway.keyring import Keyring
-from gateway.keystore import KeyRecord, open_keystore
-from gateway.keystore.sqlite import SqliteKeyStore
-from gateway.usagestore import SqliteUsageStore, UsageCounts, UsageKey
+from gateway.keys.keyring import Keyring
+from gateway.keys.management import KeyAdmin
+from gateway.keys.sqlite import SqliteKeyStore
+from gateway.keys.store import KeyRecord, open_keystore
+from gateway.routes.endpoints import DATABASE_PROBE_TIMEOUT, database_check
+from gateway.usage.store import SqliteUsageStore, UsageCounts, UsageKey
 from tests.conftest import issue_key
 from tests.fake_ollama import FakeOllama
 from tests.servers import GatewayProcess, RunningGateway, gateway_process

@@ -44,7 +44,7 @@ print(json.dumps({"root": str(root), "modules": sorted(modules), "files": sorted
 
 # The systemd recipe installs no extra, so the Redis limiter (imported only when GATEWAY_REDIS_URL
 # is set) cannot be imported there; the image installs the redis extra from the lock file.
-MISSING = {"image": {}, "pip": {"gateway.limits.redis": "redis"}}
+MISSING = {"image": {}, "pip": {"gateway.policies.limits.redis": "redis"}}
 
 
 def _checkout() -> tuple[list[str], list[str]]:

@@ -14,7 +14,6 @@ from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp
 
 from gateway import __version__
-from gateway.accesslog import AuditLog
 from gateway.admin.audit import Audit
 from gateway.admin.errors import install_error_handlers
 from gateway.admin.gate import Gate, admitted
@@ -26,11 +25,12 @@ from gateway.admin.openapi import described
 from gateway.admin.static import static_router
 from gateway.admin.traffic import LiveTraffic
 from gateway.admin.usage import usage_router
-from gateway.clientaddr import ClientResolver
 from gateway.database import Runner
-from gateway.guard import Guard
-from gateway.keystore.sqlite import SqliteKeyStore
-from gateway.usagestore import SqliteUsageStore
+from gateway.keys.sqlite import SqliteKeyStore
+from gateway.observe.accesslog import AuditLog
+from gateway.proxy.clientaddr import ClientResolver
+from gateway.routes.guard import Guard
+from gateway.usage.store import SqliteUsageStore
 
 __all__ = ["AdminSources", "LiveTraffic", "admin_app"]
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.accesslog import AuditLog
-from gateway.clientaddr import ClientResolver
-from gateway.principal import Principal
+from gateway.keys.principal import Principal
+from gateway.observe.accesslog import AuditLog
+from gateway.proxy.clientaddr import ClientResolver
 
 _QUIET = frozenset({"/api/live"})
 CLIENT_CLOSED = 499

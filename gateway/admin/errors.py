@@ -11,9 +11,9 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from gateway.errors import BadRequest, Dialect, GatewayError, NotFound, render
-from gateway.keyadmin import InvalidKeyRequest, UnknownKey
-from gateway.keystore import KeyStoreError
-from gateway.usagereport import InvalidUsageQuery
+from gateway.keys.management import InvalidKeyRequest, UnknownKey
+from gateway.keys.store import KeyStoreError
+from gateway.usage.report import InvalidUsageQuery
 
 
 class Conflict(GatewayError):

@@ -17,11 +17,11 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.auth import CHALLENGE
 from gateway.errors import Dialect, Forbidden, GatewayError, Unauthorized, render
-from gateway.guard import Guard
-from gateway.headers import Headers, header
-from gateway.principal import Principal
+from gateway.keys.principal import Principal
+from gateway.policies.auth import CHALLENGE
+from gateway.proxy.headers import Headers, header
+from gateway.routes.guard import Guard
 
 
 class Gate:

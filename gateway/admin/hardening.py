@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import BodyTooLarge, Dialect, render
-from gateway.headers import header
+from gateway.proxy.headers import header
 
 MAX_BODY = 64 * 1024
 

@@ -1,4 +1,4 @@
-"""``/admin/api/keys``: the CLI's key operations over HTTP (``gateway.keyadmin`` does the work).
+"""``/admin/api/keys``: the CLI's key operations over HTTP (``gateway.keys.management`` does the work).
 
 Keys are addressed by id in URLs: ids are short, fixed and URL-safe, names are free text. A secret
 is in exactly two answers, create and rotate, and never in a log line.
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from gateway.admin.audit import AuditNote
 from gateway.database import Runner
-from gateway.keyadmin import (
+from gateway.keys.management import (
     KEEP,
     LIMIT_NAMES,
     MODELS_LIMIT,
@@ -29,9 +29,9 @@ from gateway.keyadmin import (
     parse_limit_named,
     parse_scopes,
 )
-from gateway.keystore import Scope
-from gateway.keystore.sqlite import SqliteKeyStore
-from gateway.principal import Principal
+from gateway.keys.principal import Principal
+from gateway.keys.sqlite import SqliteKeyStore
+from gateway.keys.store import Scope
 
 T = TypeVar("T")
 KeyId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the key's id (never its secret)")]
@@ -41,7 +41,7 @@ class KeyPolicy(BaseModel):
     """Scopes, models, limits and expiry; on update, what is left out stays as it is.
 
     Values are only typed here; what a valid one is (and the message when it is not) is
-    ``gateway.keyadmin``'s, as for the CLI. The schema documents those rules, it does not check them.
+    ``gateway.keys.management``'s, as for the CLI. The schema documents those rules, it does not check them.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from gateway.admin.traffic import LiveTraffic
-from gateway.principal import Principal
+from gateway.keys.principal import Principal
 
 UpstreamStates = Sequence[Mapping[str, object]]
 # The upstream servers' state and the queue's, from whoever owns them (sync or async).

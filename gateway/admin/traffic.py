@@ -14,8 +14,8 @@ from collections import Counter, deque
 from typing import Any
 
 from gateway.flow import Flow
-from gateway.inbound import Inbound
-from gateway.record import RequestRecord
+from gateway.observe.record import RequestRecord
+from gateway.proxy.inbound import Inbound
 
 RECENT_REFUSALS = 50
 

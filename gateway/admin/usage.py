@@ -2,7 +2,7 @@
 CSV, and tokens per day for the page's chart.
 
 Parameters are plain text here: what a valid day, grouping, stacking or format is, and the
-message when it is not, is ``gateway.usagereport``'s, as for the CLI.
+message when it is not, is ``gateway.usage.report``'s, as for the CLI.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 
 from gateway.admin.audit import AuditNote
 from gateway.database import Runner
-from gateway.principal import Principal
-from gateway.usagereport import (
+from gateway.keys.principal import Principal
+from gateway.usage.report import (
     FORMATS,
     GROUPINGS,
     STACKINGS,
@@ -28,7 +28,7 @@ from gateway.usagereport import (
     report_format,
     stacking,
 )
-from gateway.usagestore import SqliteUsageStore
+from gateway.usage.store import SqliteUsageStore
 
 T = TypeVar("T")
 Day = Annotated[str | None, Query(description="YYYY-MM-DD (UTC), inclusive", json_schema_extra={"format": "date"})]

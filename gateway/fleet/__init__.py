@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 
 from gateway.fleet.config import MemberSpec
 from gateway.fleet.member import Member, State
+from gateway.fleet.queue import FairQueue
 from gateway.fleet.watch import refresh, watch
-from gateway.limits.queue import FairQueue
-from gateway.upstream import Upstream
+from gateway.proxy.upstream import Upstream
 
 __all__ = ["Fleet", "Member", "MemberSpec", "State"]
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from gateway.errors import GatewayError
 from gateway.fleet.listings import Answer
 from gateway.fleet.member import Member
-from gateway.upstream import Outbound, UpstreamResponse, read_whole
+from gateway.proxy.upstream import Outbound, UpstreamResponse, read_whole
 
 _LIMIT = 65536
 _NDJSON = (b"content-type", b"application/x-ndjson")

@@ -15,9 +15,9 @@ from packaging.version import InvalidVersion, Version
 from gateway.errors import GatewayError, UpstreamConnectTimeout, UpstreamNotReached, UpstreamUnavailable
 from gateway.fleet import Fleet, Member
 from gateway.fleet.member import version_text
-from gateway.headers import Headers
-from gateway.models import InvalidModelName, parse_model
-from gateway.upstream import Outbound, UpstreamResponse, fetch
+from gateway.ollama.models import InvalidModelName, parse_model
+from gateway.proxy.headers import Headers
+from gateway.proxy.upstream import Outbound, UpstreamResponse, fetch
 
 _LIMIT = 16 * 1024 * 1024
 _JSON = (b"content-type", b"application/json; charset=utf-8")

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 
 from gateway.fleet.config import MemberSpec
-from gateway.limits.queue import FairQueue
-from gateway.models import InvalidModelName, parse_model
-from gateway.upstream import Upstream
+from gateway.fleet.queue import FairQueue
+from gateway.ollama.models import InvalidModelName, parse_model
+from gateway.proxy.upstream import Upstream
 
 
 class State(enum.Enum):

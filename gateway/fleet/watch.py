@@ -9,7 +9,7 @@ import logging
 
 from gateway.errors import GatewayError
 from gateway.fleet.member import Member, model_keys, version_of
-from gateway.upstream import fetch
+from gateway.proxy.upstream import fetch
 
 log = logging.getLogger("gateway")
 

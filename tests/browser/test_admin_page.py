@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.usagestore import UsageCounts, UsageKey, open_usage_store
+from gateway.usage.store import UsageCounts, UsageKey, open_usage_store
 from tests.browser.chromium import chromium
 from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama

@@ -1,0 +1,199 @@
+"""``ollama-gateway keys …``: create, list, show, update, revoke and rotate API keys.
+
+Only the command-line side lives here (arguments in, text out); the operations and their rules
+are ``gateway.keys.management``'s, shared with the admin API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from gateway.cli.argument import argument
+from gateway.keys.management import (
+    KEEP,
+    LIMIT_NAMES,
+    InvalidKeyRequest,
+    KeyAdmin,
+    KeyChange,
+    Outcome,
+    check_name,
+    check_pattern,
+    describe,
+    parse_expiry,
+    parse_limit,
+    parse_scope,
+    parse_scopes,
+    parse_weight,
+)
+from gateway.keys.store import KeyRecord, Scope, open_keystore
+from gateway.settings import Settings
+
+
+def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
+    parser.add_argument(
+        "--scope",
+        action="append",
+        type=argument(parse_scope, InvalidKeyRequest),
+        dest="scopes",
+        metavar="|".join(scope.value for scope in Scope),
+        help="set the scopes exactly (repeat for several)",
+    )
+    parser.add_argument("--admin", action="store_true", help="add the admin scope (pull, create, delete, …)")
+    parser.add_argument(
+        "--model", action="append", type=argument(check_pattern, InvalidKeyRequest), dest="models", metavar="GLOB"
+    )
+    if update:
+        parser.add_argument("--all-models", action="store_true", help="remove every model restriction")
+    for name in LIMIT_NAMES[:4]:
+        parser.add_argument(
+            f"--{name}",
+            type=argument(parse_limit, InvalidKeyRequest),
+            default=argparse.SUPPRESS,
+            metavar="N|unlimited|default",
+        )
+    parser.add_argument(
+        "--weight",
+        type=argument(parse_weight, InvalidKeyRequest),
+        default=argparse.SUPPRESS,
+        metavar="N|default",
+        help="share of the upstream when queued",
+    )
+    parser.add_argument(
+        "--expires",
+        type=argument(parse_expiry, InvalidKeyRequest),
+        default=argparse.SUPPRESS,
+        metavar="30d|2027-01-31|never",
+    )
+
+
+def add_commands(commands: Any) -> None:
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="create a key and print its secret (shown once)")
+    create.add_argument("name", type=argument(check_name, InvalidKeyRequest))
+    add_policy_options(create, update=False)
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(handler=_create)
+
+    listing = keys.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_list)
+
+    show = keys.add_parser("show", help="show one key")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_show)
+
+    update = keys.add_parser("update", help="change a key's scopes, models, limits or expiry")
+    update.add_argument("name")
+    add_policy_options(update, update=True)
+    update.add_argument("--json", action="store_true")
+    update.set_defaults(handler=_update)
+
+    revoke = keys.add_parser("revoke", help="revoke a key (it stops working within seconds)")
+    revoke.add_argument("name")
+    revoke.set_defaults(handler=_revoke)
+
+    rotate = keys.add_parser("rotate", help="issue a new secret for a key; the old one stops working")
+    rotate.add_argument("name")
+    rotate.add_argument("--json", action="store_true")
+    rotate.set_defaults(handler=_rotate)
+
+
+def _change(args: argparse.Namespace) -> KeyChange:
+    models = () if getattr(args, "all_models", False) else tuple(args.models) if args.models else None
+    return KeyChange(
+        scopes=parse_scopes([scope.value for scope in args.scopes]) if args.scopes else None,
+        admin=args.admin,
+        models=models,
+        limits={name: getattr(args, name) for name in LIMIT_NAMES if hasattr(args, name)},
+        expires_at=getattr(args, "expires", KEEP),
+    )
+
+
+@contextmanager
+def _admin(settings: Settings) -> Iterator[KeyAdmin]:
+    store = open_keystore(settings.database_url)
+    try:
+        yield KeyAdmin(store)
+    finally:
+        store.close()
+
+
+def _create(args: argparse.Namespace, settings: Settings) -> int:
+    with _admin(settings) as admin:
+        outcome = admin.create(args.name, _change(args))
+    _print_secret(outcome, args.json)
+    return 0
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    with _admin(settings) as admin:
+        records = admin.list()
+    if args.json:
+        print(json.dumps([describe(record) for record in records], indent=2))
+        return 0
+    print(f"{'NAME':<20} {'ID':<8} {'STATUS':<8} {'SCOPES':<22} {'MODELS':<24} LAST USED")
+    for record in records:
+        info = describe(record)
+        print(
+            f"{record.name:<20} {record.id:<8} {info['status']:<8} {','.join(info['scopes']):<22} "
+            f"{','.join(record.models) or '*':<24} {info['last_used_at'] or '-'}"
+        )
+    return 0
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    with _admin(settings) as admin:
+        record = admin.get(args.name)
+    _print_record(record, args.json)
+    return 0
+
+
+def _update(args: argparse.Namespace, settings: Settings) -> int:
+    with _admin(settings) as admin:
+        record = admin.update(admin.get(args.name).id, _change(args)).record
+    _print_record(record, args.json)
+    return 0
+
+
+def _revoke(args: argparse.Namespace, settings: Settings) -> int:
+    with _admin(settings) as admin:
+        record = admin.revoke(admin.get(args.name).id).record
+    print(f"revoked {record.name} ({record.id})")
+    return 0
+
+
+def _rotate(args: argparse.Namespace, settings: Settings) -> int:
+    with _admin(settings) as admin:
+        outcome = admin.rotate(admin.get(args.name).id)
+    _print_secret(outcome, args.json)
+    return 0
+
+
+def _print_record(record: KeyRecord, as_json: bool) -> None:
+    info = describe(record)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    for field, value in info.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        if isinstance(value, dict):
+            shown = ", ".join(f"{name}={item}" for name, item in value.items())
+        print(f"{field + ':':<14}{shown if shown not in (None, '') else '-'}")
+
+
+def _print_secret(outcome: Outcome, as_json: bool) -> None:
+    record = outcome.record
+    if as_json:
+        print(json.dumps({**describe(record), "key": outcome.secret}, indent=2))
+        return
+    print(outcome.secret)
+    print(
+        f"Key {record.name!r} ({record.id}). Store it now: it is not shown again.",
+        file=sys.stderr,
+    )

@@ -1,0 +1,196 @@
+"""The server's in-memory view of the key store.
+
+Lookups on the request path are a dict access: no database call, nothing that can block the
+event loop. A background task polls the store's change counter (written by the CLI) and reloads
+when it moves, so created, changed, revoked and rotated keys take effect within about one
+refresh interval. A key the server does not recognise (new, or rotated a moment ago) makes it look
+at the change counter before refusing (one shared look at most every ``MISS_RECHECK`` seconds),
+so a key works the moment the CLI has printed it; the admin API makes the same call after each
+write, so a change acts on this server before its answer goes out.
+Last-use times are collected in memory and written in batches.
+
+Store work runs on the ``executor`` given (the database's own thread in the server). Closing stops
+the poller between rounds, never inside one: a write it began finishes before the store closes.
+When the store cannot be read, the keys already loaded keep being served (the database logs why);
+this logs once when the store fails and once when it answers again, not every round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
+from typing import TypeVar
+
+from gateway.keys.store import KeyRecord, KeyStore
+
+# Unknown key ids trigger at most one store check per this many seconds, whoever sends them.
+MISS_RECHECK = 0.1
+# A store that cannot be read (locked, gone) or holds a record this version cannot read (written
+# by a newer CLI): keep serving the keys already loaded.
+_STORE_ERRORS = (sqlite3.Error, ValueError)
+
+log = logging.getLogger("gateway.keys")
+
+T = TypeVar("T")
+
+
+class Keyring:
+    def __init__(
+        self,
+        open_store: Callable[[], KeyStore],
+        *,
+        refresh_interval: float = 1.0,
+        executor: Executor | None = None,
+    ) -> None:
+        self._open_store = open_store
+        self._store: KeyStore | None = None
+        self._interval = refresh_interval
+        self._executor = executor
+        self._keys: dict[str, KeyRecord] = {}
+        self._version: Hashable = None
+        self._used: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._failure: str | None = None
+        self._refreshing: asyncio.Task[None] | None = None
+        self._next_catch_up = 0.0
+        self._looks = 0  # looks at the store begun so far
+        self._reads = 0  # of those, the ones that have begun reading (written by the look's thread)
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        return self._keys.get(key_id)
+
+    def has_usable_key(self) -> bool:
+        """Whether any loaded key could authenticate now (not revoked, not expired)."""
+        now = time.time()
+        return any(record.usable(now) for record in self._keys.values())
+
+    async def catch_up(self) -> None:
+        """Return once a look at the store that began after this call has finished: whatever was
+        committed before the call (a key the CLI just printed, a revocation the admin API just
+        wrote) is then in memory. Looks are shared by everyone waiting, and those started here
+        begin at most every MISS_RECHECK seconds."""
+        # Looks that had begun reading the store before this call; any later one sees what it must.
+        arrived = self._reads
+        try:
+            while True:
+                running = self._refreshing
+                if running is not None and self._looks > arrived:
+                    await asyncio.shield(running)
+                    return
+                if running is not None:
+                    # Reading since before this call: it may have read the change counter before
+                    # the change was committed. Let it finish, then look again.
+                    await asyncio.wait([running])
+                    continue
+                if self._looks > arrived:
+                    return  # a look that began after this call has just finished
+                wait = self._next_catch_up - time.monotonic()
+                if wait > 0:
+                    # Looked a moment ago: wait for the next slot (someone may start that look).
+                    await asyncio.sleep(wait)
+                    continue
+                self._next_catch_up = time.monotonic() + MISS_RECHECK
+                await self._refreshed()
+                return
+        except _STORE_ERRORS as error:
+            self._failed(error)
+
+    async def _refreshed(self) -> None:
+        # One check at a time, shared by the poller and every request that asks meanwhile.
+        if self._refreshing is None:
+            self._looks += 1
+            self._refreshing = asyncio.get_running_loop().create_task(self._in_thread(self._refresh))
+            self._refreshing.add_done_callback(self._refresh_done)
+        await asyncio.shield(self._refreshing)
+
+    def _refresh_done(self, task: asyncio.Task[None]) -> None:
+        self._refreshing = None
+        if not task.cancelled():
+            task.exception()  # read here, so an error nobody awaited is not reported twice
+
+    def note_use(self, key_id: str) -> None:
+        self._used[key_id] = time.time()
+
+    async def start(self) -> None:
+        self._store = await self._in_thread(self._open_store)
+        await self._in_thread(self._reload)
+        self._stopping.clear()
+        self._task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            # Between rounds: a write the poller began finishes in its thread before the store
+            # closes (cancelling would leave that thread writing while the store closed under it).
+            self._stopping.set()
+            await self._task
+            self._task = None
+        if self._refreshing is not None:
+            # A look a request started runs in a thread: let it finish before the store closes.
+            await asyncio.wait([self._refreshing])
+        if self._store is not None:
+            try:
+                await self._flush()
+            except _STORE_ERRORS as error:
+                log.warning("could not record when keys were last used: %s", error)
+            await self._in_thread(self._store.close)
+            self._store = None
+
+    async def _poll(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
+            try:
+                await self._refreshed()
+                await self._flush()
+            except _STORE_ERRORS as error:
+                # Keep serving with the keys we have; the next round tries again.
+                self._failed(error)
+            else:
+                if self._failure is not None:
+                    log.warning("key store available again")
+                    self._failure = None
+
+    def _failed(self, error: Exception) -> None:
+        if str(error) != self._failure:
+            self._failure = str(error)
+            log.warning("key store unavailable: %s", error)
+
+    async def _in_thread(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def _refresh(self) -> None:
+        self._reads += 1  # before the read: a change committed before this line is seen
+        if self._opened().version() != self._version:
+            self._reload()
+
+    def _reload(self) -> None:
+        store = self._opened()
+        version = store.version()
+        self._keys = {record.id: record for record in store.load()}
+        self._version = version
+
+    def _opened(self) -> KeyStore:
+        if self._store is None:
+            raise RuntimeError("the keyring is not started")
+        return self._store
+
+    async def _flush(self) -> None:
+        # Swapped on the event loop, written in a thread.
+        used, self._used = self._used, {}
+        store = self._opened()
+        try:
+            await self._in_thread(lambda: store.record_use(used))
+        except _STORE_ERRORS:
+            # Kept for the next round (a later time for a key wins).
+            for key_id, when in used.items():
+                self._used[key_id] = max(when, self._used.get(key_id, when))
+            raise

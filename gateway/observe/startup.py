@@ -1,0 +1,53 @@
+"""What the gateway says once it has started: where it forwards, whether that answers, and how to
+make a first key. A gateway with no Ollama behind it, or no key to let anyone in, must not look
+exactly like a healthy one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from gateway.errors import GatewayError
+from gateway.fleet import Fleet
+from gateway.keys.keyring import Keyring
+from gateway.proxy.upstream import Upstream, fetch_version
+
+log = logging.getLogger("gateway")
+
+CREATE_KEY = "ollama-gateway keys create <name>"
+
+
+async def report_start(fleet: Fleet, keyring: Keyring, *, wait: float) -> None:
+    several = fleet.several
+    lines = await asyncio.gather(
+        *(
+            _upstream_line(member.client, f"{member.name} ({member.spec.url})" if several else member.spec.url, wait)
+            for member in fleet.members
+        )
+    )
+    for line in lines:
+        log.log(*line)
+    if not keyring.has_usable_key():
+        log.warning("no API key exists yet, so every request gets 401: create one with `%s`", CREATE_KEY)
+
+
+async def _upstream_line(upstream: Upstream, url: str, wait: float) -> tuple[int, str]:
+    try:
+        async with asyncio.timeout(wait):
+            status, body = await fetch_version(upstream)
+    except GatewayError as error:
+        return logging.WARNING, f"forwarding to {url}, which does not answer ({error.message}): requests get 502"
+    except TimeoutError:
+        return logging.WARNING, f"forwarding to {url}, which did not answer /api/version within {wait:g} s"
+    if status != 200:
+        return logging.WARNING, f"forwarding to {url}, which answered /api/version with status {status}"
+    return logging.INFO, f"forwarding to {url}: Ollama {_version(body)} answered"
+
+
+def _version(body: bytes) -> str:
+    try:
+        value = json.loads(body).get("version")
+    except (ValueError, AttributeError):
+        return "(unknown version)"
+    return value if isinstance(value, str) and value.isprintable() and len(value) <= 64 else "(unknown version)"

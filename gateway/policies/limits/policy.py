@@ -1,0 +1,83 @@
+"""The limits policy: per-key quotas (429, policy). The fair slot on a server (503 on timeout,
+capacity) is taken afterwards, by the routing policy, on the server it chooses.
+
+Before forwarding it reserves an estimate of the request's tokens, so concurrent requests cannot
+overshoot a token budget together; when the request is over (completed, failed, or abandoned by
+its client mid-stream) the reservation is settled to the tokens really used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.flow import Flow
+from gateway.keys.store import UNLIMITED, Limits
+from gateway.ollama.estimate import estimate
+from gateway.ollama.surfaces import RouteClass
+from gateway.policies.limits import Grant, Limiter, Quota, refusal, window_headers
+from gateway.proxy.inbound import Inbound
+
+_EMBEDDINGS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
+
+
+def effective(limits: Limits, defaults: Quota) -> Quota:
+    """A key's own values override the gateway defaults; UNLIMITED lifts a limit."""
+
+    def pick(own: int | None, default: int | None) -> int | None:
+        if own is None:
+            return default
+        return None if own == UNLIMITED else own
+
+    return Quota(
+        rpm=pick(limits.rpm, defaults.rpm),
+        tpm=pick(limits.tpm, defaults.tpm),
+        tpd=pick(limits.tpd, defaults.tpd),
+        concurrency=pick(limits.concurrency, defaults.concurrency),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a request holds while it runs: its reservation."""
+
+    quota: Quota
+    grant: Grant | None
+
+
+class LimitPolicy:
+    def __init__(
+        self,
+        limiter: Limiter,
+        *,
+        defaults: Quota,
+        default_completion_tokens: int,
+    ) -> None:
+        self._limiter = limiter
+        self._defaults = defaults
+        self._default_completion = default_completion_tokens
+
+    async def admit(self, flow: Flow, inbound: Inbound) -> Admission:
+        principal = flow.caller()
+        quota = effective(principal.limits, self._defaults)
+        inference = flow.route.route_class is RouteClass.INFERENCE
+        tokens = (
+            estimate(flow.json, self._default_completion, embedding=flow.route.name in _EMBEDDINGS) if inference else 0
+        )
+        grant: Grant | None = None
+        zero = [name for name in ("rpm", "tpm", "tpd", "concurrency") if getattr(quota, name) == 0]
+        if zero:
+            # A limit of 0 blocks the key; no amount of waiting helps.
+            raise refusal(
+                f"this API key may not make requests ({zero[0]} limit is 0)", 3600, None, None, can_wait=False
+            )
+        if not quota.unlimited:
+            grant = await self._limiter.acquire(principal.key_id, quota, tokens)
+            flow.response_headers.extend(window_headers(grant.requests, grant.tokens))
+        return Admission(quota, grant)
+
+    def finish(self, flow: Flow, admitted: Admission) -> None:
+        if admitted.grant is not None:
+            # A request refused or abandoned before it ran (in a queue, say) used nothing.
+            usage = flow.usage
+            used = usage.total if usage is not None else 0
+            self._limiter.settle(flow.caller().key_id, admitted.quota, admitted.grant, used)

@@ -1,0 +1,140 @@
+"""The relay, the gateway's core: send one request upstream and pass the answer to the client,
+byte for byte.
+
+It knows nothing of keys, limits or logs. Policies see the exchange through an ``Observer`` that
+receives copies of what passes (it must never hold a byte back), and may swap the body through
+an optional ``BodyTransform``. "Response started" is the point of no return: before it, failures
+propagate as ``GatewayError`` for the caller to render; after it, a stream ends with one error
+frame in its own dialect, and a fixed-length body is cut (the client sees it truncated). The same
+holds for an exchange ended from outside (the gateway shutting down): its task is cancelled, and
+the ``Stop`` it was given names the error that cancellation stands for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+from starlette.types import Send
+
+from gateway.errors import Dialect, GatewayError, render_in_stream
+from gateway.proxy.headers import STREAM_HEADERS, Headers, client_response_headers, header, is_stream
+from gateway.proxy.inbound import Inbound
+from gateway.proxy.upstream import Outbound, Upstream
+
+
+class Observer(Protocol):
+    def response_started(self, status: int, headers: Headers, streaming: bool) -> None: ...
+
+    def chunk(self, data: bytes) -> None: ...
+
+    def sent(self, size: int) -> None:
+        """How many body bytes the client was sent in all (once, when the relay ends)."""
+
+    def failed(self, error: GatewayError) -> None: ...
+
+
+class Stop(Protocol):
+    def claim(self) -> GatewayError | None:
+        """On a CancelledError: the error the exchange was ended with from outside (the
+        cancellation is then taken back), or None when the cancellation is not its own."""
+
+
+class BodyTransform(Protocol):
+    """Rewrites a response body on its way out (e.g. a listing filtered per key)."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def end(self) -> bytes: ...
+
+
+class Chain:
+    """Several transforms, each fed what the one before it let out, in order."""
+
+    def __init__(self, transforms: Sequence[BodyTransform]) -> None:
+        self._transforms = tuple(transforms)
+
+    def feed(self, data: bytes) -> bytes:
+        for transform in self._transforms:
+            if not data:
+                break
+            data = transform.feed(data)
+        return data
+
+    def end(self) -> bytes:
+        tail = b""
+        for transform in self._transforms:
+            tail = (transform.feed(tail) if tail else b"") + transform.end()
+        return tail
+
+
+class ResponseAborted(Exception):
+    """Raised after a fixed-length body broke off: the server must drop the connection."""
+
+
+async def relay(
+    upstream: Upstream,
+    request: Outbound,
+    inbound: Inbound,
+    send: Send,
+    *,
+    dialect: Dialect,
+    extra_headers: Headers,
+    observer: Observer,
+    stop: Stop,
+    transform: BodyTransform | None = None,
+) -> None:
+    response = await upstream.send(request)
+    size = 0
+    try:
+        headers = client_response_headers(response.headers)
+        content_type = header(headers, b"content-type")
+        streaming = is_stream(content_type)
+        if streaming:
+            headers.extend(STREAM_HEADERS)
+        if transform is not None:
+            headers = [(name, value) for name, value in headers if name.lower() != b"content-length"]
+        headers.extend(extra_headers)
+        observer.response_started(response.status, headers, streaming)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        tail = b""
+        stream_type = content_type if streaming else None
+        try:
+            async for data in response.body():
+                observer.chunk(data)
+                if transform is not None:
+                    data = transform.feed(data)
+                    if not data:
+                        continue
+                size += len(data)
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        except GatewayError as error:
+            tail = _broken_off(error, observer, inbound, stream_type, dialect)
+        except asyncio.CancelledError:
+            ended = stop.claim()
+            if ended is None:
+                raise
+            tail = _broken_off(ended, observer, inbound, stream_type, dialect)
+        else:
+            if transform is not None:
+                tail = transform.end()
+        inbound.stop()
+        size += len(tail)
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    finally:
+        observer.sent(size)
+        await response.aclose()
+
+
+def _broken_off(
+    error: GatewayError, observer: Observer, inbound: Inbound, stream_type: bytes | None, dialect: Dialect
+) -> bytes:
+    """The frame ending a stream that broke off (``stream_type``: its content type); a fixed-length
+    body (None) cannot say so and is cut."""
+    observer.failed(error)
+    if stream_type is None:
+        inbound.stop()
+        raise ResponseAborted from error
+    # Whatever a transform still holds is half a frame: dropped, the error frame ends it.
+    return render_in_stream(error, dialect, event_stream=stream_type.startswith(b"text/event-stream"))

@@ -1,0 +1,153 @@
+"""The gateway's own endpoints, outside /api and /v1: liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+
+from gateway.database import Database, DatabaseGone
+from gateway.errors import GatewayError
+from gateway.fleet import Fleet, State
+from gateway.observe.metrics import CONTENT_TYPE, Metrics
+from gateway.policies.limits import Limiter
+from gateway.proxy.upstream import Upstream, fetch_version
+from gateway.routes.guard import Guard
+
+READY_TIMEOUT = 5.0
+# The database probe: how long its write may wait for another writer, and for its turn on the
+# database's thread. A held lock answers "not writable" within about a second, never holds a probe.
+DATABASE_PROBE_BUSY = 1.0
+DATABASE_PROBE_TIMEOUT = 1.5
+
+log = logging.getLogger("gateway.database")
+# A readiness check: a coroutine answering "ok", "degraded: <why>" (still serving, e.g. on local
+# limits while Redis is away), or what is wrong (not ready).
+Check = Callable[[], Awaitable[str]]
+
+
+def health_router(checks: dict[str, Check], fleet: Fleet | None = None) -> APIRouter:
+    """``/healthz`` and ``/readyz``; with several servers, ``/readyz`` lists each one's state."""
+    router = APIRouter()
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is alive; touches nothing else."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready when every dependency answers; the detail names what is not."""
+        names = list(checks)
+        results = await asyncio.gather(*(checks[name]() for name in names))
+        detail = dict(zip(names, results, strict=True))
+        ready = all(value == "ok" or value.startswith("degraded") for value in detail.values())
+        answer: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": detail}
+        if fleet is not None and fleet.several:
+            # Public, like the rest of /readyz: states and load only, no model names. (One server
+            # is not listed: its name is its address, which a stranger has no need to learn.)
+            answer["upstreams"] = {
+                member.name: {
+                    "state": member.state.value,
+                    "in_flight": member.in_flight,
+                    "queued": member.queue.waiting if member.queue is not None else 0,
+                }
+                for member in fleet.members
+            }
+        return JSONResponse(answer, 200 if ready else 503)
+
+    return router
+
+
+def metrics_router(metrics: Metrics, guard: Guard | None) -> APIRouter:
+    """``/metrics``; with a guard, only for admin keys (the metrics name keys)."""
+    router = APIRouter(dependencies=[Depends(guard)] if guard is not None else [])
+
+    @router.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return router
+
+
+def upstream_check(upstream: Upstream) -> Check:
+    async def check() -> str:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                status, _ = await fetch_version(upstream)
+        except (GatewayError, TimeoutError):
+            return "unavailable"
+        return "ok" if status == 200 else f"status {status}"
+
+    return check
+
+
+def fleet_check(fleet: Fleet) -> Check:
+    """Several servers: ready while one answers (the watchers keep each state current)."""
+
+    async def check() -> str:
+        if any(member.state is State.UNKNOWN for member in fleet.members):
+            # Just started: ask now rather than answer before the first round is in.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(READY_TIMEOUT):
+                    await fleet.refresh_now()
+        up = [member for member in fleet.members if member.state is State.UP]
+        if not up:
+            return "unavailable"
+        down = len(fleet.members) - len(up)
+        return f"degraded: {down} of {len(fleet.members)} servers not answering" if down else "ok"
+
+    return check
+
+
+def database_check(database: Database) -> Check:
+    """A real write (the heartbeat row), committed, within a bounded wait. Probes that arrive
+    while one is running share it: however often /readyz is asked, one write at a time."""
+    running: asyncio.Task[None] | None = None
+    failure: str | None = None
+
+    async def check() -> str:
+        nonlocal running, failure
+        if running is None or running.done():
+            beat = functools.partial(database.heartbeat, busy=DATABASE_PROBE_BUSY)
+            running = asyncio.get_running_loop().create_task(database.call(beat))
+            running.add_done_callback(_observed)
+        try:
+            async with asyncio.timeout(DATABASE_PROBE_TIMEOUT):
+                await asyncio.shield(running)
+        except DatabaseGone:
+            answer = "not ready: no database file at its path"
+        except sqlite3.Error as error:
+            answer = f"not writable: {error}"
+        except TimeoutError:
+            answer = "not writable: timed out waiting for the database"
+        else:
+            answer = "ok"
+        if answer != (failure or "ok"):
+            if answer == "ok":
+                log.warning("database %s is writable again", database.path)
+            else:
+                log.error("database %s: %s", database.path, answer)
+            failure = None if answer == "ok" else answer
+        return answer
+
+    return check
+
+
+def _observed(task: asyncio.Task[None]) -> None:
+    # A probe nobody waits for any more (its callers timed out) must not report "never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
+def limiter_check(limiter: Limiter) -> Check:
+    async def check() -> str:
+        return limiter.status()
+
+    return check

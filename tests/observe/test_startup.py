@@ -1,0 +1,128 @@
+"""What a newcomer sees when the gateway starts: where it forwards, whether that answered, how to
+make the first key; and a readable access log on a terminal, JSON everywhere else."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.keys.keyring import Keyring
+from gateway.keys.management import KeyAdmin
+from gateway.keys.store import open_keystore
+from gateway.observe.accesslog import chosen_format
+from tests.conftest import issue_key
+from tests.fake_ollama import FakeOllama
+from tests.servers import ROOT, free_port, gateway_process, stop_process
+
+pytestmark = pytest.mark.timeout(30)
+
+NO_KEY = "no API key exists yet, so every request gets 401: create one with `ollama-gateway keys create <name>`"
+
+
+def test_a_gateway_without_ollama_or_keys_says_so(database_url: str) -> None:
+    port = free_port()
+    upstream = f"http://127.0.0.1:{port}"
+    env = {"GATEWAY_UPSTREAM_URL": upstream, "GATEWAY_DATABASE_URL": database_url}
+    with gateway_process(env) as gateway:
+        line = gateway.stderr.wait_for("forwarding to")
+        assert line.startswith("WARNING:")
+        assert line.rstrip().endswith(
+            f"forwarding to {upstream}, which does not answer "
+            f"(upstream 127.0.0.1:{port} unavailable: Connection refused): requests get 502"
+        )
+        assert gateway.stderr.wait_for(NO_KEY).startswith("WARNING:")
+
+
+def test_a_healthy_start_names_the_upstream_and_its_version(fake: FakeOllama, database_url: str) -> None:
+    issue_key(database_url, "someone")
+    env = {"GATEWAY_UPSTREAM_URL": fake.url, "GATEWAY_DATABASE_URL": database_url}
+    with gateway_process(env) as gateway:
+        line = gateway.stderr.wait_for("forwarding to")
+        gateway.stop()
+    assert line.startswith("INFO:")
+    assert line.rstrip().endswith(f"forwarding to {fake.url}: Ollama 0.33.0 answered")
+    assert not [text for text in gateway.stderr.lines if "no API key" in text]
+
+
+async def test_only_a_key_that_can_authenticate_counts(database_url: str) -> None:
+    store = open_keystore(database_url)
+    try:
+        issue_key(database_url, "old", expires_at=time.time() - 1)
+        issue_key(database_url, "gone")
+        KeyAdmin(store).revoke(store.get("gone").id)
+        keyring = Keyring(lambda: open_keystore(database_url))
+        await keyring.start()
+        try:
+            assert not keyring.has_usable_key()
+            issue_key(database_url, "current")
+            await keyring.catch_up()
+            assert keyring.has_usable_key()
+        finally:
+            await keyring.close()
+    finally:
+        store.close()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_log_format_is_text_on_a_terminal_and_json_otherwise() -> None:
+    assert chosen_format("auto", _Terminal()) == "text"
+    assert chosen_format("auto", io.StringIO()) == "json"
+    assert chosen_format("json", _Terminal()) == "json"
+    assert chosen_format("text", io.StringIO()) == "text"
+    closed = io.StringIO()
+    closed.close()
+    assert chosen_format("auto", closed) == "json"
+
+
+def _read_line_containing(fd: int, text: bytes, deadline: float) -> bytes:
+    received = b""
+    while text not in received:
+        readable, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        assert readable, f"nothing with {text!r} on the terminal: {received!r}"
+        received += os.read(fd, 65536)
+    return next(line for line in received.splitlines() if text in line)
+
+
+def test_serve_on_a_terminal_logs_text_lines(fake: FakeOllama, database_url: str, tmp_path: Path) -> None:
+    key = issue_key(database_url, "terminal")
+    port = free_port()
+    env = {
+        **os.environ,
+        "GATEWAY_UPSTREAM_URL": fake.url,
+        "GATEWAY_DATABASE_URL": database_url,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+    }
+    env.pop("GATEWAY_LOG_FORMAT", None)
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve"], env=env, cwd=ROOT, stdout=secondary, stderr=secondary
+    )
+    os.close(secondary)
+    try:
+        deadline = time.monotonic() + 20
+        _read_line_containing(primary, b"Uvicorn running on", deadline)
+        response = httpx.get(f"http://127.0.0.1:{port}/api/tags", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200
+        line = _read_line_containing(primary, b" GET /api/tags ", deadline).decode()
+        assert " 200 GET /api/tags " in line
+        assert "key=terminal" in line
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(line)
+    finally:
+        stop_process(process)
+        os.close(primary)
