@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,11 +22,13 @@ from gateway.errors import Dialect, GatewayError, render
 from gateway.fleet import Fleet
 from gateway.fleet.config import fleet_specs
 from gateway.keys.keyring import Keyring
+from gateway.keys.management import KeyAdmin
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.observe.accesslog import AccessLog, AuditLog, chosen_format
 from gateway.observe.metrics import Metrics
 from gateway.observe.startup import report_start
-from gateway.policies.auth import Authenticator, AuthPolicy
+from gateway.policies.account import AccountPolicy
+from gateway.policies.auth import Authenticator, AuthPolicy, SignedRequests
 from gateway.policies.limits import Quota, open_limiter
 from gateway.policies.limits.policy import LimitPolicy
 from gateway.policies.lockout import Lockout
@@ -52,6 +55,8 @@ from gateway.routes.guard import admin_scope
 from gateway.settings import Settings
 from gateway.usage.accounting import UsageLedger
 from gateway.usage.store import SqliteUsageStore
+
+log = logging.getLogger("gateway.keys")
 
 # Each server's connections for the watcher and the merged listings (small, quick requests).
 _PROBE_CONNECTIONS = 4
@@ -88,7 +93,16 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     authenticator = Authenticator(
         keyring,
         Lockout(limit=settings.auth_failure_limit, window=settings.auth_failure_window, on_lock=metrics.lockouts.inc),
+        signed=SignedRequests(
+            max_skew=settings.signature_max_skew, public_url=settings.public_url, signin=settings.admin_ui
+        ),
     )
+
+    async def detach(key_id: str, fingerprint: str) -> None:
+        await database.call(lambda: KeyAdmin(key_store).detach_ollama_key(key_id, fingerprint))
+        log.info("key %s: Ollama key %s signed out", key_id, fingerprint)
+        await keyring.catch_up()
+
     limiter = open_limiter(settings.redis_url, fail_closed=settings.redis_fail_closed)
     ledger = UsageLedger(lambda: usage_store, flush_interval=settings.usage_flush_interval, executor=database.executor)
 
@@ -102,6 +116,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         # The order requests pass through: who is calling, then what they may reach.
         policies=[
             AuthPolicy(authenticator),
+            # Ollama's account routes, answered here for the gateway's own keys.
+            AccountPolicy(allow_cloud=settings.allow_cloud, detach=detach),
             RoutePolicy(allow_cloud=settings.allow_cloud),
             RequestBodyPolicy(max_body_bytes=settings.max_body_bytes),
             ModelPolicy(allow_cloud=settings.allow_cloud),
@@ -177,6 +193,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
                 keys=key_store,
                 usage=usage_store,
                 run=database.call,
+                pending=authenticator.pending,
                 keys_changed=keyring.catch_up,
                 traffic=traffic,
                 in_flight=lambda: forwarded.in_flight,

@@ -90,6 +90,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
     """,
+    # 5: Ollama public keys, each belonging to one key at most (the blob is the identity).
+    """
+    CREATE TABLE ollama_keys (
+        blob BLOB PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+        comment TEXT NOT NULL,
+        added_at REAL NOT NULL
+    );
+    CREATE INDEX ollama_keys_key ON ollama_keys (key_id);
+    """,
 )
 
 

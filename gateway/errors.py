@@ -39,6 +39,10 @@ class GatewayError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def native_fields(self) -> dict[str, str]:
+        """Members the native body carries beside ``error`` (none, for most errors)."""
+        return {}
+
 
 class BadRequest(GatewayError):
     status = 400
@@ -118,7 +122,7 @@ class UpstreamConnectTimeout(UpstreamTimeout):
 def render(error: GatewayError, dialect: Dialect, request_id: str = "") -> bytes:
     """The whole response body for ``error`` in ``dialect`` (sent with application/json)."""
     if dialect is Dialect.NATIVE:
-        body: object = {"error": error.message}
+        body: object = {"error": error.message, **error.native_fields()}
     elif dialect is Dialect.OPENAI:
         body = {"error": _openai_object(error)}
     else:
@@ -150,11 +154,36 @@ def _openai_object(error: GatewayError) -> dict[str, object]:
 
 
 class Unauthorized(GatewayError):
+    """No usable credential. The client always gets the same message; ``reason`` (``missing``,
+    ``malformed``, ``unknown``, ``wrong_secret``, ``expired``, ``revoked``, ``bad_signature``,
+    ``unknown_public_key``, ``stale_timestamp``), the key id and the public key's fingerprint, when
+    they could be read, are for the operator's log only. ``signin_url`` (an unknown public key:
+    where to ask for access) is what the ollama command looks for in a 401's body."""
+
     status = 401
     outcome = "unauthorized"
     code = "invalid_api_key"
     openai_type = "invalid_request_error"
     anthropic_type = "authentication_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        reason: str = "missing",
+        key_id: str | None = None,
+        public_key: str | None = None,
+        signin_url: str | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.reason = reason
+        self.key_id = key_id
+        self.public_key = public_key
+        self.signin_url = signin_url
+
+    def native_fields(self) -> dict[str, str]:
+        return {"signin_url": self.signin_url} if self.signin_url else {}
 
 
 class Forbidden(GatewayError):

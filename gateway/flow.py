@@ -33,6 +33,15 @@ class Flow:
     started: float = field(default_factory=time.perf_counter)
     wall_started: float = field(default_factory=time.time)
     principal: Principal | None = None
+    # The query as it goes upstream (a signed request's ``ts`` is removed by authentication).
+    query: bytes = b""
+    # Why authentication refused (for the operator's log), the key id it could read, and the
+    # fingerprint of the Ollama public key that signed the request (whether or not it was let in).
+    auth: str | None = None
+    claimed_key_id: str | None = None
+    public_key: str | None = None
+    # A JSON body the gateway answers with itself (200) instead of forwarding (``/api/me``).
+    answer: bytes | None = None
     model: str | None = None
     status: int = 0
     upstream_status: int | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -59,6 +60,11 @@ class Settings(BaseSettings):
     auth_failure_window: float = Field(default=60.0, gt=0)
     # Routes acting with the host owner's ollama.com identity, and ":cloud" models.
     allow_cloud: bool = False
+    # The ollama command's signed requests: how far their timestamp may be from this clock (seconds).
+    signature_max_skew: float = Field(default=300.0, gt=0, le=3600)
+    # Where clients reach the gateway (https://gpu.example.com): the base of the sign-in link an
+    # unknown Ollama key is sent to. Unset: from the request's Host and scheme.
+    public_url: str | None = None
     # Browser origins allowed to call the gateway (comma-separated; "*" = any; wildcards allowed).
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
 
@@ -115,6 +121,16 @@ class Settings(BaseSettings):
         if value and info.data.get("upstreams"):
             raise ValueError("set GATEWAY_UPSTREAMS or GATEWAY_UPSTREAMS_FILE, not both")
         return value or None
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("expected the gateway's base URL, e.g. https://gpu.example.com")
+        return value.rstrip("/")
 
     @field_validator("database_url")
     @classmethod

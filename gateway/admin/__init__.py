@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from gateway import __version__
 from gateway.admin.audit import Audit
+from gateway.admin.connect import connect_router
 from gateway.admin.errors import install_error_handlers
 from gateway.admin.gate import Gate, admitted
 from gateway.admin.hardening import Hardening
@@ -26,6 +27,7 @@ from gateway.admin.static import static_router
 from gateway.admin.traffic import LiveTraffic
 from gateway.admin.usage import usage_router
 from gateway.database import Runner
+from gateway.keys.pending import PendingAccess
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.observe.accesslog import AuditLog
 from gateway.proxy.clientaddr import ClientResolver
@@ -43,6 +45,8 @@ class AdminSources:
     usage: SqliteUsageStore
     # Where their blocking work runs (the database's own thread).
     run: Runner
+    # Ollama public keys that asked for access (the connect view).
+    pending: PendingAccess
     # Awaited after a key changes, so this server acts on it before the answer goes out.
     keys_changed: Callable[[], Awaitable[None]]
     traffic: LiveTraffic
@@ -70,6 +74,7 @@ def admin_app(sources: AdminSources, *, guard: Guard, resolver: ClientResolver, 
     api.add_middleware(LastResort)
     api.include_router(keys_router(sources.keys, sources.run, acting, sources.keys_changed), prefix="/api")
     api.include_router(usage_router(sources.usage, sources.run, acting), prefix="/api")
+    api.include_router(connect_router(sources.pending, sources.keys, sources.run, acting), prefix="/api")
     api.include_router(
         live_router(
             sources.traffic,

@@ -20,6 +20,7 @@ from gateway.keys.management import (
     LIMIT_NAMES,
     MODELS_LIMIT,
     NAME_LIMIT,
+    OLLAMA_KEYS_LIMIT,
     KeyAdmin,
     KeyChange,
     Outcome,
@@ -79,6 +80,19 @@ class KeyPolicy(BaseModel):
         "time, in the future and no later than 9999-12-31; or 'never' (null means 'never' too)",
         examples=["30d"],
     )
+    add_ollama_keys: list[str] = Field(
+        default_factory=list,
+        description="Ollama public keys to attach, as the lines of id_ed25519.pub: the ollama command's requests "
+        "signed with them act as this key",
+        examples=[["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI… alice@laptop"]],
+        json_schema_extra={"maxItems": OLLAMA_KEYS_LIMIT},
+    )
+    remove_ollama_keys: list[str] = Field(
+        default_factory=list,
+        description="Ollama public keys to detach: their SHA256 fingerprints (as listed) or lines",
+        examples=[["SHA256:Jk2D5b3nUq0vGq8m6z7Yt3hQ1w4r5t6y7u8i9o0p1a2"]],
+        json_schema_extra={"maxItems": OLLAMA_KEYS_LIMIT},
+    )
 
     def change(self) -> KeyChange:
         return KeyChange(
@@ -89,6 +103,8 @@ class KeyPolicy(BaseModel):
             expires_at=KEEP
             if "expires" not in self.model_fields_set
             else parse_expiry("never" if self.expires is None else self.expires),
+            add_ollama_keys=tuple(self.add_ollama_keys),
+            remove_ollama_keys=tuple(self.remove_ollama_keys),
         )
 
 
@@ -139,7 +155,7 @@ def keys_router(
         audit(request, "keys.show", key_id)
         return await run(lambda keys: keys.describe(keys.by_id(key_id)))
 
-    @router.patch("/{key_id}", summary="Change a key's scopes, models, limits or expiry")
+    @router.patch("/{key_id}", summary="Change a key's scopes, models, limits, expiry or Ollama keys")
     async def update_key(key_id: KeyId, body: KeyPolicy, request: Request) -> dict[str, Any]:
         audit(request, "keys.update", key_id)
         change = body.change()

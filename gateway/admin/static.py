@@ -19,6 +19,7 @@ _TYPES = {
     "keys.js": "text/javascript; charset=utf-8",
     "usage.js": "text/javascript; charset=utf-8",
     "live.js": "text/javascript; charset=utf-8",
+    "connect.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     # uPlot 1.6.32 (MIT), vendored from the npm registry: see uPlot.LICENSE.
     "uPlot.iife.min.js": "text/javascript; charset=utf-8",

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from gateway.cli.argument import argument
@@ -26,6 +27,7 @@ from gateway.keys.management import (
     describe,
     parse_expiry,
     parse_limit,
+    parse_ollama_key,
     parse_scope,
     parse_scopes,
     parse_weight,
@@ -69,6 +71,34 @@ def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None
         default=argparse.SUPPRESS,
         metavar="30d|2027-01-31|never",
     )
+    parser.add_argument(
+        "--add-ollama-key" if update else "--ollama-key",
+        action="append",
+        type=argument(_ollama_key_line, InvalidKeyRequest),
+        dest="add_ollama_keys",
+        metavar="'ssh-ed25519 AAAA… comment'|@FILE.pub",
+        help="let the ollama command's requests signed with this public key act as this key "
+        "(OLLAMA_AUTH=1; the key is in ~/.ollama/id_ed25519.pub; repeat for several)",
+    )
+    if update:
+        parser.add_argument(
+            "--remove-ollama-key",
+            action="append",
+            dest="remove_ollama_keys",
+            metavar="SHA256:…|LINE",
+            help="detach an Ollama public key (its fingerprint, as keys show lists it, or its line)",
+        )
+
+
+def _ollama_key_line(text: str) -> str:
+    """A public key line, given as is or as ``@path`` to an ``id_ed25519.pub`` file."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).expanduser().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise InvalidKeyRequest(f"cannot read {text[1:]}: {getattr(error, 'strerror', None) or error}") from None
+    parse_ollama_key(text)
+    return text
 
 
 def add_commands(commands: Any) -> None:
@@ -88,7 +118,7 @@ def add_commands(commands: Any) -> None:
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_show)
 
-    update = keys.add_parser("update", help="change a key's scopes, models, limits or expiry")
+    update = keys.add_parser("update", help="change a key's scopes, models, limits, expiry or Ollama keys")
     update.add_argument("name")
     add_policy_options(update, update=True)
     update.add_argument("--json", action="store_true")
@@ -112,6 +142,8 @@ def _change(args: argparse.Namespace) -> KeyChange:
         models=models,
         limits={name: getattr(args, name) for name in LIMIT_NAMES if hasattr(args, name)},
         expires_at=getattr(args, "expires", KEEP),
+        add_ollama_keys=tuple(args.add_ollama_keys or ()),
+        remove_ollama_keys=tuple(getattr(args, "remove_ollama_keys", None) or ()),
     )
 
 
@@ -181,6 +213,8 @@ def _print_record(record: KeyRecord, as_json: bool) -> None:
         print(json.dumps(info, indent=2))
         return
     for field, value in info.items():
+        if field == "ollama_keys":
+            value = [f"{key['fingerprint']} {key['comment']}".strip() for key in value]
         shown = ", ".join(value) if isinstance(value, list) else value
         if isinstance(value, dict):
             shown = ", ".join(f"{name}={item}" for name, item in value.items())

@@ -52,6 +52,8 @@ class Keyring:
         self._interval = refresh_interval
         self._executor = executor
         self._keys: dict[str, KeyRecord] = {}
+        # An Ollama public key's SSH blob -> the id of the key it belongs to.
+        self._owners: dict[bytes, str] = {}
         self._version: Hashable = None
         self._used: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -64,6 +66,11 @@ class Keyring:
 
     def get(self, key_id: str) -> KeyRecord | None:
         return self._keys.get(key_id)
+
+    def owner_of(self, public_key: bytes) -> KeyRecord | None:
+        """The key an Ollama public key (its SSH blob) belongs to."""
+        key_id = self._owners.get(public_key)
+        return None if key_id is None else self._keys.get(key_id)
 
     def has_usable_key(self) -> bool:
         """Whether any loaded key could authenticate now (not revoked, not expired)."""
@@ -175,7 +182,11 @@ class Keyring:
     def _reload(self) -> None:
         store = self._opened()
         version = store.version()
-        self._keys = {record.id: record for record in store.load()}
+        records = store.load()
+        keys = {record.id: record for record in records}
+        owners = {public.blob: record.id for record in records for public in record.ollama_keys}
+        # One assignment each, read together by the event loop (a swap, never a half-built map).
+        self._keys, self._owners = keys, owners
         self._version = version
 
     def _opened(self) -> KeyStore:

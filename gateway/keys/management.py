@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from gateway.errors import shown
 from gateway.keys.apikey import generate
+from gateway.keys.ollamakey import InvalidOllamaKey, OllamaKey
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import DEFAULT_SCOPES, UNLIMITED, KeyRecord, KeyStoreError, Limits, Scope, UnknownKey
 from gateway.ollama.models import InvalidModelName, parse_pattern
@@ -28,6 +29,7 @@ __all__ = ["DuplicateKey", "InvalidKeyRequest", "KeyAdmin", "KeyChange", "Unknow
 LIMIT_NAMES: Final = ("rpm", "tpm", "tpd", "concurrency", "weight")
 NAME_LIMIT = 64
 MODELS_LIMIT = 100  # globs per key
+OLLAMA_KEYS_LIMIT = 20  # Ollama public keys per key (a person's machines)
 SCOPES_LIMIT = 10  # scope names in one request (duplicates allowed)
 # Limits are stored in SQLite INTEGER columns (signed 64-bit).
 MAX_LIMIT: Final = 2**63 - 1
@@ -65,6 +67,10 @@ class KeyChange:
     models: tuple[str, ...] | None = None  # () lifts every model restriction
     limits: Mapping[str, int | None] = field(default_factory=dict)  # only the limits given
     expires_at: float | _Keep | None = KEEP
+    # Ollama public keys to attach (``ssh-ed25519 AAAA… comment`` lines) and to detach (lines or
+    # ``SHA256:…`` fingerprints).
+    add_ollama_keys: tuple[str, ...] = ()
+    remove_ollama_keys: tuple[str, ...] = ()
 
 
 def parse_expiry(text: str, now: float | None = None) -> float | None:
@@ -181,6 +187,34 @@ def check_models(texts: Sequence[str]) -> tuple[str, ...]:
     return tuple(check_pattern(text) for text in texts)
 
 
+def parse_ollama_key(text: str) -> OllamaKey:
+    try:
+        return OllamaKey.from_line(text)
+    except InvalidOllamaKey as error:
+        raise InvalidKeyRequest(f"{shown(text)} is not an Ollama public key: {error}") from None
+
+
+def _ollama_keys(change: KeyChange, base: KeyRecord) -> tuple[OllamaKey, ...]:
+    keys = list(base.ollama_keys)
+    for text in change.remove_ollama_keys:
+        wanted = text.strip()
+        if wanted.startswith("SHA256:"):
+            matching = [key for key in keys if key.fingerprint == wanted]
+        else:
+            blob = parse_ollama_key(wanted).blob
+            matching = [key for key in keys if key.blob == blob]
+        if not matching:
+            raise InvalidKeyRequest(f"the key {base.name!r} has no Ollama key {shown(wanted, 60)}")
+        keys = [key for key in keys if key not in matching]
+    for text in change.add_ollama_keys:
+        added = parse_ollama_key(text)
+        # Attaching a key again changes at most its comment.
+        keys = [key for key in keys if key.blob != added.blob] + [added]
+    if len(keys) > OLLAMA_KEYS_LIMIT:
+        raise InvalidKeyRequest(f"a key has at most {OLLAMA_KEYS_LIMIT} Ollama keys")
+    return tuple(keys)
+
+
 def check_name(name: str) -> str:
     # Names appear in tables, logs and metrics labels: one printable line of sensible length.
     if not 1 <= len(name) <= NAME_LIMIT or name != name.strip() or not name.isprintable():
@@ -204,13 +238,21 @@ def apply(change: KeyChange, base: KeyRecord) -> KeyRecord:
         raise InvalidKeyRequest(f"{shown(sorted(unknown)[0])} is not a limit (one of {', '.join(LIMIT_NAMES)})")
     limits = Limits(**{name: change.limits.get(name, getattr(base.limits, name)) for name in LIMIT_NAMES})
     expires = base.expires_at if isinstance(change.expires_at, _Keep) else change.expires_at
-    return replace(base, scopes=scopes, models=models, limits=limits, expires_at=expires)
+    return replace(
+        base, scopes=scopes, models=models, limits=limits, expires_at=expires, ollama_keys=_ollama_keys(change, base)
+    )
 
 
 def changes(before: KeyRecord, after: KeyRecord) -> list[str]:
     """The names of the policy fields that differ (for the audit line: names only, never values)."""
     # Named as the API's and the CLI's inputs name them.
-    fields = {"scopes": "scopes", "models": "models", "expires_at": "expires", "revoked": "revoked"}
+    fields = {
+        "scopes": "scopes",
+        "models": "models",
+        "expires_at": "expires",
+        "revoked": "revoked",
+        "ollama_keys": "ollama_keys",
+    }
     names = [label for name, label in fields.items() if getattr(before, name) != getattr(after, name)]
     names += [f"limits.{name}" for name in LIMIT_NAMES if getattr(before.limits, name) != getattr(after.limits, name)]
     if before.digest != after.digest:
@@ -266,6 +308,14 @@ class KeyAdmin:
 
     def update(self, key_id: str, change: KeyChange) -> Outcome:
         return self._modify(key_id, lambda record: apply(change, _unrevoked(record)))
+
+    def detach_ollama_key(self, key_id: str, fingerprint: str) -> Outcome:
+        """Self-service sign-out: the public key stops acting as this key (a revoked key too)."""
+
+        def detached(record: KeyRecord) -> KeyRecord:
+            return replace(record, ollama_keys=tuple(k for k in record.ollama_keys if k.fingerprint != fingerprint))
+
+        return self._modify(key_id, detached)
 
     def revoke(self, key_id: str) -> Outcome:
         return self._modify(key_id, lambda record: replace(record, revoked=True))
@@ -331,4 +381,5 @@ def describe(record: KeyRecord, now: float | None = None) -> dict[str, Any]:
         "created_at": when(record.created_at),
         "expires_at": when(record.expires_at),
         "last_used_at": when(record.last_used_at),
+        "ollama_keys": [{"fingerprint": key.fingerprint, "comment": key.comment} for key in record.ollama_keys],
     }

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from gateway.database import Database, transaction
 from gateway.keys import apikey
+from gateway.keys.ollamakey import OllamaKey
 from gateway.keys.store import KeyRecord, KeyStoreError, Limits, Scope, UnknownKey
 
 _COLUMNS = (
@@ -18,7 +19,7 @@ _COLUMNS = (
 )
 
 
-def _record(row: tuple[object, ...]) -> KeyRecord:
+def _record(row: tuple[object, ...], ollama_keys: tuple[OllamaKey, ...] = ()) -> KeyRecord:
     (key_id, name, digest, created, last_used, expires, revoked, scopes, models, rpm, tpm, tpd, concurrency, weight) = (
         row
     )
@@ -33,7 +34,46 @@ def _record(row: tuple[object, ...]) -> KeyRecord:
         scopes=frozenset(Scope(item) for item in json.loads(str(scopes))),
         models=tuple(json.loads(str(models))),
         limits=Limits(rpm, tpm, tpd, concurrency, weight),  # type: ignore[arg-type]
+        ollama_keys=ollama_keys,
     )
+
+
+def _ollama_keys(connection: sqlite3.Connection, key_id: str | None = None) -> dict[str, tuple[OllamaKey, ...]]:
+    """Each key's public keys, in the order they were added (one key's, or everyone's)."""
+    query = "SELECT key_id, blob, comment FROM ollama_keys"
+    rows = connection.execute(
+        query + (" WHERE key_id = ? ORDER BY added_at, rowid" if key_id else " ORDER BY added_at, rowid"),
+        (key_id,) if key_id else (),
+    ).fetchall()
+    found: dict[str, list[OllamaKey]] = {}
+    for owner, blob, comment in rows:
+        found.setdefault(str(owner), []).append(OllamaKey(bytes(blob), str(comment)))
+    return {owner: tuple(items) for owner, items in found.items()}
+
+
+def _write_ollama_keys(
+    connection: sqlite3.Connection, key_id: str, before: tuple[OllamaKey, ...], after: tuple[OllamaKey, ...]
+) -> None:
+    kept = {key.blob for key in after}
+    for key in before:
+        if key.blob not in kept:
+            connection.execute("DELETE FROM ollama_keys WHERE blob = ? AND key_id = ?", (key.blob, key_id))
+    had = {key.blob: key for key in before}
+    for key in after:
+        if key.blob in had and had[key.blob].comment == key.comment:
+            continue
+        owner = connection.execute(
+            "SELECT keys.name FROM ollama_keys JOIN keys ON keys.id = ollama_keys.key_id "
+            "WHERE ollama_keys.blob = ? AND ollama_keys.key_id != ?",
+            (key.blob, key_id),
+        ).fetchone()
+        if owner is not None:
+            raise KeyStoreError(f"the Ollama key {key.fingerprint} already belongs to the key {owner[0]!r}")
+        connection.execute(
+            "INSERT INTO ollama_keys (blob, key_id, comment, added_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (blob) DO UPDATE SET comment = excluded.comment",
+            (key.blob, key_id, key.comment, time.time()),
+        )
 
 
 class SqliteKeyStore:
@@ -58,10 +98,12 @@ class SqliteKeyStore:
         return self._database.run(read)
 
     def load(self) -> list[KeyRecord]:
-        rows = self._database.run(
-            lambda connection: connection.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY name").fetchall()  # noqa: S608
-        )
-        return [_record(row) for row in rows]
+        def read(connection: sqlite3.Connection) -> list[KeyRecord]:
+            rows = connection.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY name").fetchall()  # noqa: S608
+            public = _ollama_keys(connection)
+            return [_record(row, public.get(str(row[0]), ())) for row in rows]
+
+        return self._database.run(read)
 
     def record_use(self, last_used: Mapping[str, float]) -> None:
         if not last_used:
@@ -75,12 +117,14 @@ class SqliteKeyStore:
 
     # Management side (the CLI and the admin API).
     def get(self, name: str) -> KeyRecord:
-        row = self._database.run(
-            lambda connection: connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE name = ?", (name,)).fetchone()  # noqa: S608
-        )
-        if row is None:
+        def read(connection: sqlite3.Connection) -> KeyRecord | None:
+            row = connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE name = ?", (name,)).fetchone()  # noqa: S608
+            return None if row is None else _record(row, _ollama_keys(connection, str(row[0])).get(str(row[0]), ()))
+
+        record = self._database.run(read)
+        if record is None:
             raise UnknownKey(f"no key named {name!r}")
-        return _record(row)
+        return record
 
     def create(self, record: KeyRecord) -> tuple[KeyRecord, str]:
         """Store a new key with ``record``'s policy; returns it and the secret (shown once)."""
@@ -94,6 +138,7 @@ class SqliteKeyStore:
                         f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                         _row(stored),
                     )
+                    _write_ollama_keys(connection, stored.id, (), stored.ollama_keys)
                     _changed(connection)
 
             try:
@@ -115,13 +160,15 @@ class SqliteKeyStore:
                 row = connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE id = ?", (key_id,)).fetchone()  # noqa: S608
                 if row is None:
                     raise UnknownKey(f"no key with id {key_id!r}")
-                before = _record(row)
+                before = _record(row, _ollama_keys(connection, key_id).get(key_id, ()))
                 after = replace(change(before), id=before.id, name=before.name, created_at=before.created_at)
                 connection.execute(
                     "UPDATE keys SET digest = ?, expires_at = ?, revoked = ?, scopes = ?, models = ?, rpm = ?, "
                     "tpm = ?, tpd = ?, concurrency = ?, weight = ? WHERE id = ?",
                     (after.digest, *_row(after)[5:7], *_row(after)[7:], after.id),
                 )
+                if after.ollama_keys != before.ollama_keys:
+                    _write_ollama_keys(connection, key_id, before.ollama_keys, after.ollama_keys)
                 _changed(connection)
             return before, after
 

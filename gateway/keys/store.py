@@ -8,6 +8,8 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.keys.ollamakey import OllamaKey
+
 if TYPE_CHECKING:
     from gateway.keys.sqlite import SqliteKeyStore
 
@@ -47,6 +49,8 @@ class KeyRecord:
     expires_at: float | None = None
     revoked: bool = False
     last_used_at: float | None = None
+    # Public keys whose signed requests act as this key (the ollama command's own credential).
+    ollama_keys: tuple[OllamaKey, ...] = ()
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now

@@ -39,6 +39,8 @@ def fields(record: RequestRecord) -> dict[str, Any]:
         "request_id": record.request_id,
         "key_id": record.key_id,
         "key_name": record.key_name,
+        "auth": record.auth,
+        "public_key": record.public_key,
         "client": record.client,
         "method": record.method,
         "path": record.path,
@@ -98,10 +100,11 @@ class AccessLog:
         tokens = (
             f" tokens={record.prompt_tokens}+{record.completion_tokens}" if record.route_class == "inference" else ""
         )
+        auth = f" auth={record.auth}" if record.auth else ""
         self._write(
             f"{line['time']} {record.status} {record.method} {_escaped(record.path)} {line['duration_ms']}ms "
-            f"key={record.key_name or '-'} model={record.model or '-'} upstream={record.upstream or '-'} "
-            f"outcome={record.outcome}{tokens} "
+            f"client={record.client} key={record.key_name or record.key_id or '-'} model={record.model or '-'} "
+            f"upstream={record.upstream or '-'} outcome={record.outcome}{auth}{tokens} "
             f"id={record.request_id}"
         )
 

@@ -38,6 +38,10 @@ class RequestRecord:
     failed_over_from: str | None = None
     # The buffered request body, if one was read (never logged unless a setting asks for it).
     request_body: bytes | None = None
+    # Why authentication refused (never shown to the client), and the Ollama public key's
+    # fingerprint when the request was signed.
+    auth: str | None = None
+    public_key: str | None = None
 
 
 def record_of(flow: Flow) -> RequestRecord:
@@ -53,7 +57,7 @@ def record_of(flow: Flow) -> RequestRecord:
     return RequestRecord(
         time=flow.wall_started,
         request_id=flow.request_id,
-        key_id=flow.principal.key_id if flow.principal else None,
+        key_id=flow.principal.key_id if flow.principal else flow.claimed_key_id,
         key_name=flow.principal.name if flow.principal else None,
         client=flow.client.ip,
         method=flow.method,
@@ -78,4 +82,6 @@ def record_of(flow: Flow) -> RequestRecord:
         upstream=flow.upstream_name if flow.forwarded_at is not None else None,
         failed_over_from=flow.failed_over_from,
         request_body=flow.body,
+        auth=flow.auth,
+        public_key=flow.public_key,
     )

@@ -38,6 +38,7 @@ class Route:
     model_source: ModelSource = ModelSource.NONE
     bounded_body: bool = True  # False: stream the body with no size cap (model blobs)
     listing: bool = False  # the response lists models and is filtered per key
+    account: bool = False  # Ollama's account routes: the gateway answers them for its own keys
 
     @property
     def json_body(self) -> bool:
@@ -66,8 +67,8 @@ _EXACT: dict[str, Route] = {
         Route("/api/create", _ADMIN, _N, ModelSource.CREATE),
         Route("/api/copy", _ADMIN, _N, ModelSource.COPY),
         Route("/api/delete", _ADMIN, _N, _NAMED),
-        Route("/api/me", _CLOUD, _N),
-        Route("/api/signout", _CLOUD, _N),
+        Route("/api/me", _CLOUD, _N, account=True),
+        Route("/api/signout", _CLOUD, _N, account=True),
         Route("/api/experimental/web_search", _CLOUD, _N),
         Route("/api/experimental/web_fetch", _CLOUD, _N),
         Route("/v1/chat/completions", _INF, _O, _BODY),

@@ -92,7 +92,7 @@ class ForwardedRoutes:
         try:
             stop = self.drain.enter()
             path = checked_path(raw_path)
-            query = checked_query(scope["query_string"])
+            flow.query = checked_query(scope["query_string"])
             flow.route = route = classify(path)
             limit = self._max_body if route.bounded_body else None
             if limit is not None and length is not None and length.isdigit() and int(length) > limit:
@@ -107,8 +107,12 @@ class ForwardedRoutes:
             inbound.watch()
             for policy in self.policies:
                 admitted.append((policy, await policy.admit(flow, inbound)))
+                if flow.answer is not None:
+                    # A policy answered for Ollama (``/api/me``): nothing is forwarded.
+                    await self._answer(flow, flow.answer, rid, send)
+                    return
             plain = path if _PLAIN_PATH.fullmatch(path) else quote(path, safe=_SAFE_PATH_CHARS)
-            target = plain + ("?" + query.decode() if query else "")
+            target = plain + ("?" + flow.query.decode() if flow.query else "")
             outbound = Outbound(
                 method=scope["method"],
                 target=target,
@@ -186,6 +190,19 @@ class ForwardedRoutes:
         headers = [*self._cors.preflight_headers(origin), (b"x-request-id", rid)]
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+
+    async def _answer(self, flow: Flow, body: bytes, rid: bytes, send: Send) -> None:
+        flow.status = 200
+        flow.bytes_out = len(body)
+        headers: Headers = [
+            (b"content-type", b"application/json; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", rid),
+            _overhead_header(flow),
+            *flow.response_headers,
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _refuse(self, flow: Flow, error: GatewayError, rid: bytes, send: Send) -> None:
         body = render(error, flow.route.dialect, rid.decode())

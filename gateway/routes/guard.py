@@ -1,4 +1,5 @@
-"""The admin-scope check for the gateway's own routes (``/metrics`` now), as a FastAPI dependency.
+"""The admin-scope check for the gateway's own routes (``/metrics`` and the admin API), as a FastAPI
+dependency.
 
 It is built from the same ``Authenticator`` and ``ClientResolver`` as the forwarded routes, so a
 key, its scopes, a revocation and an address's lockout mean the same on every route.
@@ -13,7 +14,7 @@ from fastapi import Request
 from gateway.errors import Forbidden
 from gateway.keys.principal import Principal
 from gateway.keys.store import Scope
-from gateway.policies.auth import Authenticator
+from gateway.policies.auth import Authenticator, RequestHead
 from gateway.proxy.clientaddr import ClientResolver
 
 Guard = Callable[[Request], Awaitable[Principal]]
@@ -21,8 +22,11 @@ Guard = Callable[[Request], Awaitable[Principal]]
 
 def admin_scope(authenticator: Authenticator, resolver: ClientResolver) -> Guard:
     async def require_admin(request: Request) -> Principal:
-        client = resolver.of_scope(request.scope)
-        principal = await authenticator.authenticate(request.scope["headers"], client.ip)
+        scope = request.scope
+        head = RequestHead(
+            scope["method"], scope["path"], scope["query_string"], scope["headers"], resolver.of_scope(scope)
+        )
+        principal = (await authenticator.authenticate(head)).principal
         if Scope.ADMIN not in principal.scopes:
             raise Forbidden(f"this API key lacks the 'admin' scope required for {request.url.path}")
         return principal

@@ -267,6 +267,8 @@ def test_the_openapi_description_holds_only_the_admin_routes(admin: httpx.Client
     spec = admin.get("/openapi.json").json()
     assert spec["servers"] == [{"url": "/admin"}]
     assert sorted(spec["paths"]) == [
+        "/api/connect",
+        "/api/connect/pending",
         "/api/keys",
         "/api/keys/{key_id}",
         "/api/keys/{key_id}/revoke",

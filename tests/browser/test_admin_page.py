@@ -24,6 +24,7 @@ from tests.browser.chromium import chromium
 from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama
 from tests.fake_ollama.gate import StepGate
+from tests.ollama_signer import USER_AGENT, OllamaSigner, fingerprint_of, make_key, signin_url
 from tests.servers import RunningGateway
 
 # Without Playwright these tests are skipped, saying why (as without Chromium: see chromium.py).
@@ -64,7 +65,7 @@ def _seed_usage(database_url: str, name: str, days: int) -> None:
 @pytest.fixture
 def browser_gateway(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
     # Usage reaches the database quickly here, so the chart can show a request made a moment ago.
-    return make_gateway(usage_flush_interval=0.1, log_format="json")
+    return make_gateway(usage_flush_interval=0.1, log_format="json", public_url="https://gpu.example.com")
 
 
 @pytest.fixture
@@ -395,3 +396,49 @@ def test_the_page_creates_exactly_the_scopes_ticked(browser_gateway: RunningGate
 
 def _status(gateway: RunningGateway, key: str) -> int:
     return httpx.get(gateway.url + "/api/tags", headers={"Authorization": f"Bearer {key}"}).status_code
+
+
+def test_an_ollama_key_asks_for_access_and_is_granted_on_the_page(
+    browser_gateway: RunningGateway, tmp_path: Path, shots: Callable[..., Path]
+) -> None:
+    gateway = browser_gateway
+    signer = OllamaSigner(make_key(tmp_path / "laptop", "alice@laptop"))
+    with httpx.Client(base_url=gateway.url, timeout=10) as client, chromium(tmp_path / "profile") as browser:
+        # `ollama signin` against the gateway: a 401 with the link the command prints.
+        link = signin_url(signer.request(client, "POST", "/api/me", {}))
+        assert link is not None
+        page = browser.new_page()
+        page.set_default_timeout(WAIT_MS)
+        problems: list[str] = []
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        # The link leads to the sign-in first, then straight to the request.
+        page.goto(link.replace("https://gpu.example.com", gateway.url))
+        page.fill("#signin-key", gateway.key)
+        page.click("#signin-form button")
+        page.wait_for_selector("#page-connect:not([hidden]) #connect-detail:not([hidden])")
+        fingerprint = fingerprint_of(signer.public_file)
+        assert page.inner_text("#connect-fingerprint") == fingerprint
+        assert USER_AGENT in page.inner_text("#connect-seen")
+        assert fingerprint in page.inner_text("#connect-pending")
+        shots(page, "connect")
+        # Granted to a new key, after a confirmation.
+        page.check("#connect-to-new")
+        page.fill("#connect-form [name=name]", "alice")
+        page.click("#connect-form button[type=submit]")
+        page.wait_for_selector("#confirm[open]")
+        assert fingerprint in page.inner_text("#confirm-text")
+        assert page.inner_text("#confirm-yes") == "Grant"
+        page.click("#confirm-yes")
+        page.locator("#connect-owner").get_by_text("already acts as the key alice").wait_for()
+        # The person's next `ollama signin` says who they are.
+        assert signer.request(client, "POST", "/api/me", {}).json() == {"name": "alice"}
+        # The keys page lists the public key, and detaching it (confirmed) sends it back to sign-in.
+        page.goto(gateway.url + "/admin/#keys")
+        keys_row = page.locator("tr[data-key='alice']")
+        keys_row.locator(".ollama-key").wait_for()
+        assert keys_row.locator(".ollama-key code").get_attribute("title") == fingerprint
+        keys_row.locator(".ollama-key button").click()
+        page.click("#confirm-yes")
+        expect(keys_row.locator(".ollama-key")).to_have_count(0)
+        assert signin_url(signer.request(client, "POST", "/api/me", {})) is not None
+        assert problems == []

@@ -18,10 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.keys.store import Scope
+from gateway.keys.management import KeyAdmin, KeyChange
+from gateway.keys.store import Scope, open_keystore
 from gateway.observe.accesslog import AccessLog
 from tests.conftest import ALL_SCOPES, issue_key
 from tests.fake_ollama import RUNNER_FAILED, Behaviour, FakeOllama, StepGate
+from tests.ollama_signer import OllamaSigner, fingerprint_of, make_key
 from tests.records import make_record
 from tests.servers import GatewayProcess, gateway_process, raw_post, read_until
 
@@ -32,6 +34,8 @@ FIELDS = {
     "request_id",
     "key_id",
     "key_name",
+    "auth",
+    "public_key",
     "client",
     "method",
     "path",
@@ -65,6 +69,7 @@ class Logged:
     keys: dict[str, str]  # name -> secret
     ids: dict[str, str]  # name -> key id
     upstream: str  # the one server's name: its host:port
+    signer: OllamaSigner  # signs as the ollama command does, with a public key attached to "dana"
 
     @property
     def url(self) -> str:
@@ -106,7 +111,18 @@ def logged(_fake_server: FakeOllama, tmp_path_factory: pytest.TempPathFactory) -
         "alice": issue_key(database_url, "alice", scopes=ALL_SCOPES),
         "reader": issue_key(database_url, "reader", scopes=frozenset({Scope.READ})),
         "carol": issue_key(database_url, "carol"),
+        "old": issue_key(database_url, "old", expires_at=time.time() - 60),
+        "gone": issue_key(database_url, "gone"),
     }
+    signer = OllamaSigner(make_key(tmp_path_factory.mktemp("ollama"), "dana@laptop"))
+    keys["dana"] = issue_key(database_url, "dana")
+    store = open_keystore(database_url)
+    try:
+        admin = KeyAdmin(store)
+        admin.revoke(store.get("gone").id)
+        admin.update(store.get("dana").id, KeyChange(add_ollama_keys=(signer.line,)))
+    finally:
+        store.close()
     env = {
         "GATEWAY_UPSTREAM_URL": _fake_server.url,
         "GATEWAY_DATABASE_URL": database_url,
@@ -119,7 +135,7 @@ def logged(_fake_server: FakeOllama, tmp_path_factory: pytest.TempPathFactory) -
     }
     with gateway_process(env) as process, httpx.Client(base_url=process.url, timeout=10) as client:
         ids = {name: secret.split("_")[1] for name, secret in keys.items()}
-        yield Logged(process, client, keys, ids, f"127.0.0.1:{_fake_server.port}")
+        yield Logged(process, client, keys, ids, f"127.0.0.1:{_fake_server.port}", signer)
 
 
 def stable(line: dict[str, object], started: float) -> dict[str, object]:
@@ -145,6 +161,8 @@ def expected(logged: Logged, rid: str, **fields: object) -> dict[str, object]:
         "request_id": rid,
         "key_id": logged.ids["alice"],
         "key_name": "alice",
+        "auth": None,
+        "public_key": None,
         "client": "127.0.0.1",
         "method": "POST",
         "path": "/api/chat",
@@ -374,6 +392,7 @@ def test_unauthorized(logged: Logged, fake: FakeOllama) -> None:
         bytes_out=len(response.content),
         streamed=False,
         outcome="unauthorized",
+        auth="missing",
     )
     assert "/api/chat" not in [request.path for request in fake.requests]
 
@@ -435,6 +454,55 @@ def test_body_too_large(logged: Logged, fake: FakeOllama) -> None:
     )
 
 
+def test_why_a_key_was_refused_is_logged_and_never_told(logged: Logged, fake: FakeOllama) -> None:
+    alice_id = logged.ids["alice"]
+    cases = [
+        ("missing", {}, None),
+        ("malformed", {"Authorization": "Bearer sk-not-a-gateway-key"}, None),
+        ("unknown", {"Authorization": "Bearer ogw_zzzzzzzz_" + "A" * 43}, "zzzzzzzz"),
+        ("wrong_secret", {"Authorization": f"Bearer ogw_{alice_id}_" + "A" * 43}, alice_id),
+        ("expired", logged.bearer("old"), logged.ids["old"]),
+        ("revoked", logged.bearer("gone"), logged.ids["gone"]),
+    ]
+    bodies = set()
+    for number, (reason, headers, key_id) in enumerate(cases):
+        rid = new_id()
+        # Each from its own address: the lockout must not turn any of them into a 429.
+        response = _refused(logged, rid, {**headers, "X-Forwarded-For": f"203.0.113.{50 + number}"}, b"{}")
+        assert response.status_code == 401
+        bodies.add(response.content)
+        line = logged.line(rid)
+        assert (line["auth"], line["key_id"], line["key_name"], line["outcome"]) == (
+            reason,
+            key_id,
+            None,
+            "unauthorized",
+        )
+    assert bodies == {b'{"error":"invalid or missing API key"}'}
+
+
+def test_a_signed_request_names_its_key_and_public_key(logged: Logged, fake: FakeOllama) -> None:
+    fingerprint = fingerprint_of(logged.signer.public_file)
+    rid = new_id()
+    target, headers = logged.signer.prepare("GET", "/api/tags")
+    assert logged.client.get(target, headers={**headers, "X-Request-Id": rid}).status_code == 200
+    line = logged.line(rid)
+    assert (line["key_id"], line["key_name"], line["public_key"], line["auth"]) == (
+        logged.ids["dana"],
+        "dana",
+        fingerprint,
+        None,
+    )
+    # What Ollama saw: neither the signature nor its timestamp.
+    assert line["path"] == "/api/tags"
+    rid = new_id()
+    target, headers = logged.signer.prepare("GET", "/api/tags", ts=int(time.time()) - 3600)
+    refused = logged.client.get(target, headers={**headers, "X-Request-Id": rid, "X-Forwarded-For": "203.0.113.90"})
+    assert refused.status_code == 401
+    line = logged.line(rid)
+    assert (line["key_id"], line["public_key"], line["auth"]) == (None, fingerprint, "stale_timestamp")
+
+
 def test_auth_throttled(logged: Logged, fake: FakeOllama) -> None:
     address = {"X-Forwarded-For": "203.0.113.20"}
     wrong = {**address, "Authorization": "Bearer ogw_nope"}
@@ -473,13 +541,23 @@ def test_json_and_text_formats() -> None:
     AccessLog(write=lines.append)(make_record())
     AccessLog(fmt="text", write=lines.append)(make_record())
     AccessLog(fmt="text", write=lines.append)(
-        make_record(route_class="read", key_name=None, model=None, status=401, upstream=None)
+        make_record(
+            route_class="read",
+            key_name=None,
+            model=None,
+            status=401,
+            upstream=None,
+            outcome="unauthorized",
+            auth="wrong_secret",
+        )
     )
     assert json.loads(lines[0]) == {
         "time": "2026-01-01T00:00:00.250Z",
         "request_id": "r1",
         "key_id": "k1",
         "key_name": "alice",
+        "auth": None,
+        "public_key": None,
         "client": "192.0.2.1",
         "method": "POST",
         "path": "/api/chat",
@@ -503,9 +581,11 @@ def test_json_and_text_formats() -> None:
         "failed_over_from": None,
     }
     assert lines[1:] == [
-        "2026-01-01T00:00:00.250Z 200 POST /api/chat 1500.0ms key=alice model=llama3.2 upstream=gpu-a outcome=ok "
-        "tokens=7+3 id=r1",
-        "2026-01-01T00:00:00.250Z 401 POST /api/chat 1500.0ms key=- model=- upstream=- outcome=ok id=r1",
+        "2026-01-01T00:00:00.250Z 200 POST /api/chat 1500.0ms client=192.0.2.1 key=alice model=llama3.2 "
+        "upstream=gpu-a outcome=ok tokens=7+3 id=r1",
+        # A refused key is named by the id it presented, and why it was refused.
+        "2026-01-01T00:00:00.250Z 401 POST /api/chat 1500.0ms client=192.0.2.1 key=k1 model=- upstream=- "
+        "outcome=unauthorized auth=wrong_secret id=r1",
     ]
 
 

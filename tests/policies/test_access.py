@@ -77,8 +77,6 @@ def _wait_for_key(gateway: RunningGateway, key: str, method: str, path: str, bod
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/api/me", {}),
-        ("/api/signout", {}),
         ("/api/experimental/web_search", {"query": "x"}),
         ("/api/user/keys/abc", None),
         ("/api/chat", {"model": "gpt-oss:120b-cloud", "messages": MESSAGES}),

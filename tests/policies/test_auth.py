@@ -19,8 +19,9 @@ from gateway.errors import AuthThrottled, Unauthorized
 from gateway.keys.keyring import MISS_RECHECK, Keyring
 from gateway.keys.management import KeyAdmin
 from gateway.keys.store import Scope, open_keystore
-from gateway.policies.auth import Authenticator
+from gateway.policies.auth import Authenticator, RequestHead
 from gateway.policies.lockout import Lockout
+from gateway.proxy.clientaddr import ClientAddress
 from tests.conftest import issue_key
 from tests.fake_ollama import FakeOllama
 from tests.servers import ROOT, RunningGateway
@@ -169,14 +170,20 @@ async def test_a_locked_out_address_never_reaches_the_store(database_url: str) -
     keyring = _CountingKeyring(lambda: open_keystore(database_url), refresh_interval=5)
     await keyring.start()
     authenticator = Authenticator(keyring, Lockout(limit=1, window=60))
-    forged = [(b"authorization", b"Bearer ogw_abcdefgh_" + b"x" * 43)]
+    forged = RequestHead(
+        "GET",
+        "/api/tags",
+        b"",
+        [(b"authorization", b"Bearer ogw_abcdefgh_" + b"x" * 43)],
+        ClientAddress("203.0.113.9", "http", "203.0.113.9"),
+    )
     try:
         with pytest.raises(Unauthorized):
-            await authenticator.authenticate(forged, "203.0.113.9")
+            await authenticator.authenticate(forged)
         assert keyring.looks == 1
         for _ in range(3):
             with pytest.raises(AuthThrottled):
-                await authenticator.authenticate(forged, "203.0.113.9")
+                await authenticator.authenticate(forged)
         assert keyring.looks == 1
     finally:
         await keyring.close()

@@ -16,6 +16,7 @@ from gateway.flow import Flow
 from gateway.keys.principal import Principal
 from gateway.keys.store import Limits, Scope
 from gateway.ollama.surfaces import classify
+from gateway.policies.account import AccountPolicy
 from gateway.policies.auth import AuthPolicy
 from gateway.policies.limits.policy import LimitPolicy
 from gateway.policies.permissions import ModelPolicy, RoutePolicy
@@ -181,14 +182,16 @@ async def test_transforms_set_by_policies_rewrite_the_relayed_body_in_order() ->
 
 
 def test_the_gateway_composes_its_policies_in_the_order_safety_needs() -> None:
-    """Who calls, may they reach the route, then the body (never buffered for a stranger), then the
-    model it names, then limits, then the server and a slot on it: a model check before the body was
+    """Who calls (Ollama's account routes are answered for that caller), may they reach the route,
+    then the body (never buffered for a stranger), then the model it names, then limits, then the
+    server and a slot on it: a model check before the body was
     read would allow any model, and a slot taken before the limits would queue refused requests; the
     admin page's live count comes last and refuses nothing."""
     app = create_app(gateway_settings(upstream_url="http://127.0.0.1:9", database_url="sqlite:///:memory:"))
     order = [type(policy) for policy in app.forwarded.policies]
     assert order == [
         AuthPolicy,
+        AccountPolicy,
         RoutePolicy,
         RequestBodyPolicy,
         ModelPolicy,

@@ -1,12 +1,13 @@
 // The admin page: sign in, then one of three pages chosen by the URL's #fragment. Plain DOM
 // modules, no framework, no build step; uPlot (a classic script) draws the usage chart.
+import { loadConnect, setUpConnect } from "./connect.js";
 import { $, notify } from "./dom.js";
 import { hideSecret, loadKeys, setUpKeys } from "./keys.js";
 import { startLive, stopLive } from "./live.js";
 import { api, forget, onUnauthorized, remember, signedIn } from "./session.js";
 import { loadUsage, setUpUsage } from "./usage.js";
 
-const PAGES = { keys: loadKeys, usage: loadUsage, live: startLive };
+const PAGES = { keys: loadKeys, usage: loadUsage, live: startLive, connect: loadConnect };
 
 function show(page) {
   for (const section of document.querySelectorAll("main > section")) {
@@ -53,20 +54,22 @@ function route() {
     show("signin");
     return;
   }
-  const page = (location.hash || "#keys").slice(1);
-  const load = PAGES[page];
+  // "#keys", or "#/connect?key=…" (the sign-in link the ollama command prints).
+  const [path, query] = (location.hash || "#keys").slice(1).replace(/^\//, "").split("?");
+  const load = PAGES[path];
   if (!load) {
     location.hash = "#keys";
     return;
   }
-  show(page);
-  load().catch((error) => notify(error.message, true));
+  show(path);
+  load(new URLSearchParams(query || "")).catch((error) => notify(error.message, true));
 }
 
 onUnauthorized(() => signOut("The key was refused (revoked, rotated or mistyped): sign in again."));
 $("#signin-form").addEventListener("submit", signIn);
 $("#sign-out").addEventListener("click", () => signOut(""));
 setUpKeys();
+setUpConnect();
 setUpUsage();
 window.addEventListener("hashchange", route);
 route();

@@ -22,6 +22,7 @@ export async function loadKeys() {
       key.scopes.join(", "),
       key.models.join(", ") || "all",
       limits || "defaults",
+      ollamaKeys(key),
       shortTime(key.expires_at),
       shortTime(key.last_used_at),
       actions,
@@ -29,7 +30,32 @@ export async function loadKeys() {
     tr.dataset.key = key.name;
     return tr;
   });
-  fill($("#keys-table tbody"), rows, "No keys yet.", 9);
+  fill($("#keys-table tbody"), rows, "No keys yet.", 10);
+}
+
+// The Ollama public keys whose signed requests act as this key, each with a way to detach it.
+function ollamaKeys(key) {
+  const list = el("span", key.ollama_keys.length ? null : "–", "ollama-keys");
+  for (const item of key.ollama_keys) {
+    const entry = el("span", null, "ollama-key");
+    const print = el("code", item.fingerprint.slice(0, 19) + "…");
+    print.title = item.fingerprint + (item.comment ? " " + item.comment : "");
+    entry.append(print, button("Detach", "quiet small", () => detach(key, item)));
+    list.append(entry);
+  }
+  return list;
+}
+
+async function detach(key, item) {
+  const question = `Detach ${item.fingerprint} from key ${key.name}? Its signed requests stop working at once.`;
+  if (!(await confirmed(question, "Detach"))) return;
+  try {
+    await api("PATCH", "keys/" + encodeURIComponent(key.id), { remove_ollama_keys: [item.fingerprint] });
+    notify("Detached " + item.fingerprint + " from key " + key.name + ".");
+    await loadKeys();
+  } catch (error) {
+    notify(error.message, true);
+  }
 }
 
 function showSecret(title, secret) {
@@ -114,9 +140,10 @@ async function rotateKey(key) {
   }
 }
 
-function confirmed(text) {
+export function confirmed(text, answer = "Revoke") {
   const dialog = $("#confirm");
   $("#confirm-text").textContent = text;
+  $("#confirm-yes").textContent = answer;
   return new Promise((resolve) => {
     const finish = (answer) => {
       $("#confirm-yes").removeEventListener("click", yes);
