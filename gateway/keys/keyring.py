@@ -20,19 +20,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from typing import TypeVar
 
+from gateway.errors import DatabaseFailed
 from gateway.keys.store import KeyRecord, KeyStore
 
 # Unknown key ids trigger at most one store check per this many seconds, whoever sends them.
 MISS_RECHECK = 0.1
 # A store that cannot be read (locked, gone) or holds a record this version cannot read (written
 # by a newer CLI): keep serving the keys already loaded.
-_STORE_ERRORS = (sqlite3.Error, ValueError)
+_STORE_ERRORS = (DatabaseFailed, ValueError)
 
 log = logging.getLogger("gateway.keys")
 
