@@ -53,7 +53,7 @@ CLI_BUSY_TIMEOUT = 10.0
 log = logging.getLogger("gateway.database")
 
 MIGRATIONS: tuple[str, ...] = (
-    # 1: API keys, and a counter the server polls to notice changes made by the CLI.
+    # 1: API keys, and a counter the server polls to notice changes made elsewhere (the CLI, another server).
     """
     CREATE TABLE keys (
         id TEXT PRIMARY KEY,

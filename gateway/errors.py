@@ -10,7 +10,6 @@ The tree, with each error's status and ``code``::
     ├── Forbidden                       403  permission_denied
     ├── NotFound                        404  not_found
     │   └── ModelNotFound                    model_not_found
-    ├── MethodNotAllowed                405  method_not_allowed
     ├── Conflict                        409  conflict
     ├── BodyTooLarge                    413  request_too_large
     ├── TooManyRequests                 429  rate_limit_exceeded
@@ -116,13 +115,6 @@ class ModelNotFound(NotFound):
     """No server of the fleet has the model (Ollama's own words for it)."""
 
     code = "model_not_found"
-
-
-class MethodNotAllowed(GatewayError):
-    status = 405
-    outcome = "bad_request"
-    code = "method_not_allowed"
-    openai_type = anthropic_type = "invalid_request_error"
 
 
 class Conflict(GatewayError):

@@ -1,12 +1,13 @@
 """The server's in-memory view of the key store.
 
 Lookups on the request path are a dict access: no database call, nothing that can block the
-event loop. A background task polls the store's change counter (written by the CLI) and reloads
-when it moves, so created, changed, revoked and rotated keys take effect within about one
-refresh interval. A key the server does not recognise (new, or rotated a moment ago) makes it look
-at the change counter before refusing (one shared look at most every ``MISS_RECHECK`` seconds),
-so a key works the moment the CLI has printed it; the admin API makes the same call after each
-write, so a change acts on this server before its answer goes out.
+event loop. A background task polls the store's change counter (moved by every write: the CLI's,
+the admin API's, another replica's) and reloads when it moves, so created, changed, revoked and
+rotated keys take effect within about one refresh interval. A key the server does not recognise
+(new, or rotated a moment ago) makes it look at the change counter before refusing (one shared
+look at most every ``MISS_RECHECK`` seconds), so a key works the moment the CLI has printed it;
+the admin API makes the same call after each write, so a change acts on this server before its
+answer goes out.
 Last-use times are collected in memory and written in batches.
 
 Store work runs on the ``executor`` given (the database's own thread in the server). Closing stops
