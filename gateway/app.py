@@ -9,16 +9,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Lifespan
 
 from gateway import __version__
 from gateway.admin import AdminSources, LiveTraffic, admin_app
 from gateway.admin.live import checked_when_single, queue_totals
 from gateway.database import Database
-from gateway.errors import Dialect, GatewayError, render
 from gateway.fleet import Fleet
 from gateway.fleet.config import fleet_specs
 from gateway.keys.keyring import Keyring
@@ -52,6 +49,7 @@ from gateway.routes.endpoints import (
 )
 from gateway.routes.forwarding import ForwardedRoutes
 from gateway.routes.guard import admin_scope
+from gateway.routes.responses import install_error_handlers
 from gateway.settings import Settings
 from gateway.usage.accounting import UsageLedger
 from gateway.usage.store import SqliteUsageStore
@@ -228,13 +226,5 @@ def _fastapi(lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:
         title="ollama-gateway", version=__version__, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
 
-    @api.exception_handler(HTTPException)
-    async def native_error(_: Request, exc: HTTPException) -> JSONResponse:
-        # Outside /api and /v1 the gateway speaks Ollama's dialect too.
-        return JSONResponse({"error": str(exc.detail).lower()}, exc.status_code, headers=exc.headers)
-
-    @api.exception_handler(GatewayError)
-    async def gateway_error(_: Request, exc: GatewayError) -> Response:
-        return Response(render(exc, Dialect.NATIVE), exc.status, exc.headers, "application/json")
-
+    install_error_handlers(api)
     return api

@@ -21,6 +21,10 @@ that was opened. Before each use it compares the path's device and inode with th
   created in its place; every use fails with ``DatabaseGone`` until a file is back at the path.
 
 Each change of state is logged once.
+
+SQLite's errors are translated here, once, into the gateway's error tree (``DatabaseUnavailable``
+when the database cannot be used just now, ``DatabaseFailed`` for any other failure, each keeping
+SQLite's words as its reason): nothing above a ``Database`` sees a ``sqlite3.Error``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from gateway.errors import DatabaseFailed, DatabaseUnavailable
+
 T = TypeVar("T")
 
 # How long a statement waits for another writer (the CLI, another replica, a backup) before it
@@ -47,7 +53,7 @@ CLI_BUSY_TIMEOUT = 10.0
 log = logging.getLogger("gateway.database")
 
 MIGRATIONS: tuple[str, ...] = (
-    # 1: API keys, and a counter the server polls to notice changes made by the CLI.
+    # 1: API keys, and a counter the server polls to notice changes made elsewhere (the CLI, another server).
     """
     CREATE TABLE keys (
         id TEXT PRIMARY KEY,
@@ -110,11 +116,7 @@ class Runner(Protocol):
 
 
 class DatabaseError(Exception):
-    pass
-
-
-class DatabaseUnavailable(sqlite3.OperationalError):
-    """The database cannot be used now (a ``sqlite3.Error``, so every store's handler takes it)."""
+    """The configured database cannot be this gateway's (an unsupported URL, a newer schema)."""
 
 
 class DatabaseGone(DatabaseUnavailable):
@@ -131,6 +133,19 @@ def sqlite_path(database_url: str) -> Path:
     if not database_url.startswith(prefix) or len(database_url) == len(prefix):
         raise DatabaseError(f"unsupported database URL {database_url!r}: expected sqlite:///<path>")
     return Path(database_url[len(prefix) :])
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """SQLite's errors as the gateway's. An operational error (locked past the busy timeout,
+    read-only, full, a table missing) means the database cannot be used just now; any other (a
+    file that is not a database, a malformed image) is a failure waiting will not mend."""
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        raise DatabaseUnavailable(str(error)) from error
+    except sqlite3.Error as error:
+        raise DatabaseFailed(str(error)) from error
 
 
 @contextlib.contextmanager
@@ -180,14 +195,15 @@ class Database:
     # Use from any thread.
     def open(self) -> None:
         """Open (creating the file and its folder if need be) and migrate."""
-        with self._lock:
+        with self._lock, _translated():
             if self._connection is None:
                 self._open(create=True)
 
     def run(self, work: Callable[[sqlite3.Connection], T], *, busy: float | None = None) -> T:
         """``work`` with the connection, under the lock, on the file now at the path. ``busy``
-        overrides how long it may wait for another writer."""
-        with self._lock:
+        overrides how long it may wait for another writer. Raises ``DatabaseFailed`` (or the
+        ``DatabaseUnavailable`` under it) for every SQLite error, in ``work`` too."""
+        with self._lock, _translated():
             connection = self._current()
             wanted = self._busy if busy is None else busy
             if wanted != self._current_busy:

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
 
     # Keys and usage live here; the container points it at its data volume.
     database_url: str = "sqlite:///./gateway.db"
-    # How often the server notices keys changed by the CLI (seconds).
+    # How often the server notices keys changed elsewhere: the CLI, another replica (seconds).
     key_refresh_interval: float = Field(default=1.0, gt=0, le=5)
     # Failed authentications from one address before it is locked out for the window (seconds).
     auth_failure_limit: int = Field(default=10, ge=1)

@@ -17,10 +17,11 @@ import httpx
 import pytest
 
 from gateway.database import Database, DatabaseGone
+from gateway.errors import DatabaseFailed, DatabaseUnavailable
 from gateway.keys.keyring import Keyring
 from gateway.keys.management import KeyAdmin
 from gateway.keys.sqlite import SqliteKeyStore
-from gateway.keys.store import KeyRecord, open_keystore
+from gateway.keys.store import KeyRecord, KeyStoreError, open_keystore
 from gateway.routes.endpoints import DATABASE_PROBE_TIMEOUT, database_check
 from gateway.usage.store import SqliteUsageStore, UsageCounts, UsageKey
 from tests.conftest import issue_key
@@ -137,7 +138,7 @@ def test_close_waits_for_a_statement_running_in_another_thread(database_url: str
     with sqlite3.connect(tmp_path / "gateway.db") as check:
         assert check.execute("SELECT last_used_at FROM keys WHERE id = ?", (key_id,)).fetchone() == (42.0,)
     check.close()
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(DatabaseUnavailable):
         store.load()  # closed for good: an error, never a crash
 
 
@@ -156,6 +157,37 @@ def _wait_until(condition: Callable[[], bool], seconds: float = 10) -> bool:
             return True
         event.wait(0.01)
     return condition()
+
+
+# --- SQLite's errors, translated once ---------------------------------------------------------
+
+
+def test_sqlite_errors_leave_the_database_as_the_gateways_own(database_url: str, tmp_path: Path) -> None:
+    database = Database(database_url)
+    database.open()
+    keys = SqliteKeyStore(database)
+    try:
+        with write_lock(tmp_path / "gateway.db"):
+            locked = _attempt(lambda: database.run(lambda connection: connection.execute("BEGIN IMMEDIATE"), busy=0))
+        assert isinstance(locked, DatabaseUnavailable)
+        assert (locked.status, locked.message, str(locked)) == (
+            503,
+            "database unavailable, try again later",
+            "database is locked",
+        )
+        assert isinstance(locked.__cause__, sqlite3.OperationalError)
+        # Not a moment's trouble: a statement SQLite cannot run at all.
+        broken = _attempt(lambda: database.run(lambda connection: connection.execute("SELECT ?", ())))
+        assert type(broken) is DatabaseFailed
+        assert (broken.status, broken.message) == (500, "internal error")
+        assert str(broken) == str(broken.__cause__)
+        assert isinstance(broken.__cause__, sqlite3.ProgrammingError)
+        # A refusal of the store itself is not the database's failure: it passes as it is.
+        issue_key(database_url, "alice")
+        refused = _attempt(lambda: keys.create(KeyRecord(id="", name="alice", digest="", created_at=0.0)))
+        assert (type(refused), str(refused)) == (KeyStoreError, "a key named 'alice' already exists")
+    finally:
+        database.close()
 
 
 # --- the file under the connection ------------------------------------------------------------

@@ -1,19 +1,26 @@
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
+from starlette.types import Message
 
 from gateway.errors import (
     BodyTooLarge,
+    DatabaseFailed,
+    DatabaseUnavailable,
     Dialect,
     GatewayError,
+    InternalError,
+    RateLimited,
     UpstreamBroken,
     UpstreamTimeout,
     UpstreamUnavailable,
     render,
     render_in_stream,
 )
+from gateway.routes.responses import ErrorResponse
 
 
 @pytest.mark.parametrize(
@@ -48,3 +55,62 @@ def test_in_stream_frames() -> None:
     anthropic = render_in_stream(error, Dialect.ANTHROPIC, event_stream=True)
     assert anthropic.startswith(b"event: error\ndata: ")
     assert json.loads(anthropic.split(b"data: ", 1)[1])["error"]["type"] == "api_error"
+
+
+def _sent(response: ErrorResponse) -> list[Message]:
+    messages: list[Message] = []
+
+    async def receive() -> Message:
+        raise AssertionError("a refusal reads nothing")
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    asyncio.run(response({"type": "http"}, receive, send))
+    return messages
+
+
+def test_the_error_response_is_an_asgi_app_with_the_framing_then_the_exchange_then_the_errors_headers() -> None:
+    error = RateLimited("rate limit reached: 2 requests per minute", headers={"Retry-After": "30"})
+    exchange = [(b"x-request-id", b"rid1"), (b"vary", b"Origin")]
+    body = b'{"error":{"message":"rate limit reached: 2 requests per minute","type":"rate_limit_error",' + (
+        b'"param":null,"code":"rate_limit_exceeded"}}'
+    )
+    assert _sent(ErrorResponse(error, Dialect.OPENAI, request_id="rid1", headers=exchange)) == [
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", b"rid1"),
+                (b"vary", b"Origin"),
+                (b"retry-after", b"30"),
+            ],
+        },
+        {"type": "http.response.body", "body": body},
+    ]
+    anthropic = _sent(ErrorResponse(error, Dialect.ANTHROPIC, request_id="rid1"))[1]["body"]
+    assert json.loads(anthropic)["request_id"] == "rid1"
+    assert _sent(ErrorResponse(error))[1]["body"] == b'{"error":"rate limit reached: 2 requests per minute"}'
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code", "answer", "logged"),
+    [
+        (InternalError(), 500, "internal_error", "internal error", "internal error"),
+        (DatabaseFailed("file is not a database"), 500, "internal_error", "internal error", "file is not a database"),
+        (
+            DatabaseUnavailable("database is locked"),
+            503,
+            "database_unavailable",
+            "database unavailable, try again later",
+            "database is locked",
+        ),
+    ],
+)
+def test_an_internal_failure_tells_the_client_nothing_and_the_log_its_reason(
+    error: InternalError, status: int, code: str, answer: str, logged: str
+) -> None:
+    assert (error.status, error.code, error.message, str(error)) == (status, code, answer, logged)
+    assert json.loads(render(error, Dialect.NATIVE)) == {"error": answer}

@@ -16,7 +16,6 @@ from starlette.types import ASGIApp
 from gateway import __version__
 from gateway.admin.audit import Audit
 from gateway.admin.connect import connect_router
-from gateway.admin.errors import install_error_handlers
 from gateway.admin.gate import Gate, admitted
 from gateway.admin.hardening import Hardening
 from gateway.admin.keys import keys_router
@@ -32,6 +31,7 @@ from gateway.keys.sqlite import SqliteKeyStore
 from gateway.observe.accesslog import AuditLog
 from gateway.proxy.clientaddr import ClientResolver
 from gateway.routes.guard import Guard
+from gateway.routes.responses import install_error_handlers
 from gateway.usage.store import SqliteUsageStore
 
 __all__ = ["AdminSources", "LiveTraffic", "admin_app"]

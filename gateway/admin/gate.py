@@ -17,11 +17,12 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import Dialect, Forbidden, GatewayError, Unauthorized, render
+from gateway.errors import Forbidden, GatewayError, Unauthorized
 from gateway.keys.principal import Principal
 from gateway.policies.auth import CHALLENGE
 from gateway.proxy.headers import Headers, header
 from gateway.routes.guard import Guard
+from gateway.routes.responses import ErrorResponse
 
 
 class Gate:
@@ -38,14 +39,7 @@ class Gate:
                 _refuse_ambient(scope["headers"])
                 request.state.principal = await self._guard(request)
             except GatewayError as error:
-                body = render(error, Dialect.NATIVE)
-                headers = [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
-                ]
-                await send({"type": "http.response.start", "status": error.status, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                await ErrorResponse(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import BodyTooLarge, Dialect, render
+from gateway.errors import BodyTooLarge
 from gateway.proxy.headers import header
+from gateway.routes.responses import ErrorResponse
 
 MAX_BODY = 64 * 1024
 
@@ -59,7 +60,9 @@ class Hardening:
         if body is _LEFT:
             return  # the client left mid-body: a truncated body is not a request
         if body is None:
-            await self._refuse(secured)
+            refusal = BodyTooLarge(f"request body is larger than {self._max_body} bytes")
+            # The rest of an oversized body is not read: close rather than leave it in the pipe.
+            await ErrorResponse(refusal, headers=[(b"connection", b"close")])(scope, receive, secured)
             return
         replayed = False
 
@@ -92,12 +95,3 @@ class Hardening:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
-
-    async def _refuse(self, send: Send) -> None:
-        error = BodyTooLarge(f"request body is larger than {self._max_body} bytes")
-        body = render(error, Dialect.NATIVE)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        # The rest of an oversized body is not read: close rather than leave it in the pipe.
-        headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})

@@ -9,35 +9,18 @@ answer that had already started cannot be replaced; then the failure is only log
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import Dialect, GatewayError, render
+from gateway.errors import InternalError
+from gateway.routes.responses import ErrorResponse
 
 log = logging.getLogger("gateway.admin")
 
 
-class InternalError(GatewayError):
-    status = 500
-    outcome = "error"
-    code = "internal_error"
-
-
-class DatabaseUnavailable(GatewayError):
-    status = 503
-    outcome = "unavailable"
-    code = "database_unavailable"
-
-
-def translated(error: Exception) -> GatewayError:
-    if isinstance(error, sqlite3.OperationalError):
-        return DatabaseUnavailable("database unavailable, try again later")
-    return InternalError("internal error")
-
-
 class LastResort:
-    """Pure ASGI, inside FastAPI's exception handlers: what they do not handle ends here."""
+    """Pure ASGI, inside FastAPI's exception handlers: what they do not handle ends here (the
+    handlers pass every ``InternalError`` on, a database failure among them)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -56,8 +39,4 @@ class LastResort:
             log.error("admin request %s %s failed", scope.get("method"), scope.get("path"), exc_info=error)
             if started or scope["type"] != "http":
                 return
-            answer = translated(error)
-            body = render(answer, Dialect.NATIVE)
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await ErrorResponse(error if isinstance(error, InternalError) else InternalError())(scope, receive, send)

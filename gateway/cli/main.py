@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -12,6 +11,7 @@ from pydantic import ValidationError
 from gateway import __version__
 from gateway.cli import keys, upstreams, usage
 from gateway.database import DatabaseError
+from gateway.errors import DatabaseFailed
 from gateway.fleet.config import FleetConfigError
 from gateway.keys.store import KeyStoreError
 from gateway.settings import Settings, describe_error
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FleetConfigError as error:
         print(f"ollama-gateway: invalid configuration: {error}", file=sys.stderr)
         return 2
-    except (KeyStoreError, DatabaseError, sqlite3.Error) as error:
+    except (KeyStoreError, DatabaseError, DatabaseFailed) as error:
         print(f"ollama-gateway: error: {error}", file=sys.stderr)
         return 1
     return result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import json
-import time
 from dataclasses import dataclass, field
 
 from gateway.fleet.config import MemberSpec
@@ -37,7 +36,6 @@ class Member:
     # Normalised names (str(ModelName)) installed, and loaded into memory, as last seen.
     models: frozenset[str] = frozenset()
     loaded: set[str] = field(default_factory=set)
-    refreshed_at: float | None = None  # time.time() of the last complete refresh
     # Requests routed here and not yet finished, queued ones included.
     in_flight: int = 0
 
@@ -66,7 +64,6 @@ class Member:
         back = self.state is State.DOWN
         self.state, self.reason = State.UP, ""
         self.version, self.models, self.loaded = version, models, loaded
-        self.refreshed_at = time.time()
         return back
 
     def mark_down(self, reason: str) -> bool:

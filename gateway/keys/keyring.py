@@ -1,12 +1,13 @@
 """The server's in-memory view of the key store.
 
 Lookups on the request path are a dict access: no database call, nothing that can block the
-event loop. A background task polls the store's change counter (written by the CLI) and reloads
-when it moves, so created, changed, revoked and rotated keys take effect within about one
-refresh interval. A key the server does not recognise (new, or rotated a moment ago) makes it look
-at the change counter before refusing (one shared look at most every ``MISS_RECHECK`` seconds),
-so a key works the moment the CLI has printed it; the admin API makes the same call after each
-write, so a change acts on this server before its answer goes out.
+event loop. A background task polls the store's change counter (moved by every write: the CLI's,
+the admin API's, another replica's) and reloads when it moves, so created, changed, revoked and
+rotated keys take effect within about one refresh interval. A key the server does not recognise
+(new, or rotated a moment ago) makes it look at the change counter before refusing (one shared
+look at most every ``MISS_RECHECK`` seconds), so a key works the moment the CLI has printed it;
+the admin API makes the same call after each write, so a change acts on this server before its
+answer goes out.
 Last-use times are collected in memory and written in batches.
 
 Store work runs on the ``executor`` given (the database's own thread in the server). Closing stops
@@ -20,19 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from typing import TypeVar
 
+from gateway.errors import DatabaseFailed
 from gateway.keys.store import KeyRecord, KeyStore
 
 # Unknown key ids trigger at most one store check per this many seconds, whoever sends them.
 MISS_RECHECK = 0.1
 # A store that cannot be read (locked, gone) or holds a record this version cannot read (written
 # by a newer CLI): keep serving the keys already loaded.
-_STORE_ERRORS = (sqlite3.Error, ValueError)
+_STORE_ERRORS = (DatabaseFailed, ValueError)
 
 log = logging.getLogger("gateway.keys")
 

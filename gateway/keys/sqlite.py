@@ -132,22 +132,25 @@ class SqliteKeyStore:
             new = apikey.generate()
             stored = replace(record, id=new.key_id, digest=new.digest, created_at=time.time())
 
-            def insert(connection: sqlite3.Connection, stored: KeyRecord = stored) -> None:
-                with transaction(connection):
-                    connection.execute(
-                        f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                        _row(stored),
-                    )
-                    _write_ollama_keys(connection, stored.id, (), stored.ollama_keys)
-                    _changed(connection)
+            def insert(connection: sqlite3.Connection, stored: KeyRecord = stored) -> bool:
+                """False when the id drawn is taken (the database would call it a failure)."""
+                try:
+                    with transaction(connection):
+                        connection.execute(
+                            f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                            _row(stored),
+                        )
+                        _write_ollama_keys(connection, stored.id, (), stored.ollama_keys)
+                        _changed(connection)
+                except sqlite3.IntegrityError as error:
+                    if "keys.name" in str(error):
+                        raise KeyStoreError(f"a key named {record.name!r} already exists") from None
+                    return False
+                return True
 
-            try:
-                self._database.run(insert)
-            except sqlite3.IntegrityError as error:
-                if "keys.name" in str(error):
-                    raise KeyStoreError(f"a key named {record.name!r} already exists") from None
-                continue  # an id collision: draw again
-            return stored, new.secret
+            if self._database.run(insert):
+                return stored, new.secret
+            # An id collision: draw again.
         raise KeyStoreError("could not allocate a key id")
 
     def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> tuple[KeyRecord, KeyRecord]:

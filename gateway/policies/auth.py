@@ -123,7 +123,7 @@ class Authenticator:
         key = presented_key(head.headers)
         if key is None:
             # No credential is no guess: a plain 401 that the lockout does not count.
-            raise Unauthorized(_MESSAGE, headers=CHALLENGE, reason="missing")
+            raise Unauthorized(_MESSAGE, headers=CHALLENGE, auth="missing")
         key_id = apikey.key_id_of(key)
         record, reason = self._check(key, key_id)
         if record is None and key_id is not None and self._lockout.refusal(head.client.ip) is None:
@@ -177,7 +177,7 @@ class Authenticator:
             return refusal
         self._lockout.failed(head.client.ip)
         return Unauthorized(
-            _MESSAGE, headers=CHALLENGE, reason=reason, key_id=key_id, public_key=public_key, signin_url=signin_url
+            _MESSAGE, headers=CHALLENGE, auth=reason, key_id=key_id, public_key=public_key, signin_url=signin_url
         )
 
     def _check(self, key: str, key_id: str | None) -> tuple[KeyRecord | None, str]:
@@ -256,7 +256,7 @@ class AuthPolicy:
         try:
             authenticated = await self._authenticator.authenticate(head)
         except Unauthorized as error:
-            flow.auth, flow.claimed_key_id, flow.public_key = error.reason, error.key_id, error.public_key
+            flow.auth, flow.claimed_key_id, flow.public_key = error.auth, error.key_id, error.public_key
             raise
         flow.principal = authenticated.principal
         if authenticated.public_key is not None:

@@ -1,7 +1,7 @@
 """Hiding the usage the gateway asked for on a client's behalf from an OpenAI SSE stream.
 
 Token limits need real counts, and /v1 streams only carry them when the client sets
-``stream_options.include_usage``. When the gateway had to set it (``usagerequest.py``), this
+``stream_options.include_usage``. When the gateway had to set it (``policies/usagerequest.py``), this
 transform removes what that added before the client sees it: the closing ``"choices":[]`` usage
 event, and the zero ``usage`` field /v1/completions then repeats on every chunk. Events are passed
 on whole, as they complete.

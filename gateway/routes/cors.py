@@ -28,10 +28,6 @@ class Cors:
     def __init__(self, origins: tuple[str, ...]) -> None:
         self._origins = tuple(origin.rstrip("/").lower() for origin in origins)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._origins)
-
     def allows(self, origin: bytes) -> bool:
         text = origin.decode("latin-1").rstrip("/").lower()
         return any(pattern == "*" or fnmatch.fnmatchcase(text, pattern) for pattern in self._origins)

@@ -34,7 +34,7 @@ class Gateway:
         self.api = api
         self.forwarded = forwarded
         self.metrics = metrics
-        # Served on its own address when GATEWAY_METRICS_ADDRESS is set (see listeners.py).
+        # Served on its own address when GATEWAY_METRICS_ADDRESS is set (see runtime/listeners.py).
         self.metrics_app = metrics_app
         # The admin surface's own listener (GATEWAY_ADMIN_ADDRESS), else None.
         self.admin_app = WithRequestId(admin_app) if admin_app is not None else None

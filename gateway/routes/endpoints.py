@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from gateway.database import Database, DatabaseGone
-from gateway.errors import GatewayError
+from gateway.errors import DatabaseFailed, GatewayError
 from gateway.fleet import Fleet, State
 from gateway.observe.metrics import CONTENT_TYPE, Metrics
 from gateway.policies.limits import Limiter
@@ -123,7 +122,7 @@ def database_check(database: Database) -> Check:
                 await asyncio.shield(running)
         except DatabaseGone:
             answer = "not ready: no database file at its path"
-        except sqlite3.Error as error:
+        except DatabaseFailed as error:
             answer = f"not writable: {error}"
         except TimeoutError:
             answer = "not writable: timed out waiting for the database"

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import BodyTooLarge, Dialect, GatewayError, render
+from gateway.errors import BodyTooLarge, Dialect, GatewayError
 from gateway.flow import Flow
 from gateway.observe.record import RequestRecord, record_of
 from gateway.ollama.surfaces import Route, RouteClass, classify
@@ -29,6 +29,7 @@ from gateway.routes.cors import Cors
 from gateway.routes.drain import Drain, Stop
 from gateway.routes.paths import checked_path, checked_query
 from gateway.routes.requestid import request_id
+from gateway.routes.responses import ErrorResponse
 
 Admitted = TypeVar("Admitted")
 
@@ -139,7 +140,7 @@ class ForwardedRoutes:
         except GatewayError as error:
             flow.fail(error)
             inbound.stop()
-            await self._refuse(flow, error, rid, send)
+            await self._refusal(flow, error, rid)(scope, receive, send)
         except ClientDisconnected:
             flow.outcome = "client_disconnect"
         except asyncio.CancelledError:
@@ -149,7 +150,7 @@ class ForwardedRoutes:
                 flow.fail(shutdown)
                 inbound.stop()
                 if flow.status == 0:
-                    await self._refuse(flow, shutdown, rid, send)
+                    await self._refusal(flow, shutdown, rid)(scope, receive, send)
             elif not inbound.gone:
                 raise
             else:
@@ -204,20 +205,16 @@ class ForwardedRoutes:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _refuse(self, flow: Flow, error: GatewayError, rid: bytes, send: Send) -> None:
-        body = render(error, flow.route.dialect, rid.decode())
+    def _refusal(self, flow: Flow, error: GatewayError, rid: bytes) -> ErrorResponse:
+        response = ErrorResponse(
+            error,
+            flow.route.dialect,
+            request_id=rid.decode(),
+            headers=[(b"x-request-id", rid), _overhead_header(flow), *flow.response_headers],
+        )
         flow.status = error.status
-        flow.bytes_out = len(body)
-        headers: Headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", rid),
-            _overhead_header(flow),
-            *flow.response_headers,
-            *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
-        ]
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        flow.bytes_out = len(response.body)
+        return response
 
 
 def _overhead_header(flow: Flow) -> tuple[bytes, bytes]:

@@ -1,5 +1,5 @@
-"""The admin-scope check for the gateway's own routes (``/metrics`` and the admin API), as a FastAPI
-dependency.
+"""The admin-scope check, as a FastAPI dependency: ``/metrics`` when it is served on the main
+listener, and every admin API route (``admin/gate.py`` runs it before a body is read).
 
 It is built from the same ``Authenticator`` and ``ClientResolver`` as the forwarded routes, so a
 key, its scopes, a revocation and an address's lockout mean the same on every route.

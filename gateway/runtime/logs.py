@@ -1,5 +1,5 @@
 """The gateway's own log lines (start-up report, Redis down, usage not written, ...) on stderr,
-beside uvicorn's and lined up with them. The access log is separate (``accesslog.py``, stdout)."""
+beside uvicorn's and lined up with them. The access log is separate (``observe/accesslog.py``, stdout)."""
 
 from __future__ import annotations
 

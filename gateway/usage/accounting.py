@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Executor
 
+from gateway.errors import DatabaseFailed
 from gateway.observe.record import RequestRecord
 from gateway.usage.store import UsageCounts, UsageKey, UsageStore
 
@@ -85,7 +85,7 @@ class UsageLedger:
         store = self._store
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, lambda: store.add(batch))
-        except sqlite3.Error as error:
+        except DatabaseFailed as error:
             # Put the counts back so the next flush retries them.
             for key, counts in batch.items():
                 self._pending.setdefault(key, UsageCounts()).add(counts)

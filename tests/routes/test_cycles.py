@@ -1,5 +1,5 @@
 """A finished request's objects go when its last reference goes, not at the cyclic collector's next
-pass: the gateway collects rarely (server.py freezes the start-up heap and raises the thresholds),
+pass: the gateway collects rarely (runtime/tuning.py freezes the start-up heap and raises the thresholds),
 so garbage caught in cycles would pile up for minutes and set the process's memory high-water mark.
 """
 

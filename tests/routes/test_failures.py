@@ -168,7 +168,7 @@ def test_unknown_gateway_path_is_native_404(gateway: RunningGateway) -> None:
 def test_a_broken_stream_the_gateway_rewrites_still_ends_with_one_clean_error_event(
     gateway: RunningGateway, fake: FakeOllama
 ) -> None:
-    # No include_usage from the client: the gateway rewrites this stream (see sse.py).
+    # No include_usage from the client: the gateway rewrites this stream (see gateway/proxy/sse.py).
     fake.behaviour = Behaviour(tokens=10, cut_after=3)
     body = {**CHAT, "stream": True}
     response = httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=gateway.auth, timeout=10)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 import httpx
 import pytest
 
+from gateway.errors import DatabaseUnavailable
 from gateway.observe.record import RequestRecord
 from gateway.usage.accounting import UsageLedger
 from gateway.usage.store import UsageCounts, UsageKey, open_usage_store
@@ -140,7 +141,7 @@ class MemoryStore:
     def add(self, rows: Mapping[UsageKey, UsageCounts]) -> None:
         if self.fail:
             self.fail -= 1
-            raise sqlite3.OperationalError("database is locked")
+            raise DatabaseUnavailable("database is locked")
         self.batches.append(dict(rows))
 
     def writable(self) -> bool:

@@ -15,6 +15,9 @@ When Redis cannot be reached (short socket timeouts), the limiter switches to it
 (in-process limits, exact per process only) and logs it once; ``status()`` says so for /readyz.
 A background task pings Redis every ``retry_interval`` and switches back by itself. With
 ``fail_closed`` it refuses requests (503) while Redis is away instead.
+
+Every call to Redis goes through ``_reached``, which translates an outage into the gateway's
+``LimiterUnavailable`` once; nothing else here sees a Redis exception.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Awaitable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -38,6 +41,8 @@ from gateway.errors import LimiterUnavailable, RateLimited
 from gateway.policies.limits import Grant, Limiter, Quota, Window, refusal
 
 log = logging.getLogger("gateway.limits")
+
+T = TypeVar("T")
 
 LEASE_TTL = 60.0
 RETRY_INTERVAL = 1.0
@@ -213,9 +218,9 @@ class RedisLimiter:
         self._redis = aioredis.Redis.from_pool(pool)
         self._scripts = {source: self._redis.register_script(source) for source in (ACQUIRE, SETTLE, RENEW)}
         try:
-            await self._redis.ping()
+            await self._reached(self._redis.ping())
             self._contact()
-        except _UNREACHABLE as error:
+        except LimiterUnavailable as error:
             self._lost(error)
         self._maintainer = asyncio.get_running_loop().create_task(self._maintain())
 
@@ -227,10 +232,10 @@ class RedisLimiter:
         await self.flush()
         if self._redis is not None:
             try:
-                await self._redis.aclose()
-            except _UNREACHABLE as error:
+                await self._reached(self._redis.aclose())
+            except LimiterUnavailable as error:
                 # Shutting down either way; a connection that cannot say goodbye is dropped.
-                log.info("redis connections closed uncleanly: %s", str(error) or type(error).__name__)
+                log.info("redis connections closed uncleanly: %s", error)
 
     async def flush(self) -> None:
         """Wait for the settlements on their way to Redis (bounded by the socket timeouts)."""
@@ -255,15 +260,12 @@ class RedisLimiter:
             except asyncio.CancelledError:
                 call.add_done_callback(lambda done: self._abandoned(done, key, quota, tokens, lease))
                 raise
-            except _UNREACHABLE as error:
+            except LimiterUnavailable as error:
                 self._lost(error)
             else:
                 return self._decide(key, quota, tokens, lease, reply)
         if self._fail_closed:
-            raise LimiterUnavailable(
-                "rate limits cannot be checked: the shared limit store (Redis) is unreachable",
-                headers={"Retry-After": str(max(math.ceil(self._retry_interval), 1))},
-            )
+            raise self._unavailable()
         grant = await self._fallback.acquire(key, quota, tokens)
         self._local.add(grant.lease)
         return grant
@@ -313,7 +315,7 @@ class RedisLimiter:
     async def _settle_remote(self, key: str, args: tuple[str | int, ...]) -> None:
         try:
             await self._eval(SETTLE, _keys(key), args)
-        except _UNREACHABLE as error:
+        except LimiterUnavailable as error:
             # The lease expires by itself; the reservation stays charged.
             self._lost(error)
 
@@ -322,19 +324,34 @@ class RedisLimiter:
         if script is None:
             raise RuntimeError("RedisLimiter used before start()")
         # EVALSHA, loading the script again when Redis has forgotten it (a restart, SCRIPT FLUSH).
-        result = await script(keys=list(keys), args=list(args))
+        result = await self._reached(script(keys=list(keys), args=list(args)))
         self._contact()
         return result
+
+    async def _reached(self, call: Awaitable[T]) -> T:
+        """``call``'s answer from Redis; Redis away (refused, reset, timed out) is translated here,
+        once, into ``LimiterUnavailable`` with Redis's own words as its reason."""
+        try:
+            return await call
+        except _UNREACHABLE as error:
+            raise self._unavailable(str(error) or type(error).__name__) from error
+
+    def _unavailable(self, reason: str | None = None) -> LimiterUnavailable:
+        return LimiterUnavailable(
+            "rate limits cannot be checked: the shared limit store (Redis) is unreachable",
+            headers={"Retry-After": str(max(math.ceil(self._retry_interval), 1))},
+            reason=reason,
+        )
 
     def _contact(self) -> None:
         self._last_contact = time.monotonic()
 
-    def _lost(self, error: BaseException) -> None:
+    def _lost(self, error: LimiterUnavailable) -> None:
         if not self._reachable:
             return
         self._reachable = False
         then = "refusing requests (fail closed)" if self._fail_closed else "serving on local limits"
-        log.warning("redis unreachable, %s until it is back: %s", then, str(error) or type(error).__name__)
+        log.warning("redis unreachable, %s until it is back: %s", then, error)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -356,16 +373,16 @@ class RedisLimiter:
             assert self._redis is not None
             try:
                 if not self._reachable:
-                    await self._redis.ping()
+                    await self._reached(self._redis.ping())
                     self._contact()
                     self._reachable = True
                     log.info("redis reachable again: limits are shared again")
                 elif self._held and time.monotonic() - self._last_renewal >= renew_every:
                     await self._renew()
                 elif time.monotonic() - self._last_contact >= self._retry_interval:
-                    await self._redis.ping()
+                    await self._reached(self._redis.ping())
                     self._contact()
-            except _UNREACHABLE as error:
+            except LimiterUnavailable as error:
                 if not self._closing:  # not a cancel that came out as a timeout
                     self._lost(error)
 

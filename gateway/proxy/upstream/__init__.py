@@ -2,7 +2,9 @@
 
 An implementation sends one request and hands back the status, headers and an iterator of raw
 body bytes; it translates its own exceptions into ``UpstreamUnavailable`` / ``UpstreamTimeout`` /
-``UpstreamBroken`` so nothing above it ever sees a client library's exception types.
+``UpstreamBroken`` so nothing above it ever sees a client library's exception types. Every such
+failure is worded here, once (``unreachable``, ``timed_out``, ...): a client's error reads the
+same whichever upstream client is configured.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from gateway.errors import UpstreamNotReached, UpstreamUnavailable
+from gateway.errors import (
+    UpstreamBroken,
+    UpstreamBusy,
+    UpstreamConnectTimeout,
+    UpstreamNotReached,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.proxy.headers import Headers
 
 
@@ -54,6 +63,34 @@ def unreachable(where: str, error: OSError | None = None) -> UpstreamUnavailable
     else:
         reason = error.strerror or str(error) or "cannot connect"
     return UpstreamNotReached(f"upstream {where} unavailable: {reason}")
+
+
+def connect_timed_out(where: str) -> UpstreamConnectTimeout:
+    return UpstreamConnectTimeout(f"upstream {where} did not accept a connection in time")
+
+
+def busy(where: str) -> UpstreamBusy:
+    """Every connection the gateway may open to ``where`` is in use, and none came free in time."""
+    return UpstreamBusy(f"upstream {where}: the gateway's connection limit is reached")
+
+
+def timed_out() -> UpstreamTimeout:
+    """Ollama sent nothing (or read nothing) for longer than the read (or write) timeout."""
+    return UpstreamTimeout("upstream timed out")
+
+
+def lost() -> UpstreamBroken:
+    """The connection failed after the answer had begun."""
+    return UpstreamBroken("upstream connection lost")
+
+
+def malformed() -> UpstreamBroken:
+    return UpstreamBroken("upstream sent a malformed response")
+
+
+def misframed() -> UpstreamBroken:
+    """The client's streamed body ran past (or stopped short of) its Content-Length."""
+    return UpstreamBroken("request body does not match its content-length")
 
 
 class UpstreamResponse(Protocol):

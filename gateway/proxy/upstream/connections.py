@@ -12,8 +12,7 @@ import ssl
 from collections import deque
 from typing import Protocol, cast
 
-from gateway.errors import UpstreamBusy, UpstreamConnectTimeout, UpstreamTimeout
-from gateway.proxy.upstream import authority, unreachable
+from gateway.proxy.upstream import authority, busy, connect_timed_out, timed_out, unreachable
 
 WRITE_HIGH_WATER = 4 * 1024 * 1024
 
@@ -118,7 +117,7 @@ class Connection(asyncio.Protocol):
                 async with asyncio.timeout(limit):
                     await asyncio.shield(self._drained)
             except TimeoutError:
-                raise UpstreamTimeout("upstream timed out") from None
+                raise timed_out() from None
             if self.closed:
                 raise Closed
 
@@ -185,7 +184,7 @@ class Pool:
             else:
                 self._free()
             if isinstance(error, TimeoutError):
-                raise UpstreamConnectTimeout(f"upstream {self.address} did not accept a connection in time") from None
+                raise connect_timed_out(self.address) from None
             if isinstance(error, OSError):
                 raise unreachable(self.address, error) from error
             raise
@@ -201,7 +200,7 @@ class Pool:
             if waiter.done() and not waiter.cancelled():
                 self._wake()  # woken, but leaving before using the turn: pass it on
             if isinstance(error, TimeoutError):
-                raise UpstreamBusy(f"upstream {self.address}: the gateway's connection limit is reached") from None
+                raise busy(self.address) from None
             raise
         finally:
             if waiter in self._waiting:

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from gateway.errors import UpstreamBroken, UpstreamNotReached, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamBroken, UpstreamNotReached, UpstreamUnavailable
 from gateway.proxy.headers import Headers, header
-from gateway.proxy.upstream import Outbound, unreachable
+from gateway.proxy.upstream import Outbound, lost, malformed, misframed, timed_out, unreachable
 from gateway.proxy.upstream.connections import Closed, Connection, Pool
 
 # Bytes of response held for a slow client before the upstream socket stops being read.
@@ -134,7 +134,7 @@ class _Response:
         if self.complete:
             self._spurious()  # junk after a complete answer: that answer stands
         else:
-            self._fail(UpstreamBroken("upstream sent a malformed response"))
+            self._fail(malformed())
 
     def ended(self, exc: Exception | None) -> None:
         """The upstream closed its side (EOF) or the connection is gone."""
@@ -144,7 +144,7 @@ class _Response:
             # A body delimited by the connection's end (HTTP/1.0 style): this is its end.
             self._finish(keep_alive=False)
         elif self.started:
-            self._fail(UpstreamBroken("upstream connection lost"))
+            self._fail(lost())
         else:
             self._fail(unreachable(self._pool.address))
 
@@ -165,7 +165,7 @@ class _Response:
             base = self._loop.time() if self._paused else self._last_read
             self._timer = self._loop.call_at(base + self._read_timeout, self._check_idle)
             return
-        self._fail(UpstreamTimeout("upstream timed out"))
+        self._fail(timed_out())
 
     def _finish(self, *, keep_alive: bool) -> None:
         self.complete = True
@@ -203,7 +203,7 @@ class _Response:
             return  # the exchange is over: nothing to end, and no cycle to make again
         if error is not None and self.started and not self.complete and self.error is None:
             # The answer had begun (Ollama may answer before the body is complete): end it.
-            self._fail(error if not isinstance(error, Closed) else UpstreamBroken("upstream connection lost"))
+            self._fail(error if not isinstance(error, Closed) else lost())
         self._wake()
 
     # The relay's side (the UpstreamResponse protocol).
@@ -352,7 +352,7 @@ class HttptoolsUpstream:
         if declared is not None and written != declared:
             # Never let a body run past (or stop short of) its framing: the bytes would be read
             # as (part of) another request on this connection.
-            raise UpstreamBroken("request body does not match its content-length")
+            raise misframed()
         if chunked:
             await conn.write(b"0\r\n\r\n", self._write_timeout)
         response.sent()

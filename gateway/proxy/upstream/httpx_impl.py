@@ -7,9 +7,8 @@ from contextlib import contextmanager
 
 import httpx
 
-from gateway.errors import UpstreamBroken, UpstreamConnectTimeout, UpstreamTimeout
 from gateway.proxy.headers import Headers
-from gateway.proxy.upstream import Outbound, address, unreachable
+from gateway.proxy.upstream import Outbound, address, connect_timed_out, lost, timed_out, unreachable
 
 
 @contextmanager
@@ -18,12 +17,12 @@ def _translated(started: bool, where: str = "") -> Iterator[None]:
     try:
         yield
     except httpx.ConnectTimeout as exc:
-        raise UpstreamConnectTimeout(f"upstream {where} did not accept a connection in time") from exc
+        raise connect_timed_out(where) from exc
     except httpx.TimeoutException as exc:
-        raise UpstreamTimeout("upstream timed out") from exc
+        raise timed_out() from exc
     except httpx.TransportError as exc:
         if started:
-            raise UpstreamBroken("upstream connection lost") from exc
+            raise lost() from exc
         if isinstance(exc, httpx.ConnectError):
             raise unreachable(where, _os_error(exc) or OSError("cannot connect")) from exc
         raise unreachable(where) from exc
