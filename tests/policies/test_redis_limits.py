@@ -24,7 +24,8 @@ from gateway.errors import LimiterUnavailable, RateLimited
 from gateway.keys.store import Limits
 from gateway.policies.limits import Grant, Limiter, Quota
 from gateway.policies.limits.memory import MemoryLimiter, seconds_to_midnight, utc_day
-from gateway.policies.limits.redis import ACQUIRE, DEGRADED, SETTLE, RedisLimiter
+from gateway.policies.limits.redis import DEGRADED, RedisLimiter
+from gateway.policies.limits.scripts import ACQUIRE, SETTLE
 from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama
 from tests.redis_server import RedisServer
@@ -183,9 +184,13 @@ async def test_keys_expire_once_idle(redis_url: str, open_redis_limiters: Callab
         assert 0 < client.pttl(leases) <= 30_000
         # One request of 60 a minute refills in one second.
         assert 1 <= client.ttl(state) <= 2
+        # The grant's record (what its settlement refunds) lives as long as an outage may.
+        grants = "gateway:limits:{idle}:grants"
+        assert client.pttl(grants) == pytest.approx((seconds_to_midnight(time.time()) + 30) * 1000, abs=3000)
         limiter.settle("idle", quota, grant, 0)
         await limiter.flush()
         assert client.zcard(leases) == 0
+        assert client.exists(grants) == 0
         await limiter.acquire("idle-day", Quota(tpd=1000), 10)
         # A day count is kept until the UTC day is over.
         assert client.ttl("gateway:limits:{idle-day}:state") == pytest.approx(seconds_to_midnight(time.time()), abs=3)
@@ -330,11 +335,11 @@ async def test_close_ends_the_maintainer_even_when_its_cancel_becomes_a_timeout(
     own_redis.kill()
     await limiter.start()
     assert limiter.status() == DEGRADED
-    pinging = asyncio.Event()
+    asking = asyncio.Event()
     turned: list[bool] = []
 
-    async def ping_whose_cancel_times_out() -> bool:
-        pinging.set()
+    async def time_whose_cancel_times_out() -> tuple[int, int]:
+        asking.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -342,10 +347,10 @@ async def test_close_ends_the_maintainer_even_when_its_cancel_becomes_a_timeout(
                 raise  # only the first cancel is lost, so the fixture's close() ends a failed run
             turned.append(True)
             raise RedisTimeoutError("Timeout reading from redis") from None
-        return True
+        return (0, 0)
 
-    limiter._redis.ping = ping_whose_cancel_times_out  # type: ignore[union-attr,method-assign]
-    await asyncio.wait_for(pinging.wait(), WAIT)
+    limiter._redis.time = time_whose_cancel_times_out  # type: ignore[union-attr,method-assign]
+    await asyncio.wait_for(asking.wait(), WAIT)
     closing = asyncio.get_running_loop().create_task(limiter.close())
     done, _ = await asyncio.wait({closing}, timeout=WAIT)
     assert done, "close() never returned: the maintainer outlived its cancel"

@@ -2,8 +2,9 @@
 
 A ``Limiter`` admits a request atomically (every limit is checked, and all are charged or none)
 and reserves an estimate of its tokens; ``settle`` trues the reservation up to the real count when
-the request is over and frees its concurrency slot. Backends: in-process (exact for one process)
-and Redis (shared by every gateway process, see ``redis.py``).
+the request is over and frees its concurrency slot. A grant holds nothing after its settlement,
+even one made while a backend's store was away. Backends: in-process (exact for one process) and
+Redis (shared by every gateway process, see ``redis.py``).
 """
 
 from __future__ import annotations
