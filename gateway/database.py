@@ -243,8 +243,10 @@ class Database:
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 
     async def aclose(self) -> None:
-        """``close`` on the database's thread, after the work queued before it."""
+        """``close`` on the database's thread, after the work queued before it; returns once that
+        thread has ended (until then it holds the last work item, and with it this database)."""
         await self.call(self.close)
+        await asyncio.to_thread(self.executor.shutdown, wait=True)
 
     def _current(self) -> sqlite3.Connection:
         if self._closed:

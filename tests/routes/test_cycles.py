@@ -9,6 +9,7 @@ import gc
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -24,8 +25,11 @@ CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 OURS = ("gateway.", "uvloop.", "httptools.")
 
 
-@pytest.fixture
-def saved_garbage() -> Iterator[list[object]]:
+@contextmanager
+def saving_garbage() -> Iterator[list[object]]:
+    """From here on, what the cyclic collector frees is kept to be looked at. Entered once the
+    gateway under test runs: what starting one (or an earlier test's teardown) leaves behind is
+    collected first and is not what these tests look for."""
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
@@ -34,6 +38,12 @@ def saved_garbage() -> Iterator[list[object]]:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.collect()
+
+
+@pytest.fixture
+def saved_garbage() -> Iterator[list[object]]:
+    with saving_garbage() as garbage:
+        yield garbage
 
 
 def _cyclic(garbage: list[object]) -> Counter[str]:
@@ -62,14 +72,15 @@ def test_plain_cut_and_abandoned_requests_leave_no_cycles(
     assert _cyclic(saved_garbage) == Counter()
 
 
-def test_requests_routed_among_several_servers_leave_no_cycles(
-    make_fleet: Callable[..., Fleetside], saved_garbage: list[object]
-) -> None:
+def test_requests_routed_among_several_servers_leave_no_cycles(make_fleet: Callable[..., Fleetside]) -> None:
     side = make_fleet({"a": ["llama3.2"], "b": ["llama3.2"]})
     side.fakes["a"].load("llama3.2")  # a is preferred, until it goes
     side.fleet.refresh_soon()
     side.wait_until(lambda: bool(side.fleet.named("a").loaded), "a's loaded model learned")  # type: ignore[union-attr]
-    with httpx.Client(base_url=side.gateway.url, headers=side.auth(), timeout=10) as client:
+    with (
+        saving_garbage() as saved_garbage,
+        httpx.Client(base_url=side.gateway.url, headers=side.auth(), timeout=10) as client,
+    ):
         for _ in range(10):
             assert client.post("/api/chat", json={**CHAT, "stream": False}).status_code == 200
             with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
@@ -78,17 +89,16 @@ def test_requests_routed_among_several_servers_leave_no_cycles(
         assert side.served() == {"a": 10, "b": 0}
         side.fakes["a"].stop()  # the next request fails over to b
         assert client.post("/api/chat", json={**CHAT, "stream": False}).status_code == 200
-    assert side.served()["b"] == 1
-    assert _cyclic(saved_garbage) == Counter()
+        assert side.served()["b"] == 1
+        assert _cyclic(saved_garbage) == Counter()
 
 
-def test_requests_refused_in_a_servers_queue_leave_no_cycles(
-    make_fleet: Callable[..., Fleetside], saved_garbage: list[object]
-) -> None:
+def test_requests_refused_in_a_servers_queue_leave_no_cycles(make_fleet: Callable[..., Fleetside]) -> None:
     side = make_fleet({"a": ["llama3.2"], "b": ["qwen3"]}, upstream_concurrency=1, queue_timeout=0.05)
     gate = StepGate()
     side.fakes["a"].behaviour = Behaviour(tokens=3, gate=gate)
     with (
+        saving_garbage() as saved_garbage,
         httpx.Client(base_url=side.gateway.url, headers=side.auth(), timeout=10) as client,
         client.stream("POST", "/api/chat", json=CHAT) as holding,  # a's one slot, held
     ):
@@ -99,4 +109,4 @@ def test_requests_refused_in_a_servers_queue_leave_no_cycles(
             assert refused.status_code == 503, refused.text
         gate.release(10)
         assert json.loads(list(lines)[-1])["done"] is True
-    assert _cyclic(saved_garbage) == Counter()
+        assert _cyclic(saved_garbage) == Counter()
