@@ -23,6 +23,8 @@ from gateway.fleet.config import fleet_specs
 from gateway.keys.keyring import Keyring
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.observe.accesslog import AccessLog, AuditLog, chosen_format
+from gateway.observe.connections import STATE_KEY as CONNECTION_GUARD
+from gateway.observe.connections import ConnectionGuard, descriptor_limit
 from gateway.observe.metrics import Metrics
 from gateway.observe.startup import report_start
 from gateway.policies.auth import Authenticator, AuthPolicy
@@ -129,6 +131,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             traffic,
         ],
     )
+    # Handed to the server through the lifespan state: it refuses connections near the fd limit.
+    connections = ConnectionGuard(on_refused=metrics.connections_refused.inc, limit=descriptor_limit())
     metrics.track_in_flight(lambda: forwarded.in_flight)
     metrics.track_fleet(fleet)
 
@@ -140,7 +144,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         checks["redis"] = limiter_check(limiter)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
         await database.call(database.open)
         await keyring.start()
         await ledger.start()
@@ -151,7 +155,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             report_start(fleet, keyring, wait=min(settings.connect_timeout, READY_TIMEOUT))
         )
         try:
-            yield
+            yield {CONNECTION_GUARD: connections}
         finally:
             report.cancel()
             await asyncio.gather(report, return_exceptions=True)

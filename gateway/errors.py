@@ -205,3 +205,21 @@ class LimiterUnavailable(GatewayError):
     status = 503
     code = "limiter_unavailable"
     anthropic_type = "overloaded_error"
+
+
+class HeadersTooLarge(GatewayError):
+    """A request head past the server's limits (answered before the application sees it)."""
+
+    status = 431
+    outcome = "headers_too_large"
+    code = "request_header_fields_too_large"
+    openai_type = anthropic_type = "invalid_request_error"
+
+
+class ConnectionsExhausted(GatewayError):
+    """A new connection while the process is near its file-descriptor limit."""
+
+    status = 503
+    code = "too_many_connections"
+    outcome = "unavailable"
+    anthropic_type = "overloaded_error"
