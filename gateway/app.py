@@ -28,6 +28,7 @@ from gateway.observe.connections import ConnectionGuard, descriptor_limit
 from gateway.observe.metrics import Metrics
 from gateway.observe.startup import report_start
 from gateway.policies.auth import Authenticator, AuthPolicy
+from gateway.policies.bodyreader import BodyBudget, BodyReader
 from gateway.policies.limits import Quota, open_limiter
 from gateway.policies.limits.policy import LimitPolicy
 from gateway.policies.lockout import Lockout
@@ -95,6 +96,9 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     ledger = UsageLedger(lambda: usage_store, flush_interval=settings.usage_flush_interval, executor=database.executor)
 
     resolver = ClientResolver(settings.trusted_proxies)
+    # Request bodies: the bytes held at once, and where large ones are parsed (another process).
+    budget = BodyBudget(settings.max_buffered_bytes, wait=settings.queue_timeout)
+    bodies = BodyReader()
     traffic = LiveTraffic()
     forwarded = ForwardedRoutes(
         client,
@@ -105,7 +109,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         policies=[
             AuthPolicy(authenticator),
             RoutePolicy(allow_cloud=settings.allow_cloud),
-            RequestBodyPolicy(max_body_bytes=settings.max_body_bytes),
+            RequestBodyPolicy(max_body_bytes=settings.max_body_bytes, budget=budget, reader=bodies),
             ModelPolicy(allow_cloud=settings.allow_cloud),
             StreamUsagePolicy(),
             LimitPolicy(
@@ -163,7 +167,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             # closed even when one before it fails: a broken database must not leave sockets open.
             async with contextlib.AsyncExitStack() as closing:
                 closing.push_async_callback(database.aclose)  # after every part that writes to it
-                for part in (fleet, keyring, limiter, ledger):  # closed last to first
+                for part in (fleet, keyring, limiter, ledger, bodies):  # closed last to first
                     closing.push_async_callback(part.close)
 
     api = _fastapi(lifespan=lifespan)

@@ -223,3 +223,13 @@ class ConnectionsExhausted(GatewayError):
     code = "too_many_connections"
     outcome = "unavailable"
     anthropic_type = "overloaded_error"
+
+
+class GatewayBusy(GatewayError):
+    """The gateway cannot take this request's body now: too many bytes of request bodies are held
+    already (``GATEWAY_MAX_BUFFERED_BYTES``), or the process that reads large bodies failed."""
+
+    status = 503
+    code = "gateway_busy"
+    outcome = "busy"
+    anthropic_type = "overloaded_error"
