@@ -69,7 +69,7 @@ class _Beside(threading.Thread):
                 started = time.monotonic()
                 assert client.get("/healthz").status_code == 200
                 self.polls.append(time.monotonic() - started)
-                time.sleep(0.01)
+                time.sleep(STREAM_GAP)
 
 
 def test_a_million_members_stall_neither_streams_nor_health_checks(fake: FakeOllama, database_url: str) -> None:
@@ -95,10 +95,12 @@ def test_a_million_members_stall_neither_streams_nor_health_checks(fake: FakeOll
         beside.stop.set()
         beside.join(10)
     assert (answer.status_code, answer.json()) == (403, {"error": "this API key may not use model 'llama3.2:latest'"})
-    # Before: the parse held the event loop for 0.6 to 3 s and took 2.3 s of the process's CPU (ms).
-    assert max(beside.gaps) - STREAM_GAP < 0.25, max(beside.gaps)
-    assert max(beside.polls) < 0.25, max(beside.polls)
-    assert spent < 500, spent
+    # Before: the parse held the event loop for 0.6 to 3 s, and took 2.3 s of the gateway process's
+    # CPU (now its worker's). The bounds leave room for a busy machine (this process runs the fake
+    # and the clients too); the benchmark's scenario (e) measures the stalls themselves.
+    assert max(beside.gaps) - STREAM_GAP < 0.5, max(beside.gaps)
+    assert max(beside.polls) < 0.5, max(beside.polls)
+    assert spent < 600, spent  # ms
 
 
 def test_a_large_body_is_checked_counted_and_rewritten_like_a_small_one(
