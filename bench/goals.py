@@ -13,7 +13,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, "<": opera
 @dataclass(frozen=True)
 class Goal:
     text: str
-    scenario: str  # "a".."d", or "meta" for a figure of the whole run
+    scenario: str  # "a".."e", or "meta" for a figure of the whole run
     figure: str
     op: str
     limit: float
@@ -69,6 +69,8 @@ GOALS = (
     Goal("blob upload: gateway RSS growth < 64 MiB", "c", "gateway_rss_growth_mib", "<", 64),
     Goal("hang-up reaches the upstream, p50 <= 2 ms", "d", "close_p50_ms", "<=", 2),
     Goal("gateway RSS idle <= 80 MiB", "meta", "gateway_rss_idle_mib", "<=", 80),
+    Goal("one large body stalls a 50 ms stream by <= 100 ms", "e", "stream_stall_ms", "<=", 100, stat="max"),
+    Goal("one large body stalls /healthz by <= 100 ms", "e", "healthz_max_ms", "<=", 100, stat="max"),
 )
 
 

@@ -22,6 +22,10 @@ class Plan:
     blob_bytes: int = 1 << 30
     # (d) hang-ups
     hang_ups: int = 100
+    # (e) one large body beside a stream and a /healthz poll: members of the flat bodies, and the
+    # size of the image
+    stall_members: tuple[int, ...] = (1_000_000, 4_000_000)
+    stall_image_bytes: int = 90 * MiB
     # a freshly started gateway for every gateway run (one for the whole run otherwise)
     fresh_gateway: bool = True
     # pause between runs, so one run's teardown does not land in the next one's window
@@ -42,6 +46,8 @@ QUICK = Plan(
     stream_ramp=0.02,
     blob_bytes=4 * MiB,
     hang_ups=5,
+    stall_members=(10_000,),
+    stall_image_bytes=MiB,
     settle=0.05,
     # Seconds matter more than independent runs here; restarts are exercised by every real run.
     fresh_gateway=False,

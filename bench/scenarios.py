@@ -1,4 +1,4 @@
-"""The four scenarios as cases, each run against every target in interleaved repetitions.
+"""The scenarios as cases, each run against every target in interleaved repetitions.
 
 For rep in 1..N, for each case: a direct run, then a gateway run, so slow drifts on a noisy
 machine touch both alike. With several gateway sides (``--upstreams 1,3``) each follows the
@@ -19,6 +19,7 @@ from bench.load import closed_loop, streams
 from bench.meter import Window
 from bench.payloads import Target, small_chat, stream_chat
 from bench.plan import MiB
+from bench.stall import Attack, large_image, many_members, stall
 from bench.stamps import Format
 from bench.stats import percentile
 
@@ -220,11 +221,58 @@ def client_hang_ups(ctx: Context) -> Scenario:
     )
 
 
+def parse_stall(ctx: Context) -> Scenario:
+    plan = ctx.plan
+    cap = 180.0
+
+    def case(name: str, attack: Attack, params: dict[str, object]) -> Case:
+        async def run(target: Target, rep: int) -> Figures:
+            meter = ctx.meter(target, watch=True)
+            result = await stall(target, attack, meter, cap)
+            window = meter.result
+            figures: Figures = {
+                "stream_stall_ms": _ms(result.stream_delay_max_ns),
+                "healthz_max_ms": _ms(result.healthz_max_ns),
+                "stream_chunks": result.stream_chunks,
+                "healthz_polls": result.healthz_polls,
+                "attack_status": result.attack_status,
+                "attack_s": result.attack_ns / 1e9,
+                "body_mib": len(attack.body) / MiB,
+                **_load_side(window),
+            }
+            if target.name != DIRECT:
+                figures["gateway_cpu_ms"] = window.cpu_ms[GATEWAY]
+                figures["gateway_rss_growth_mib"] = (window.rss_peak_kb - window.rss_before_kb) / 1024
+            if result.error is not None:
+                raise RuntimeError(f"{name}: {result.error}")
+            return figures
+
+        return Case(name, params, run)
+
+    cases = [
+        case(f"{count:,} members, {path}", many_members(count, openai=openai), {"members": count, "path": path})
+        for count in plan.stall_members
+        for openai, path in ((False, "/api/chat"), (True, "/v1/chat/completions stream"))
+        if not openai or count == plan.stall_members[0]
+    ]
+    image = plan.stall_image_bytes
+    cases.append(case(f"{image / MiB:g} MiB image, /api/chat", large_image(image), {"image_bytes": image}))
+    return Scenario(
+        "e",
+        "one large JSON body: the largest stall of a 50 ms stream and of /healthz beside it",
+        cases,
+        {"stream_stall_ms": "added", "healthz_max_ms": "added"},
+        cap=len(cases) * len(ctx.sides()) * plan.repeat * (cap + 5) + 30,
+        gateway_figures=("gateway_cpu_ms",),
+    )
+
+
 BUILDERS: dict[str, Callable[[Context], Scenario]] = {
     "a": small_requests,
     "b": concurrent_streams,
     "c": blob_upload,
     "d": client_hang_ups,
+    "e": parse_stall,
 }
 
 

@@ -22,10 +22,13 @@ from gateway.keys.keyring import Keyring
 from gateway.keys.management import KeyAdmin
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.observe.accesslog import AccessLog, AuditLog, chosen_format
+from gateway.observe.connections import STATE_KEY as CONNECTION_GUARD
+from gateway.observe.connections import ConnectionGuard, descriptor_limit
 from gateway.observe.metrics import Metrics
 from gateway.observe.startup import report_start
 from gateway.policies.account import AccountPolicy
 from gateway.policies.auth import Authenticator, AuthPolicy, SignedRequests
+from gateway.policies.bodyreader import BodyBudget, BodyReader
 from gateway.policies.limits import Quota, open_limiter
 from gateway.policies.limits.policy import LimitPolicy
 from gateway.policies.lockout import Lockout
@@ -105,6 +108,9 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     ledger = UsageLedger(lambda: usage_store, flush_interval=settings.usage_flush_interval, executor=database.executor)
 
     resolver = ClientResolver(settings.trusted_proxies)
+    # Request bodies: the bytes held at once, and where large ones are parsed (another process).
+    budget = BodyBudget(settings.max_buffered_bytes, wait=settings.queue_timeout)
+    bodies = BodyReader()
     traffic = LiveTraffic()
     forwarded = ForwardedRoutes(
         client,
@@ -117,7 +123,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             # Ollama's account routes, answered here for the gateway's own keys.
             AccountPolicy(allow_cloud=settings.allow_cloud, detach=detach),
             RoutePolicy(allow_cloud=settings.allow_cloud),
-            RequestBodyPolicy(max_body_bytes=settings.max_body_bytes),
+            RequestBodyPolicy(max_body_bytes=settings.max_body_bytes, budget=budget, reader=bodies),
             ModelPolicy(allow_cloud=settings.allow_cloud),
             StreamUsagePolicy(),
             LimitPolicy(
@@ -143,6 +149,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             traffic,
         ],
     )
+    # Handed to the server through the lifespan state: it refuses connections near the fd limit.
+    connections = ConnectionGuard(on_refused=metrics.connections_refused.inc, limit=descriptor_limit())
     metrics.track_in_flight(lambda: forwarded.in_flight)
     metrics.track_fleet(fleet)
 
@@ -154,7 +162,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         checks["redis"] = limiter_check(limiter)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
         await database.call(database.open)
         await keyring.start()
         await ledger.start()
@@ -165,7 +173,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             report_start(fleet, keyring, wait=min(settings.connect_timeout, READY_TIMEOUT))
         )
         try:
-            yield
+            yield {CONNECTION_GUARD: connections}
         finally:
             report.cancel()
             await asyncio.gather(report, return_exceptions=True)
@@ -173,7 +181,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             # closed even when one before it fails: a broken database must not leave sockets open.
             async with contextlib.AsyncExitStack() as closing:
                 closing.push_async_callback(database.aclose)  # after every part that writes to it
-                for part in (fleet, keyring, limiter, ledger):  # closed last to first
+                for part in (fleet, keyring, limiter, ledger, bodies):  # closed last to first
                     closing.push_async_callback(part.close)
 
     api = _fastapi(lifespan=lifespan)

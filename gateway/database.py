@@ -119,6 +119,10 @@ class DatabaseError(Exception):
     """The configured database cannot be this gateway's (an unsupported URL, a newer schema)."""
 
 
+class DatabaseUnusable(DatabaseError):
+    """The file at the configured path cannot be created, opened or written (at start-up)."""
+
+
 class DatabaseGone(DatabaseUnavailable):
     """No file is at the configured path any more."""
 
@@ -170,6 +174,16 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
+def _hint(path: Path) -> str:
+    """Why SQLite could not open or write a file, where its own message does not say."""
+    if path.is_file() and not os.access(path, os.W_OK):
+        return " (the file is read-only)"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        # Even reads need it in WAL mode: the log and its index live beside the file.
+        return f" (its folder {path.parent} is read-only: SQLite keeps its log files beside the database)"
+    return ""
+
+
 def _sidecars(path: Path) -> tuple[Path, Path]:
     """The write-ahead log and its shared-memory index, named after the database file."""
     return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
@@ -193,11 +207,27 @@ class Database:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
 
     # Use from any thread.
-    def open(self) -> None:
-        """Open (creating the file and its folder if need be) and migrate."""
-        with self._lock, _translated():
-            if self._connection is None:
-                self._open(create=True)
+    def open(self, *, writable: bool = False) -> None:
+        """Open (creating the file and its folder if need be) and migrate; with ``writable``, also
+        commit a write. ``DatabaseUnusable`` names the path and the reason when that fails."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise self._unusable(f"{self.path.parent} is not a folder") from None
+        except OSError as error:
+            raise self._unusable(f"cannot create its folder {self.path.parent}: {error.strerror or error}") from None
+        try:
+            with self._lock, _translated():
+                if self._connection is None:
+                    self._open(create=True)
+            if writable:
+                # A read-only file in WAL mode opens, and migrates when it has nothing to do.
+                self.heartbeat(busy=self._busy)
+        except (DatabaseFailed, DatabaseError) as error:
+            raise self._unusable(f"{error}{_hint(self.path)}") from None
+
+    def _unusable(self, reason: str) -> DatabaseUnusable:
+        return DatabaseUnusable(f"cannot use the database {self.path}: {reason}")
 
     def run(self, work: Callable[[sqlite3.Connection], T], *, busy: float | None = None) -> T:
         """``work`` with the connection, under the lock, on the file now at the path. ``busy``
@@ -288,8 +318,6 @@ class Database:
                 sidecar.unlink(missing_ok=True)
 
     def _open(self, *, create: bool) -> sqlite3.Connection:
-        if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             before = _identity(self.path)
             # mode=rw: reopening never creates an empty file where the operator removed one.

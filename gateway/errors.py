@@ -26,7 +26,10 @@ The tree, with each error's status and ``code``::
     │   └── UpstreamConnectTimeout           (the request never reached it)
     ├── QueueTimeout                    503  queue_timeout (capacity)
     ├── GatewayShutdown                 503  gateway_shutdown
-    └── LimiterUnavailable              503  limiter_unavailable
+    ├── LimiterUnavailable              503  limiter_unavailable
+    ├── HeadersTooLarge                 431  request_header_fields_too_large
+    ├── ConnectionsExhausted            503  too_many_connections
+    └── GatewayBusy                     503  gateway_busy
 
 Each backend's errors are translated into this tree once, where the backend is called: SQLite's in
 ``database.py`` (``Database`` runs every statement), Redis's in ``policies/limits/redis.py``, the
@@ -302,3 +305,31 @@ def render_in_stream(error: GatewayError, dialect: Dialect, event_stream: bool) 
 
 def _openai_object(error: GatewayError) -> dict[str, object]:
     return {"message": error.message, "type": error.openai_type, "param": None, "code": error.code}
+
+
+class HeadersTooLarge(GatewayError):
+    """A request head past the server's limits (answered before the application sees it)."""
+
+    status = 431
+    outcome = "headers_too_large"
+    code = "request_header_fields_too_large"
+    openai_type = anthropic_type = "invalid_request_error"
+
+
+class ConnectionsExhausted(GatewayError):
+    """A new connection while the process is near its file-descriptor limit."""
+
+    status = 503
+    code = "too_many_connections"
+    outcome = "unavailable"
+    anthropic_type = "overloaded_error"
+
+
+class GatewayBusy(GatewayError):
+    """The gateway cannot take this request's body now: too many bytes of request bodies are held
+    already (``GATEWAY_MAX_BUFFERED_BYTES``), or the process that reads large bodies failed."""
+
+    status = 503
+    code = "gateway_busy"
+    outcome = "busy"
+    anthropic_type = "overloaded_error"

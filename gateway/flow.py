@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import GatewayError
 from gateway.keys.principal import Principal
-from gateway.ollama.jsonbody import JsonBody
+from gateway.ollama.bodyfacts import BodyFacts
 from gateway.ollama.streams import Usage, UsageReader
 from gateway.ollama.surfaces import Route, RouteClass
 from gateway.proxy.clientaddr import ClientAddress
@@ -57,8 +57,8 @@ class Flow:
     # The request body, once read (by RequestBodyPolicy); forwarded instead of streaming it. A
     # policy that rewrites it replaces it here.
     body: bytes | None = None
-    # The body as Ollama's decoder will read it; None when not read or empty.
-    json: JsonBody | None = None
+    # What the gateway read of the body, as Ollama's decoder will read it; None when not read or empty.
+    json: BodyFacts | None = None
     reader: UsageReader | None = None
     # Where the request goes when several servers stand behind the gateway (set by routing;
     # None: the one upstream), the server's name for the record, and the server it left when

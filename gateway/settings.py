@@ -47,6 +47,10 @@ class Settings(BaseSettings):
 
     # JSON request bodies (everything except /api/blobs uploads) larger than this get a 413.
     max_body_bytes: int = Field(default=100 * MiB, ge=1024)
+    # JSON request bodies held in memory at once, across the process: past it, a new body waits
+    # (at most queue_timeout seconds) for others to finish, then gets a 503. At least one
+    # max_body_bytes body must fit.
+    max_buffered_bytes: int = Field(default=256 * MiB, ge=1024)
 
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs or CIDRs, comma-separated).
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
@@ -213,6 +217,12 @@ class Settings(BaseSettings):
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be host:port, e.g. 127.0.0.1:9200")
         return value
+
+    @model_validator(mode="after")
+    def _one_body_fits(self) -> Settings:
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError("GATEWAY_MAX_BUFFERED_BYTES must be at least GATEWAY_MAX_BODY_BYTES")
+        return self
 
     @model_validator(mode="after")
     def _admin_apart_from_metrics(self) -> Settings:

@@ -98,6 +98,32 @@ def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
     assert out.with_suffix(".md").read_text().startswith("# ollama-gateway benchmark")
 
 
+@pytest.mark.timeout(60)
+def test_quick_large_body_scenario_reports_both_stalls(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--no-pin", "--scenarios", "e", "--max-minutes", "0.75", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv], cwd=ROOT, capture_output=True, text=True, timeout=55, check=False
+    )
+    assert out.exists(), done.stderr[-4000:]
+    scenario = json.loads(out.read_text())["scenarios"]["e"]
+    assert scenario["error"] is None
+    assert [case["case"] for case in scenario["cases"]] == [
+        "10,000 members, /api/chat",
+        "10,000 members, /v1/chat/completions stream",
+        "1 MiB image, /api/chat",
+    ]
+    for case in scenario["cases"]:
+        for side in ("direct", "gateway"):
+            figures = case[side]
+            assert _numeric(figures["stream_stall_ms"]), (case["case"], side)
+            assert _numeric(figures["healthz_max_ms"]), (case["case"], side)
+            assert figures["stream_chunks"]["min"] > 0
+            assert figures["healthz_polls"]["min"] > 0
+        assert case["gateway"]["attack_status"]["min"] in (200, 400)
+        assert set(case["vs_direct"]) == {"stream_stall_ms_added", "healthz_max_ms_added"}
+
+
 def _ratio(of_medians: float) -> dict[str, Any]:
     return {"median": of_medians, "min": of_medians, "max": of_medians, "runs": [of_medians], "of_medians": of_medians}
 

@@ -39,6 +39,7 @@ def test_the_former_upstream_client_name_still_starts(monkeypatch: pytest.Monkey
         ("GATEWAY_UPSTREAM_URL", "http://user:pw@x", "GATEWAY_UPSTREAM_URL"),
         ("GATEWAY_TRUSTED_PROXIES", "not-an-ip", "GATEWAY_TRUSTED_PROXIES"),
         ("GATEWAY_LOG_LEVEL", "loud", "GATEWAY_LOG_LEVEL"),
+        ("GATEWAY_MAX_BUFFERED_BYTES", "65536", "GATEWAY_MAX_BUFFERED_BYTES must be at least GATEWAY_MAX_BODY_BYTES"),
     ],
 )
 def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:

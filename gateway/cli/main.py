@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.cli import keys, upstreams, usage
-from gateway.database import DatabaseError
+from gateway.database import DatabaseError, DatabaseUnusable
 from gateway.errors import DatabaseFailed
 from gateway.fleet.config import FleetConfigError
 from gateway.keys.store import KeyStoreError
@@ -50,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except FleetConfigError as error:
         print(f"ollama-gateway: invalid configuration: {error}", file=sys.stderr)
+        return 2
+    except DatabaseUnusable as error:
+        # GATEWAY_DATABASE_URL names a file that cannot be used: configuration, like the above.
+        print(f"ollama-gateway: {error}", file=sys.stderr)
         return 2
     except (KeyStoreError, DatabaseError, DatabaseFailed) as error:
         print(f"ollama-gateway: error: {error}", file=sys.stderr)

@@ -20,6 +20,9 @@ from gateway.observe.record import RequestRecord
 _PROMPT_LIMIT = 16_384
 # One encoder for every line (json.dumps with options builds a new one per call).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# For a line holding text that UTF-8 cannot carry (a lone surrogate, valid in JSON as an escape):
+# every non-ASCII character escaped, so it is still one JSON object and nothing is lost.
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def _iso(timestamp: float) -> str:
@@ -95,25 +98,66 @@ class AccessLog:
         if record.request_body is not None and self.wants_prompt(record.key_name):
             line["request_body"] = record.request_body[:_PROMPT_LIMIT].decode("utf-8", "replace")
         if self._json:
-            self._write(_ENCODER.encode(line))
+            self._write(_json_line(line))
             return
         tokens = (
             f" tokens={record.prompt_tokens}+{record.completion_tokens}" if record.route_class == "inference" else ""
         )
         auth = f" auth={record.auth}" if record.auth else ""
         self._write(
-            f"{line['time']} {record.status} {record.method} {_escaped(record.path)} {line['duration_ms']}ms "
-            f"client={record.client} key={record.key_name or record.key_id or '-'} model={record.model or '-'} "
-            f"upstream={record.upstream or '-'} outcome={record.outcome}{auth}{tokens} "
-            f"id={record.request_id}"
+            _encodable(
+                f"{line['time']} {record.status} {record.method} {_escaped(record.path)} {line['duration_ms']}ms "
+                f"client={record.client} key={record.key_name or record.key_id or '-'} model={record.model or '-'} "
+                f"upstream={record.upstream or '-'} outcome={record.outcome}{auth}{tokens} "
+                f"id={record.request_id}"
+            )
         )
 
 
+def _json_line(line: dict[str, Any]) -> str:
+    text = _ENCODER.encode(line)
+    return text if _utf8(text) else _ASCII_ENCODER.encode(line)
+
+
+def _encodable(text: str) -> str:
+    """``text``, with what UTF-8 cannot carry written as a backslash escape."""
+    return text if _utf8(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _stdout_line(line: str) -> None:
-    # A closed or broken stdout must not cost the request its metrics and usage (the next sinks).
-    with contextlib.suppress(OSError):
-        sys.stdout.write(line + "\n")
+    # A closed or broken stdout must not cost the request its metrics and usage (the next sinks),
+    # nor an admin request its answer (its audit line is written as the answer starts).
+    with contextlib.suppress(OSError, ValueError):
+        try:
+            sys.stdout.write(line + "\n")
+        except UnicodeEncodeError:
+            # A stdout that is not UTF-8 (PYTHONIOENCODING, an old locale): escaped, never lost.
+            sys.stdout.write(_escaped_beyond(line, sys.stdout.encoding or "ascii") + "\n")
         sys.stdout.flush()
+
+
+def _escaped_beyond(line: str, encoding: str) -> str:
+    # JSON's escape for each character the encoding cannot carry: still valid in a JSON line, and
+    # as readable as any other in a text one.
+    return "".join(char if _fits(char, encoding) else json.dumps(char)[1:-1] for char in line)
+
+
+def _fits(char: str, encoding: str) -> bool:
+    try:
+        char.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _escaped(text: str) -> str:
@@ -160,11 +204,13 @@ class AuditLog:
             "status": status,
         }
         if self._json:
-            self._write(_ENCODER.encode(line))
+            self._write(_json_line(line))
             return
         named = f" ({_escaped(target_name)})" if target_name else ""
         fields = " changed=" + ",".join(changed) if changed else ""
         self._write(
-            f"{line['time']} AUDIT {status} {_escaped(action)} target={_escaped(target or '-')}{named}{fields} "
-            f"key={_escaped(key_name or '-')} ({key_id or '-'}) client={client} id={request_id}"
+            _encodable(
+                f"{line['time']} AUDIT {status} {_escaped(action)} target={_escaped(target or '-')}{named}{fields} "
+                f"key={_escaped(key_name or '-')} ({key_id or '-'}) client={client} id={request_id}"
+            )
         )

@@ -62,6 +62,11 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "gateway_connections_refused",
+            "New connections answered 503 and closed because the process was near its file-descriptor limit.",
+            registry=self.registry,
+        )
         self.lockouts = Counter(
             "gateway_auth_lockouts",
             "Addresses locked out for sending too many wrong keys.",

@@ -54,9 +54,8 @@ def prompt_tokens(body: JsonBody) -> int:
     return characters // _CHARS_PER_TOKEN + count * _PER_MESSAGE + 1
 
 
-def completion_tokens(body: JsonBody, default: int, embedding: bool) -> int:
-    if embedding:
-        return 0
+def completion_cap(body: JsonBody) -> int | None:
+    """The client's own cap on completion tokens, if it set one."""
     for name in _COMPLETION_CAPS:
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -67,10 +66,9 @@ def completion_tokens(body: JsonBody, default: int, embedding: bool) -> int:
         # Ollama: -1 = no limit, -2 = fill the context; both fall back to the default.
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
-    return default
+    return None
 
 
-def estimate(body: JsonBody | None, default_completion: int, embedding: bool) -> int:
-    if body is None:
-        return 0
-    return prompt_tokens(body) + completion_tokens(body, default_completion, embedding)
+def estimate(prompt: int, cap: int | None, default_completion: int, embedding: bool) -> int:
+    """Tokens to reserve: the prompt's, and the completion's cap (none for an embedding)."""
+    return prompt + (0 if embedding else cap or default_completion)

@@ -42,7 +42,7 @@ class JsonBody:
             top.append(pairs)
             return dict(pairs)
 
-        if not raw.strip():
+        if raw.isspace() or not raw:  # not strip(): that copies a large body
             raise BadRequest("missing request body")
         try:
             value = json.loads(raw, object_pairs_hook=keep_pairs)
@@ -67,24 +67,3 @@ class JsonBody:
             if not isinstance(result, str):
                 raise BadRequest(f"'{field}' must be a string")
         return result
-
-    def replace(self, field: str, value: Any) -> bytes:
-        """The body re-encoded with ``field`` set to ``value``.
-
-        Every other member is written once, under its folded name, with the value Go would have
-        kept: re-encoding must never change which of several spellings Ollama ends up reading
-        (Python's dict would keep the first spelling's position and the wrong one would win).
-        """
-        canonical: dict[str, Any] = {}
-        for key, item in self.pairs:
-            folded = _fold(key)
-            if item is not None or folded not in canonical:
-                canonical[folded] = item
-        canonical[field] = value
-        self.__init__(list(canonical.items()))  # type: ignore[misc]
-        try:
-            return json.dumps(canonical, separators=(",", ":"), ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            # A lone surrogate (valid JSON as an escape, not encodable as UTF-8): written back as
-            # the escape it came in as, which Go decodes as Ollama would have read the original.
-            return json.dumps(canonical, separators=(",", ":")).encode()

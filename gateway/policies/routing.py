@@ -240,8 +240,7 @@ def _lacks_model(body: bytes) -> bool:
 
 
 def _streams(flow: Flow) -> bool:
-    value = flow.json.get("stream") if flow.json is not None else None
-    return value is not False
+    return flow.json is None or flow.json.stream is not False
 
 
 def _spelled(flow: Flow) -> str | None:

@@ -5,6 +5,7 @@ counts while the client sees the stream it asked for."""
 from __future__ import annotations
 
 from gateway.flow import Flow
+from gateway.ollama.bodyfacts import with_member
 from gateway.proxy.inbound import Inbound
 from gateway.proxy.sse import UsageStripper
 
@@ -14,14 +15,13 @@ _USAGE_ON_REQUEST = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 class StreamUsagePolicy:
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
-        body = flow.json
-        if body is None or flow.route.name not in _USAGE_ON_REQUEST or body.get("stream") is not True:
+        facts, body = flow.json, flow.body
+        if facts is None or body is None or flow.route.name not in _USAGE_ON_REQUEST:
             return
-        options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:
+        if facts.stream is not True or facts.asks_usage:
             return
-        merged = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-        flow.body = body.replace("stream_options", merged)
+        # Appended: Ollama's decoder keeps the last one, merged into the client's own options.
+        flow.body = with_member(body, facts, "stream_options", {"include_usage": True})
         flow.transforms.append(UsageStripper())
 
     def finish(self, flow: Flow, admitted: None) -> None:

@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from gateway.routes.dispatch import Gateway
+from gateway.runtime.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 
 
@@ -35,6 +36,8 @@ def metrics_listener(settings: Settings, app: Gateway) -> uvicorn.Server | None:
             port=int(port),
             lifespan="off",
             log_level=settings.log_level,
+            # The same request-head limits as the main listener.
+            http=GatewayHttpProtocol,
             # Nothing here looks at the client, but forwarded headers count only from trusted peers.
             proxy_headers=False,
             server_header=False,
@@ -54,6 +57,7 @@ def admin_listener(settings: Settings, app: Gateway) -> uvicorn.Server | None:
         port=int(port),
         lifespan="off",
         log_level=settings.log_level,
+        http=GatewayHttpProtocol,
         # As on the main port: forwarded headers count only from GATEWAY_TRUSTED_PROXIES (the
         # gateway's own resolver), so no client can pick the address its lockout is counted for.
         proxy_headers=False,

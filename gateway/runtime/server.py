@@ -9,6 +9,7 @@ from typing import Any
 import uvicorn
 
 from gateway.app import create_app
+from gateway.database import Database
 from gateway.fleet.config import fleet_specs
 from gateway.routes.dispatch import Gateway
 from gateway.runtime.http_protocol import GatewayHttpProtocol
@@ -61,8 +62,20 @@ def _serve_workers(settings: Settings) -> int:
     return 0
 
 
+def check_database(settings: Settings) -> None:
+    """Open (create, migrate) and write the database before anything listens: a file that cannot
+    be used (read-only, not a database, a folder that cannot be made) raises ``DatabaseUnusable``,
+    one line naming the path and the reason, instead of failing uvicorn's start-up with a traceback."""
+    database = Database(settings.database_url)
+    try:
+        database.open(writable=True)
+    finally:
+        database.close()
+
+
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level)
+    check_database(settings)
     if settings.workers > 1:
         # Each worker reads the upstream list itself: a bad one must stop start-up here, once.
         fleet_specs(settings.upstream_url, settings.upstreams, settings.upstreams_file)

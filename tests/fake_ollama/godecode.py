@@ -38,7 +38,7 @@ def decode(body: bytes, go_type: str, fields: Mapping[str, Field]) -> dict[str, 
     """Decode the first JSON value of `body` into a dict keyed by canonical field names."""
     scanner = _Scanner(body)
     start, end = scanner.first_value()
-    value = json.loads(body[start:end].decode("utf-8", errors="replace"))
+    value = json.loads(body[start:end].decode("utf-8", errors="replace"), object_pairs_hook=_Members)
     if value is None:
         return {}  # Go leaves the struct untouched for a top-level null
     if not isinstance(value, dict):
@@ -46,13 +46,24 @@ def decode(body: bytes, go_type: str, fields: Mapping[str, Field]) -> dict[str, 
     return _struct(value, go_type.rsplit(".", 1)[-1], fields)
 
 
+class _Members(dict[str, Any]):
+    """A decoded object that also keeps its members in document order, repeated keys included."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
 def _struct(value: dict[str, Any], path: str, fields: Mapping[str, Field]) -> dict[str, Any]:
     by_fold = {name.lower(): name for name in fields}
     out: dict[str, Any] = {}
-    for key, item in value.items():
+    # Every member in order, as Go's decoder assigns them: the last spelling of a field wins.
+    for key, item in value.pairs if isinstance(value, _Members) else value.items():
         # Go matches field names case-insensitively when there is no exact match.
         name = key if key in fields else by_fold.get(key.lower(), key)
         spec = fields.get(name)
+        if item is None and spec is not None and spec.kind == "string":
+            continue  # null leaves a Go string field as it was
         out[name] = item if spec is None else _field(item, f"{path}.{name}", spec)
     return out
 

@@ -6,6 +6,7 @@ A real gateway process is used so the lines are read from its actual stdout.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import socket
 import sqlite3
@@ -20,7 +21,7 @@ import pytest
 
 from gateway.keys.management import KeyAdmin, KeyChange
 from gateway.keys.store import Scope, open_keystore
-from gateway.observe.accesslog import AccessLog
+from gateway.observe.accesslog import AccessLog, AuditLog
 from tests.conftest import ALL_SCOPES, issue_key
 from tests.fake_ollama import RUNNER_FAILED, Behaviour, FakeOllama, StepGate
 from tests.ollama_signer import OllamaSigner, fingerprint_of, make_key
@@ -715,3 +716,67 @@ def test_a_rewritten_stream_logs_what_the_client_sent_and_received(logged: Logge
     line = logged.line(rid)
     assert (line["bytes_in"], line["bytes_out"]) == (len(body), len(response.content))
     assert line["tokens_exact"] is True
+
+
+def test_an_admin_write_naming_a_lone_surrogate_is_a_400_and_audited(logged: Logged) -> None:
+    # "\ud800" is valid JSON (an escape) but no UTF-8 can carry it: the audit line once raised
+    # while being written, which cost the answer too (a text/plain 500 without the admin headers).
+    rid = new_id()
+    headers = {**logged.bearer("alice"), "Content-Type": "application/json", "X-Request-Id": rid}
+    answer = logged.client.post("/admin/api/keys", content=b'{"name": "\\ud800"}', headers=headers)
+    assert (answer.status_code, answer.headers["content-type"], answer.json()) == (
+        400,
+        "application/json",
+        {"error": "a key name is 1 to 64 printable characters without surrounding spaces"},
+    )
+    assert (answer.headers["x-frame-options"], answer.headers["cache-control"]) == ("DENY", "no-store")
+    line = logged.line(rid)
+    del line["time"]
+    assert line == {
+        "type": "audit",
+        "request_id": rid,
+        "key_id": logged.ids["alice"],
+        "key_name": "alice",
+        "client": "127.0.0.1",
+        "action": "keys.create",
+        "target": None,
+        "target_name": "\ud800",
+        "changed": [],
+        "status": 400,
+    }
+    assert not [text for text in logged.process.stderr.lines if "Traceback" in text]
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_no_value_makes_a_log_writer_raise(fmt: str) -> None:
+    lines: list[str] = []
+    odd = "\ud800 \udfff \x00 \u2028 é"
+    record = make_record(
+        request_id=odd, key_name=odd, client=odd, path=odd, route=odd, model=odd, upstream=odd, outcome=odd
+    )
+    AccessLog(fmt=fmt, write=lines.append, log_prompts=("*",))(record)
+    AuditLog(fmt=fmt, write=lines.append)(
+        action=odd, status=400, key_id=odd, key_name=odd, client=odd, request_id=odd, target=odd, target_name=odd
+    )
+    assert len(lines) == 2
+    for line in lines:
+        line.encode("utf-8")  # strict: a line any stdout can take
+        assert "\n" not in line
+    if fmt == "json":
+        access, audit = (json.loads(line) for line in lines)
+        assert (access["key_name"], access["path"], access["model"]) == (odd, odd, odd)
+        assert (audit["action"], audit["target_name"], audit["key_name"]) == (odd, odd, odd)
+    else:
+        assert "\\ud800 \\udfff" in lines[0]
+        assert "\\ud800 \\udfff" in lines[1]
+
+
+def test_a_stdout_that_is_not_utf8_gets_an_escaped_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = io.BytesIO()
+    monkeypatch.setattr("sys.stdout", io.TextIOWrapper(raw, encoding="ascii", write_through=True))
+    AccessLog()(make_record(key_name="é", model="\U0001f600"))
+    AuditLog(fmt="text")(action="keys.create", status=201, key_id="k1", key_name="é", client="ç", request_id="r1")
+    access, audit = raw.getvalue().decode("ascii").splitlines()
+    assert (json.loads(access)["key_name"], json.loads(access)["model"]) == ("é", "\U0001f600")
+    assert '"key_name":"\\u00e9"' in access
+    assert audit.endswith("key=\\xe9 (k1) client=\\u00e7 id=r1")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import BadRequest
+from gateway.ollama.bodyfacts import BodyFacts, with_member
 from gateway.ollama.jsonbody import JsonBody
 from gateway.ollama.models import InvalidModelName, allowed, parse_model, parse_pattern
 
@@ -69,7 +70,34 @@ def test_body_fields_are_read_the_way_go_reads_them() -> None:
         JsonBody.parse(b"   ")
 
 
-def test_replace_writes_each_field_once_with_the_value_go_kept() -> None:
-    body = JsonBody.parse(b'{"Stream":false,"model":"a","MODEL":"b","model":null,"stream":true}')
-    rewritten = JsonBody.parse(body.replace("stream_options", {"include_usage": True}))
-    assert rewritten.pairs == [("stream", True), ("model", "b"), ("stream_options", {"include_usage": True})]
+def test_a_member_is_appended_and_every_spelling_the_client_sent_stays_as_it_came() -> None:
+    raw = b'{"Stream":false,"model":"a","MODEL":"b","model":null,"stream":true,"Stream_Options":5}  \n'
+    rewritten = with_member(raw, BodyFacts.read(raw), "stream_options", {"include_usage": True, "x": "\ud800"})
+    assert rewritten == raw.rstrip()[:-1] + b',"stream_options":{"include_usage":true,"x":"\\ud800"}}  \n'
+    # Go keeps the last spelling of each field: the appended one, and the client's model "b".
+    body = JsonBody.parse(rewritten)
+    assert (body.get("stream_options"), body.string("model"), body.get("stream")) == (
+        {"include_usage": True, "x": "\ud800"},
+        "b",
+        True,
+    )
+    assert with_member(b"{ }", BodyFacts.read(b"{ }"), "a", 1) == b'{ "a":1}'
+
+
+def test_body_facts_keep_what_the_policies_read_and_nothing_large() -> None:
+    raw = b'{"model":"m","Name":7,"stream":"yes","stream_options":{"include_usage":true},"from":"%s",' % (
+        b"x" * 5000
+    ) + b'"prompt":"%s","max_tokens":9,"ignored":[1,2,3]}' % (b"p" * 400)
+    facts = BodyFacts.read(raw)
+    assert (facts.string("model"), facts.stream, facts.asks_usage, facts.prompt_tokens, facts.completion_cap) == (
+        "m",
+        None,
+        True,
+        101,
+        9,
+    )
+    assert facts.string("from") == "x" * 1024  # longer than any model name: invalid all the same
+    with pytest.raises(BadRequest, match="'name' must be a string"):
+        facts.string("name")
+    with pytest.raises(KeyError):
+        facts.string("keep_alive")

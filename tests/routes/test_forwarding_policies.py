@@ -18,6 +18,7 @@ from gateway.keys.store import Limits, Scope
 from gateway.ollama.surfaces import classify
 from gateway.policies.account import AccountPolicy
 from gateway.policies.auth import AuthPolicy
+from gateway.policies.bodyreader import BodyBudget, BodyReader
 from gateway.policies.limits.policy import LimitPolicy
 from gateway.policies.permissions import ModelPolicy, RoutePolicy
 from gateway.policies.requestbody import RequestBodyPolicy
@@ -207,8 +208,9 @@ async def test_a_model_check_without_the_body_is_a_bug_not_an_allowance() -> Non
     flow.principal = Principal(key_id="k", name="k", scopes=frozenset(Scope), patterns=(), limits=Limits())
     with pytest.raises(RuntimeError, match="before the body was read"):
         await ModelPolicy(allow_cloud=False).admit(flow, Inbound(_nothing, has_body=False))
+    policy = RequestBodyPolicy(max_body_bytes=1024, budget=BodyBudget(1024, wait=1), reader=BodyReader())
     with pytest.raises(RuntimeError, match="before authentication"):
-        await RequestBodyPolicy(max_body_bytes=1024).admit(_flow("/api/chat"), Inbound(_nothing, has_body=False))
+        await policy.admit(_flow("/api/chat"), Inbound(_nothing, has_body=False))
 
 
 async def _nothing() -> Message:

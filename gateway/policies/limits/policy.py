@@ -60,9 +60,11 @@ class LimitPolicy:
         principal = flow.caller()
         quota = effective(principal.limits, self._defaults)
         inference = flow.route.route_class is RouteClass.INFERENCE
-        tokens = (
-            estimate(flow.json, self._default_completion, embedding=flow.route.name in _EMBEDDINGS) if inference else 0
-        )
+        facts = flow.json
+        tokens = 0
+        if inference and facts is not None:
+            embedding = flow.route.name in _EMBEDDINGS
+            tokens = estimate(facts.prompt_tokens, facts.completion_cap, self._default_completion, embedding)
         grant: Grant | None = None
         zero = [name for name in ("rpm", "tpm", "tpd", "concurrency") if getattr(quota, name) == 0]
         if zero:

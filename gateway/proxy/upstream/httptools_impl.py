@@ -302,7 +302,8 @@ class HttptoolsUpstream:
                 # Handed to the transport whole, not awaited: Ollama may answer (413, an error)
                 # before it has read a large body, and that answer must win. A connection with
                 # bytes still unsent is never reused (see aclose).
-                if not conn.send(self._head(request, length) + body):
+                # Head and body written apart: joining them would copy the body (100 MiB at most).
+                if not (conn.send(self._head(request, length)) and conn.send(body)):
                     # Gone before a byte was written: the request never left.
                     raise unreachable(self._pool.address, ConnectionResetError(errno.ECONNRESET, "Connection reset"))
                 response.sent()
