@@ -22,6 +22,7 @@ from gateway.fleet import Fleet
 from gateway.fleet.config import fleet_specs
 from gateway.keys.keyring import Keyring
 from gateway.keys.sqlite import SqliteKeyStore
+from gateway.keys.store import QUOTA_NAMES
 from gateway.observe.accesslog import AccessLog, AuditLog, chosen_format
 from gateway.observe.metrics import Metrics
 from gateway.observe.startup import report_start
@@ -108,12 +109,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             StreamUsagePolicy(),
             LimitPolicy(
                 limiter,
-                defaults=Quota(
-                    rpm=settings.default_rpm,
-                    tpm=settings.default_tpm,
-                    tpd=settings.default_tpd,
-                    concurrency=settings.default_concurrency,
-                ),
+                defaults=Quota(**{name: getattr(settings, f"default_{name}") for name in QUOTA_NAMES}),
                 default_completion_tokens=settings.default_max_tokens,
             ),
             # Last: which server, and a fair slot there, only for a request that passed the rest.

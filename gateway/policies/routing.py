@@ -32,17 +32,11 @@ from gateway.fleet.listings import Answer, FleetListing
 from gateway.fleet.queue import Ticket
 from gateway.flow import Flow
 from gateway.ollama.models import parse_model
-from gateway.ollama.surfaces import RouteClass
+from gateway.ollama.surfaces import Fleetwide, Route, RouteClass
 from gateway.proxy.headers import UPSTREAM_HEADER, header
 from gateway.proxy.inbound import Inbound
 from gateway.proxy.upstream import Outbound, UpstreamResponse, read_whole
 
-# Model management: the servers it touched are asked for their models again at once.
-_CHANGES_MODELS = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete"})
-_TO_EVERY_SERVER = frozenset({"/api/pull", "/api/delete"})
-_FLEET_ANSWERS = frozenset({"/api/tags", "/api/ps", "/v1/models", "/api/version"})
-# Ollama's own words for a model it does not have, by route (see its handlers).
-_EMBED_ROUTES = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 _HELD_LIMIT = 65536
 
 
@@ -63,12 +57,12 @@ class RoutingPolicy:
     async def admit(self, flow: Flow, inbound: Inbound) -> Placement:
         fleet = self.fleet
         route = flow.route
-        if route.route_class in (RouteClass.ADMIN, RouteClass.CLOUD):
+        if route.per_server:
             return self._admin(flow, header(flow.headers, UPSTREAM_HEADER))
         if not fleet.several:
             return await self._place(flow, Placement(None), fleet.members[0])
-        if route.name in _FLEET_ANSWERS and flow.method == "GET":
-            flow.upstream = FleetListing(fleet, route.name)
+        if route.fleetwide.merged and flow.method == "GET":
+            flow.upstream = FleetListing(fleet, route)
             flow.upstream_name = "*"
             return Placement(None)
         if flow.model is None:
@@ -87,7 +81,7 @@ class RoutingPolicy:
             spelled = _spelled(flow) or flow.model
             if any(model in member.models for member in fleet.members):
                 raise _none_usable(fleet, f" that has model '{spelled}'")
-            raise _not_found(flow.route.name, spelled)
+            raise _not_found(route, spelled)
         return await self._place(flow, Placement(None, model=model), holders[0])
 
     def finish(self, flow: Flow, placement: Placement) -> None:
@@ -99,7 +93,7 @@ class RoutingPolicy:
         if member is not None and placement.model is not None and inference and flow.upstream_status == 200:
             # It has it in memory now; the next request for it should prefer this server.
             member.loaded.add(placement.model)
-        if flow.route.name in _CHANGES_MODELS and self.fleet.several:
+        if flow.route.changes_models and self.fleet.several:
             self.fleet.refresh_soon(placement.touched or None)
 
     async def _place(self, flow: Flow, placement: Placement, member: Member) -> Placement:
@@ -152,8 +146,13 @@ class RoutingPolicy:
                 raise BadRequest(f"no upstream is named '{name[:100]}' (this gateway has: {_names(fleet)})")
         elif not fleet.several:
             member = fleet.members[0]
-        elif flow.route.name in _TO_EVERY_SERVER:
-            flow.upstream = FanOut(fleet.members, stream=flow.route.name == "/api/pull" and _streams(flow))
+        elif flow.route.fleetwide.fanned_out:
+            route = flow.route
+            flow.upstream = FanOut(
+                fleet.members,
+                stream=route.streams and _streams(flow),
+                where_held=route.fleetwide is Fleetwide.WHERE_HELD,
+            )
             flow.upstream_name = "*"
             return Placement(None, touched=fleet.members)
         else:
@@ -259,7 +258,8 @@ def _none_usable(fleet: Fleet, what: str = "") -> UpstreamUnavailable:
     return UpstreamUnavailable(f"no upstream{what} is reachable ({fleet.reasons()})")
 
 
-def _not_found(route: str, model: str) -> ModelNotFound:
-    if route in _EMBED_ROUTES:
+def _not_found(route: Route, model: str) -> ModelNotFound:
+    # Ollama's own words for a model it does not have, by route (see its handlers).
+    if route.embedding:
         return ModelNotFound(f'model "{model}" not found, try pulling it first')
     return ModelNotFound(f"model '{model}' not found")

@@ -8,14 +8,11 @@ from gateway.flow import Flow
 from gateway.proxy.inbound import Inbound
 from gateway.proxy.sse import UsageStripper
 
-# The /v1 routes whose streams carry usage only when asked.
-_USAGE_ON_REQUEST = frozenset({"/v1/chat/completions", "/v1/completions"})
-
 
 class StreamUsagePolicy:
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
         body = flow.json
-        if body is None or flow.route.name not in _USAGE_ON_REQUEST or body.get("stream") is not True:
+        if body is None or not flow.route.asks_usage or body.get("stream") is not True:
             return
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:

@@ -16,10 +16,10 @@ from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import BodyTooLarge, Dialect, GatewayError, render
+from gateway.errors import BodyTooLarge, GatewayError, render
 from gateway.flow import Flow
 from gateway.observe.record import RequestRecord, record_of
-from gateway.ollama.surfaces import Route, RouteClass, classify
+from gateway.ollama.surfaces import classify, unchecked
 from gateway.proxy.clientaddr import ClientResolver
 from gateway.proxy.headers import Headers, header, upstream_request_headers
 from gateway.proxy.inbound import ClientDisconnected, Inbound
@@ -45,8 +45,6 @@ Sink = Callable[[RequestRecord], None]
 
 _SAFE_PATH_CHARS = "/:@!$&'()*+,;=-._~"
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
-_UNCHECKED = Route("invalid", RouteClass.ADMIN, Dialect.NATIVE)
-_UNCHECKED_OPENAI = Route("invalid", RouteClass.ADMIN, Dialect.OPENAI)
 
 
 class ForwardedRoutes:
@@ -82,7 +80,7 @@ class ForwardedRoutes:
             request_id=rid.decode(),
             method=scope["method"],
             path=scope["path"],
-            route=_UNCHECKED_OPENAI if raw_path.startswith(b"/v1/") else _UNCHECKED,
+            route=unchecked(raw_path),
             client=client,
             headers=headers,
         )
