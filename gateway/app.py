@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Lifespan
 
 from gateway import __version__
 from gateway.admin import AdminSources, LiveTraffic, admin_app
-from gateway.admin.live import checked_when_single, queue_totals
+from gateway.admin.live import asked_now, queue_totals
 from gateway.database import Database
 from gateway.errors import Dialect, GatewayError, render
 from gateway.fleet import Fleet
@@ -46,7 +46,6 @@ from gateway.routes.endpoints import (
     health_router,
     limiter_check,
     metrics_router,
-    upstream_check,
 )
 from gateway.routes.forwarding import ForwardedRoutes
 from gateway.routes.guard import admin_scope
@@ -79,7 +78,6 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         refresh_interval=settings.upstream_refresh_interval,
         probe_timeout=min(settings.connect_timeout, READY_TIMEOUT) + READY_TIMEOUT,
     )
-    client = fleet.members[0].client
     # One connection for the whole process, on its own thread (see database.py).
     database = Database(settings.database_url)
     key_store = SqliteKeyStore(database)
@@ -96,7 +94,6 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     resolver = ClientResolver(settings.trusted_proxies)
     traffic = LiveTraffic()
     forwarded = ForwardedRoutes(
-        client,
         resolver=resolver,
         max_body_bytes=settings.max_body_bytes,
         cors=Cors(settings.cors_origins) if settings.cors_origins else None,
@@ -129,7 +126,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     metrics.track_fleet(fleet)
 
     checks: dict[str, Check] = {
-        "upstream": fleet_check(fleet) if fleet.several else upstream_check(client),
+        "upstream": fleet_check(fleet),
         "database": database_check(database),
     }
     if settings.redis_url:
@@ -177,7 +174,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
                 traffic=traffic,
                 in_flight=lambda: forwarded.in_flight,
                 queue=lambda: queue_totals(fleet.states()),
-                upstreams=checked_when_single(fleet.states, checks["upstream"]),
+                # A watched fleet's states are current; one server's are asked now (Fleet.solo).
+                upstreams=fleet.states if fleet.solo is None else asked_now(fleet.states, checks["upstream"]),
             ),
             guard=admin_scope(authenticator, resolver),
             resolver=resolver,

@@ -1,7 +1,9 @@
 """The forwarded routes: path safety, the route table, then the policies around the relay.
 
 Order: path safety -> route table -> policies (in the order ``create_app`` lists them: who calls,
-route scope, the body, model permissions, limits) -> relay. Every flow ends in exactly one response
+route scope, the body, model permissions, limits, routing) -> send -> relay. The routing policy
+names where the request goes (``flow.destination``); it is sent there, and between attempts the
+destination decides whether it goes once more, elsewhere. Every flow ends in exactly one response
 (relayed or refused) and one terminal record.
 """
 
@@ -17,14 +19,14 @@ from urllib.parse import quote
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import BodyTooLarge, GatewayError, render
-from gateway.flow import Flow
+from gateway.flow import Destination, Flow
 from gateway.observe.record import RequestRecord, record_of
 from gateway.ollama.surfaces import classify, unchecked
 from gateway.proxy.clientaddr import ClientResolver
 from gateway.proxy.headers import Headers, header, upstream_request_headers
 from gateway.proxy.inbound import ClientDisconnected, Inbound
 from gateway.proxy.relay import Chain, relay
-from gateway.proxy.upstream import Outbound, Upstream
+from gateway.proxy.upstream import Outbound, UpstreamResponse
 from gateway.routes.cors import Cors
 from gateway.routes.drain import Drain, Stop
 from gateway.routes.paths import checked_path, checked_query
@@ -50,7 +52,6 @@ _PLAIN_PATH = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
 class ForwardedRoutes:
     def __init__(
         self,
-        upstream: Upstream,
         *,
         resolver: ClientResolver,
         max_body_bytes: int,
@@ -59,7 +60,6 @@ class ForwardedRoutes:
         sinks: Sequence[Sink] = (),
     ) -> None:
         self._cors = cors
-        self._upstream = upstream
         self._resolver = resolver
         self._max_body = max_body_bytes
         self.policies = tuple(policies)
@@ -118,14 +118,17 @@ class ForwardedRoutes:
                 ),
                 body=self._body(flow, inbound, has_body, limit),
             )
+            destination = flow.destination
+            if destination is None:
+                raise RuntimeError(f"{route.name}: no policy chose where the request goes")
             flow.forwarded_at = time.perf_counter()
+            extra_headers = [(b"x-request-id", rid), _overhead_header(flow), *flow.response_headers]
             await relay(
-                flow.upstream or self._upstream,
-                outbound,
+                await _answer(flow, destination, outbound),
                 inbound,
                 send,
                 dialect=route.dialect,
-                extra_headers=[(b"x-request-id", rid), _overhead_header(flow), *flow.response_headers],
+                extra_headers=extra_headers,
                 observer=flow,
                 stop=stop,
                 transform=Chain(flow.transforms) if flow.transforms else None,
@@ -199,6 +202,21 @@ class ForwardedRoutes:
         ]
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _answer(flow: Flow, destination: Destination, request: Outbound) -> UpstreamResponse:
+    """The answer to relay: the core sends, and the destination decides, before it is called again,
+    whether the request goes once more, elsewhere (it fails over once at most)."""
+    while True:
+        try:
+            response = await destination.upstream.send(request)
+        except GatewayError as error:
+            if await destination.failed(flow, request, error):
+                continue
+            raise
+        answer = await destination.answered(flow, request, response)
+        if answer is not None:
+            return answer
 
 
 def _overhead_header(flow: Flow) -> tuple[bytes, bytes]:
