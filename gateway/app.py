@@ -14,13 +14,14 @@ from starlette.types import ASGIApp, Lifespan
 
 from gateway import __version__
 from gateway.admin import AdminSources, LiveTraffic, admin_app
-from gateway.admin.live import checked_when_single, queue_totals
+from gateway.admin.live import asked_now, queue_totals
 from gateway.database import Database
 from gateway.fleet import Fleet
 from gateway.fleet.config import fleet_specs
 from gateway.keys.keyring import Keyring
 from gateway.keys.management import KeyAdmin
 from gateway.keys.sqlite import SqliteKeyStore
+from gateway.keys.store import QUOTA_NAMES
 from gateway.observe.accesslog import AccessLog, AuditLog, chosen_format
 from gateway.observe.connections import STATE_KEY as CONNECTION_GUARD
 from gateway.observe.connections import ConnectionGuard, descriptor_limit
@@ -48,7 +49,6 @@ from gateway.routes.endpoints import (
     health_router,
     limiter_check,
     metrics_router,
-    upstream_check,
 )
 from gateway.routes.forwarding import ForwardedRoutes
 from gateway.routes.guard import admin_scope
@@ -84,7 +84,6 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         refresh_interval=settings.upstream_refresh_interval,
         probe_timeout=min(settings.connect_timeout, READY_TIMEOUT) + READY_TIMEOUT,
     )
-    client = fleet.members[0].client
     # One connection for the whole process, on its own thread (see database.py).
     database = Database(settings.database_url)
     key_store = SqliteKeyStore(database)
@@ -113,7 +112,6 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     bodies = BodyReader()
     traffic = LiveTraffic()
     forwarded = ForwardedRoutes(
-        client,
         resolver=resolver,
         max_body_bytes=settings.max_body_bytes,
         cors=Cors(settings.cors_origins) if settings.cors_origins else None,
@@ -128,12 +126,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
             StreamUsagePolicy(),
             LimitPolicy(
                 limiter,
-                defaults=Quota(
-                    rpm=settings.default_rpm,
-                    tpm=settings.default_tpm,
-                    tpd=settings.default_tpd,
-                    concurrency=settings.default_concurrency,
-                ),
+                defaults=Quota(**{name: getattr(settings, f"default_{name}") for name in QUOTA_NAMES}),
                 default_completion_tokens=settings.default_max_tokens,
             ),
             # Last: which server, and a fair slot there, only for a request that passed the rest.
@@ -155,7 +148,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     metrics.track_fleet(fleet)
 
     checks: dict[str, Check] = {
-        "upstream": fleet_check(fleet) if fleet.several else upstream_check(client),
+        "upstream": fleet_check(fleet),
         "database": database_check(database),
     }
     if settings.redis_url:
@@ -204,7 +197,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
                 traffic=traffic,
                 in_flight=lambda: forwarded.in_flight,
                 queue=lambda: queue_totals(fleet.states()),
-                upstreams=checked_when_single(fleet.states, checks["upstream"]),
+                # A watched fleet's states are current; one server's are asked now (Fleet.solo).
+                upstreams=fleet.states if fleet.solo is None else asked_now(fleet.states, checks["upstream"]),
             ),
             guard=admin_scope(authenticator, resolver),
             resolver=resolver,

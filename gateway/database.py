@@ -52,6 +52,9 @@ CLI_BUSY_TIMEOUT = 10.0
 
 log = logging.getLogger("gateway.database")
 
+# Written out by hand, never derived: a migration is history, and must read tomorrow as it ran
+# today. The keys table has a column per limit of ``gateway.keys.store.Limits``, named as the
+# limit: a new limit is a new migration adding its column (as 3 did for weight).
 MIGRATIONS: tuple[str, ...] = (
     # 1: API keys, and a counter the server polls to notice changes made elsewhere (the CLI, another server).
     """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gateway.errors import GatewayError
 from gateway.keys.principal import Principal
@@ -19,7 +20,24 @@ from gateway.ollama.surfaces import Route, RouteClass
 from gateway.proxy.clientaddr import ClientAddress
 from gateway.proxy.headers import Headers, header
 from gateway.proxy.relay import BodyTransform
-from gateway.proxy.upstream import Upstream
+from gateway.proxy.upstream import Outbound, Upstream, UpstreamResponse
+
+
+class Destination(Protocol):
+    """Where a flow's request goes, as the routing policy chose it. The forwarder sends it to
+    ``upstream`` and asks between attempts whether it goes once more, elsewhere: the policy
+    decides failover before the core is called again. It holds no reference to the flow (it is
+    handed one), so the two go together when the exchange is over."""
+
+    @property
+    def upstream(self) -> Upstream: ...
+
+    async def failed(self, flow: Flow, request: Outbound, error: GatewayError) -> bool:
+        """``upstream`` did not take the request: True when it goes to the (new) ``upstream``."""
+
+    async def answered(self, flow: Flow, request: Outbound, response: UpstreamResponse) -> UpstreamResponse | None:
+        """What of ``upstream``'s answer the client gets; None when the request goes to the (new)
+        ``upstream`` instead."""
 
 
 @dataclass(eq=False, slots=True)
@@ -60,10 +78,9 @@ class Flow:
     # What the gateway read of the body, as Ollama's decoder will read it; None when not read or empty.
     json: BodyFacts | None = None
     reader: UsageReader | None = None
-    # Where the request goes when several servers stand behind the gateway (set by routing;
-    # None: the one upstream), the server's name for the record, and the server it left when
-    # that one could not be reached.
-    upstream: Upstream | None = None
+    # Where the request goes (set by routing), the server's name for the record, and the server
+    # it left when that one could not take it.
+    destination: Destination | None = None
     upstream_name: str | None = None
     failed_over_from: str | None = None
     # Rewrites of the response body, applied in this order (a filtered listing, a stripped frame).

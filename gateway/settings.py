@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.fleet.config import check_url, parse_list
+from gateway.keys.store import QUOTA_NAMES
 
 MiB = 1024 * 1024
 
@@ -72,7 +73,8 @@ class Settings(BaseSettings):
     # Browser origins allowed to call the gateway (comma-separated; "*" = any; wildcards allowed).
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
 
-    # Limits for keys that set none of their own (empty or "unlimited" = no limit).
+    # Limits for keys that set none of their own (empty or "unlimited" = no limit): one per quota
+    # of gateway.keys.store.Limits, named default_<quota> (each a documented setting of its own).
     default_rpm: int | None = Field(default=None, ge=0)
     default_tpm: int | None = Field(default=None, ge=0)
     default_tpd: int | None = Field(default=None, ge=0)
@@ -149,7 +151,7 @@ class Settings(BaseSettings):
         # "aiohttp" was a choice in earlier versions; its successor keeps such settings starting.
         return "httptools" if isinstance(value, str) and value.strip().lower() == "aiohttp" else value
 
-    @field_validator("default_rpm", "default_tpm", "default_tpd", "default_concurrency", mode="before")
+    @field_validator(*(f"default_{name}" for name in QUOTA_NAMES), mode="before")
     @classmethod
     def _unlimited(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in ("", "unlimited", "none"):

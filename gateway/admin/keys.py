@@ -17,7 +17,6 @@ from gateway.admin.audit import AuditNote
 from gateway.database import Runner
 from gateway.keys.management import (
     KEEP,
-    LIMIT_NAMES,
     MODELS_LIMIT,
     NAME_LIMIT,
     OLLAMA_KEYS_LIMIT,
@@ -32,9 +31,16 @@ from gateway.keys.management import (
 )
 from gateway.keys.principal import Principal
 from gateway.keys.sqlite import SqliteKeyStore
-from gateway.keys.store import Scope
+from gateway.keys.store import LIMIT_KINDS, LIMIT_NAMES, LimitKind, Scope
 
 T = TypeVar("T")
+# What each kind of limit accepts, as the schema describes it.
+_LIMIT_VALUES = {LimitKind.QUOTA: "a number, 'unlimited' or 'default'", LimitKind.WEIGHT: "1-100 or 'default'"}
+# "rpm, tpm, tpd, concurrency: a number, 'unlimited' or 'default'; weight: 1-100 or 'default'"
+_LIMITS_DESCRIPTION = "; ".join(
+    f"{', '.join(name for name, its in LIMIT_KINDS.items() if its is kind)}: {values}"
+    for kind, values in _LIMIT_VALUES.items()
+)
 KeyId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the key's id (never its secret)")]
 
 
@@ -62,7 +68,7 @@ class KeyPolicy(BaseModel):
     )
     limits: dict[str, JsonValue] = Field(
         default_factory=dict,
-        description="rpm, tpm, tpd, concurrency: a number, 'unlimited' or 'default'; weight: 1-100 or 'default'",
+        description=_LIMITS_DESCRIPTION,
         examples=[{"rpm": 60, "tpd": "unlimited"}],
         json_schema_extra={
             "propertyNames": {"enum": list(LIMIT_NAMES)},

@@ -57,16 +57,16 @@ def queue_totals(states: UpstreamStates) -> dict[str, object]:
     }
 
 
-def checked_when_single(states: Callable[[], UpstreamStates], check: Callable[[], Awaitable[str]]) -> Upstreams:
-    """Upstream states; a single upstream is not watched in the background, so its state is its
-    readiness check (as ``/readyz`` asks it), asked now."""
+def asked_now(states: Callable[[], UpstreamStates], check: Callable[[], Awaitable[str]]) -> Upstreams:
+    """The states of an upstream nothing watches in the background (a single one): its state is
+    its readiness check (as ``/readyz`` asks it), asked now."""
 
     async def current() -> UpstreamStates:
         found = [dict(state) for state in states()]
-        if len(found) == 1:
-            result = await check()
-            found[0]["state"] = "up" if result == "ok" else "down"
-            found[0]["reason"] = None if result == "ok" else result
+        result = await check()
+        for state in found:
+            state["state"] = "up" if result == "ok" else "down"
+            state["reason"] = None if result == "ok" else result
         return found
 
     return current

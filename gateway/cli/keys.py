@@ -17,7 +17,6 @@ from typing import Any
 from gateway.cli.argument import argument
 from gateway.keys.management import (
     KEEP,
-    LIMIT_NAMES,
     InvalidKeyRequest,
     KeyAdmin,
     KeyChange,
@@ -25,15 +24,18 @@ from gateway.keys.management import (
     check_name,
     check_pattern,
     describe,
+    limit_rule,
     parse_expiry,
-    parse_limit,
     parse_ollama_key,
     parse_scope,
     parse_scopes,
-    parse_weight,
 )
-from gateway.keys.store import KeyRecord, Scope, open_keystore
+from gateway.keys.store import LIMIT_KINDS, LIMIT_NAMES, KeyRecord, LimitKind, Scope, open_keystore
 from gateway.settings import Settings
+
+# How each kind of limit reads in --help (every limit gets an option: --rpm, --weight, ...).
+_LIMIT_METAVARS = {LimitKind.QUOTA: "N|unlimited|default", LimitKind.WEIGHT: "N|default"}
+_LIMIT_HELP = {LimitKind.WEIGHT: "share of the upstream when queued"}
 
 
 def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
@@ -51,20 +53,14 @@ def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None
     )
     if update:
         parser.add_argument("--all-models", action="store_true", help="remove every model restriction")
-    for name in LIMIT_NAMES[:4]:
+    for name, kind in LIMIT_KINDS.items():
         parser.add_argument(
             f"--{name}",
-            type=argument(parse_limit, InvalidKeyRequest),
+            type=argument(limit_rule(name), InvalidKeyRequest),
             default=argparse.SUPPRESS,
-            metavar="N|unlimited|default",
+            metavar=_LIMIT_METAVARS[kind],
+            help=_LIMIT_HELP.get(kind),
         )
-    parser.add_argument(
-        "--weight",
-        type=argument(parse_weight, InvalidKeyRequest),
-        default=argparse.SUPPRESS,
-        metavar="N|default",
-        help="share of the upstream when queued",
-    )
     parser.add_argument(
         "--expires",
         type=argument(parse_expiry, InvalidKeyRequest),

@@ -1,7 +1,8 @@
 """The Ollama servers behind the gateway, and which one serves a request.
 
-With one server this is a formality: every request goes there, as it always has. With several,
-each server's models (``/api/tags``) and loaded models (``/api/ps``) are learned in the background
+A fleet of one is still a fleet: every request is placed on it as on any server. What users see
+differs only where ``Fleet.solo`` says (see there): its server answers as Ollama alone would. With
+several, each server's models (``/api/tags``) and loaded models (``/api/ps``) are learned in the background
 and after every model change made through the gateway, and a request naming a model goes to a
 usable server that has it: first one that can start it now, then one that already holds it in
 memory (so the fleet does not load a second copy while one is idle), then the least busy for its
@@ -47,6 +48,13 @@ class Fleet:
             Member(spec, client, probe, _queue(spec, concurrency, queue_timeout)) for spec, client, probe in members
         )
         self._by_name = {member.name: member for member in self.members}
+        # The one place a fleet of one is told apart, for what users see of it: its server answers
+        # every request as Ollama alone would (its own listings and 404s, any X-Gateway-Upstream
+        # ignored, nothing fanned out); nothing watches it and it is never marked down (no other
+        # server could serve meanwhile, and nothing would mark it up: it is asked when /readyz
+        # is); and it goes unnamed where strangers look (its name is its address: /readyz and the
+        # start-up line do not show it).
+        self.solo: Member | None = self.members[0] if len(self.members) == 1 else None
         self._interval = refresh_interval
         self.probe_timeout = probe_timeout
         self._wake = {member.name: asyncio.Event() for member in self.members}
@@ -55,16 +63,12 @@ class Fleet:
         self._round: asyncio.Task[None] | None = None
         self._round_at = 0.0
 
-    @property
-    def several(self) -> bool:
-        return len(self.members) > 1
-
     def named(self, name: str) -> Member | None:
         return self._by_name.get(name)
 
     async def start(self) -> None:
         # One server needs no catalog: everything goes there whatever it holds.
-        if self.several:
+        if self.solo is None:
             loop = asyncio.get_running_loop()
             self._tasks = [
                 loop.create_task(
@@ -108,7 +112,7 @@ class Fleet:
 
     def mark_down(self, member: Member, reason: str) -> None:
         """A request found ``member`` unreachable: skip it until the watcher sees it answer."""
-        if self.several:
+        if self.solo is None:
             if member.mark_down(reason):
                 log.warning("upstream %s is down: %s", member.name, member.reason)
             self.refresh_soon([member])

@@ -28,15 +28,17 @@ _UNFINISHED = "the progress stream ended before success"
 class FanOut:
     """An ``Upstream`` sending one request to every server."""
 
-    def __init__(self, members: Sequence[Member], *, stream: bool) -> None:
+    def __init__(self, members: Sequence[Member], *, stream: bool, where_held: bool) -> None:
+        """``where_held``: done when done where the model was, the rest lacking it (a delete)."""
         self._members = tuple(members)
         self._stream = stream
+        self._where_held = where_held
 
     async def send(self, request: Outbound) -> UpstreamResponse:
         if self._stream:
             return _Progress(self._members, request)
         outcomes = await asyncio.gather(*(_whole(member, request) for member in self._members))
-        return _combined(request.target, list(zip(self._members, outcomes, strict=True)))
+        return _combined(list(zip(self._members, outcomes, strict=True)), where_held=self._where_held)
 
     async def aclose(self) -> None:
         pass
@@ -54,12 +56,11 @@ async def _whole(member: Member, request: Outbound) -> tuple[int, bytes]:
     return response.status, body
 
 
-def _combined(target: str, outcomes: list[tuple[Member, tuple[int, bytes]]]) -> Answer:
-    deleting = target.startswith("/api/delete")
+def _combined(outcomes: list[tuple[Member, tuple[int, bytes]]], *, where_held: bool) -> Answer:
     good = [(member, body) for member, (status, body) in outcomes if status == 200]
     absent = [member for member, (status, _) in outcomes if status == 404]
     failed = [(member, status, body) for member, (status, body) in outcomes if status not in (200, 404)]
-    if not failed and (good and (deleting or not absent)):
+    if not failed and (good and (where_held or not absent)):
         # Ollama's own success body: empty for delete, {"status":"success"} for pull.
         return Answer(200, good[0][1])
     if not failed and not good:

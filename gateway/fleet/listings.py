@@ -16,6 +16,7 @@ from gateway.errors import GatewayError, UpstreamConnectTimeout, UpstreamNotReac
 from gateway.fleet import Fleet, Member
 from gateway.fleet.member import version_text
 from gateway.ollama.models import InvalidModelName, parse_model
+from gateway.ollama.surfaces import Fleetwide, Route
 from gateway.proxy.headers import Headers
 from gateway.proxy.upstream import Outbound, UpstreamResponse, fetch
 
@@ -44,9 +45,10 @@ class Answer:
 class FleetListing:
     """An ``Upstream`` answering one listing route for the whole fleet."""
 
-    def __init__(self, fleet: Fleet, route: str) -> None:
+    def __init__(self, fleet: Fleet, route: Route) -> None:
         self._fleet = fleet
-        self._route = route
+        self._route = route.name
+        self._kind = route.fleetwide
 
     async def send(self, request: Outbound) -> UpstreamResponse:
         members = self._fleet.usable()
@@ -55,15 +57,16 @@ class FleetListing:
         answers = [body for body in results if body is not None]
         if not answers:
             raise UpstreamUnavailable(f"no upstream answered {self._route} ({self._fleet.reasons()})")
-        if self._route == "/api/version":
+        kind = self._kind
+        if kind is Fleetwide.VERSION:
             return Answer(200, _json({"version": lowest(answers)}))
-        field, name_key = ("data", "id") if self._route == "/v1/models" else ("models", "model")
+        field, name_key = ("data", "id") if kind is Fleetwide.OPENAI_MODELS else ("models", "model")
         merged = merge(answers, field, name_key)
-        if self._route == "/api/tags":
+        if kind is Fleetwide.NEWEST_MODELS:
             # As Ollama lists them: the most recently modified first (RFC 3339 sorts as text
             # within one offset, which Ollama always writes as its server's).
             merged.sort(key=_modified, reverse=True)
-        if self._route == "/v1/models":
+        if kind is Fleetwide.OPENAI_MODELS:
             # Ollama's own quirk, kept: an empty model list is null here, [] elsewhere.
             return Answer(200, _json({"object": "list", "data": merged or None}))
         return Answer(200, _json({"models": merged}))

@@ -21,12 +21,22 @@ from gateway.errors import shown
 from gateway.keys.apikey import generate
 from gateway.keys.ollamakey import InvalidOllamaKey, OllamaKey
 from gateway.keys.sqlite import SqliteKeyStore
-from gateway.keys.store import DEFAULT_SCOPES, UNLIMITED, KeyRecord, KeyStoreError, Limits, Scope, UnknownKey
+from gateway.keys.store import (
+    DEFAULT_SCOPES,
+    LIMIT_KINDS,
+    LIMIT_NAMES,
+    UNLIMITED,
+    KeyRecord,
+    KeyStoreError,
+    LimitKind,
+    Limits,
+    Scope,
+    UnknownKey,
+)
 from gateway.ollama.models import InvalidModelName, parse_pattern
 
 __all__ = ["DuplicateKey", "InvalidKeyRequest", "KeyAdmin", "KeyChange", "UnknownKey", "UnusableKey"]
 
-LIMIT_NAMES: Final = ("rpm", "tpm", "tpd", "concurrency", "weight")
 NAME_LIMIT = 64
 MODELS_LIMIT = 100  # globs per key
 OLLAMA_KEYS_LIMIT = 20  # Ollama public keys per key (a person's machines)
@@ -147,12 +157,23 @@ def as_text(value: object) -> str:
     return json.dumps(value)
 
 
+# The rule for each kind of limit (a new limit of a known kind needs nothing here).
+LIMIT_RULES: Final[dict[LimitKind, Callable[[str], int | None]]] = {
+    LimitKind.QUOTA: parse_limit,
+    LimitKind.WEIGHT: parse_weight,
+}
+
+
+def limit_rule(name: str) -> Callable[[str], int | None]:
+    """What parses the limit called ``name``."""
+    kind = LIMIT_KINDS.get(name)
+    if kind is None:
+        raise InvalidKeyRequest(f"{shown(name)} is not a limit (one of {', '.join(LIMIT_NAMES)})")
+    return LIMIT_RULES[kind]
+
+
 def parse_limit_named(name: str, text: str) -> int | None:
-    if name == "weight":
-        return parse_weight(text)
-    if name in LIMIT_NAMES:
-        return parse_limit(text)
-    raise InvalidKeyRequest(f"{shown(name)} is not a limit (one of {', '.join(LIMIT_NAMES)})")
+    return limit_rule(name)(text)
 
 
 def check_pattern(text: str) -> str:

@@ -11,18 +11,20 @@ from dataclasses import replace
 from gateway.database import Database, transaction
 from gateway.keys import apikey
 from gateway.keys.ollamakey import OllamaKey
-from gateway.keys.store import KeyRecord, KeyStoreError, Limits, Scope, UnknownKey
+from gateway.keys.store import LIMIT_NAMES, KeyRecord, KeyStoreError, Limits, Scope, UnknownKey
 
-_COLUMNS = (
-    "id, name, digest, created_at, last_used_at, expires_at, revoked, scopes, models, "
-    "rpm, tpm, tpd, concurrency, weight"
-)
+# Every column of a row, the limits last, each named as its limit (the schema itself is written
+# out in database.py's migrations: a new limit needs one adding its column).
+_FIELDS = ("id", "name", "digest", "created_at", "last_used_at", "expires_at", "revoked", "scopes", "models")
+_COLUMNS = ", ".join((*_FIELDS, *LIMIT_NAMES))
+_INSERT = f"INSERT INTO keys ({_COLUMNS}) VALUES ({', '.join('?' * (len(_FIELDS) + len(LIMIT_NAMES)))})"  # noqa: S608
+# What a write to an existing key may change: its secret's digest and its policy.
+_CHANGEABLE = ("digest", "expires_at", "revoked", "scopes", "models", *LIMIT_NAMES)
+_UPDATE = f"UPDATE keys SET {', '.join(f'{column} = ?' for column in _CHANGEABLE)} WHERE id = ?"  # noqa: S608
 
 
 def _record(row: tuple[object, ...], ollama_keys: tuple[OllamaKey, ...] = ()) -> KeyRecord:
-    (key_id, name, digest, created, last_used, expires, revoked, scopes, models, rpm, tpm, tpd, concurrency, weight) = (
-        row
-    )
+    (key_id, name, digest, created, last_used, expires, revoked, scopes, models) = row[: len(_FIELDS)]
     return KeyRecord(
         id=str(key_id),
         name=str(name),
@@ -33,7 +35,7 @@ def _record(row: tuple[object, ...], ollama_keys: tuple[OllamaKey, ...] = ()) ->
         revoked=bool(revoked),
         scopes=frozenset(Scope(item) for item in json.loads(str(scopes))),
         models=tuple(json.loads(str(models))),
-        limits=Limits(rpm, tpm, tpd, concurrency, weight),  # type: ignore[arg-type]
+        limits=Limits(*row[len(_FIELDS) :]),  # type: ignore[arg-type]
         ollama_keys=ollama_keys,
     )
 
@@ -136,10 +138,7 @@ class SqliteKeyStore:
                 """False when the id drawn is taken (the database would call it a failure)."""
                 try:
                     with transaction(connection):
-                        connection.execute(
-                            f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                            _row(stored),
-                        )
+                        connection.execute(_INSERT, _row(stored))
                         _write_ollama_keys(connection, stored.id, (), stored.ollama_keys)
                         _changed(connection)
                 except sqlite3.IntegrityError as error:
@@ -165,11 +164,7 @@ class SqliteKeyStore:
                     raise UnknownKey(f"no key with id {key_id!r}")
                 before = _record(row, _ollama_keys(connection, key_id).get(key_id, ()))
                 after = replace(change(before), id=before.id, name=before.name, created_at=before.created_at)
-                connection.execute(
-                    "UPDATE keys SET digest = ?, expires_at = ?, revoked = ?, scopes = ?, models = ?, rpm = ?, "
-                    "tpm = ?, tpd = ?, concurrency = ?, weight = ? WHERE id = ?",
-                    (after.digest, *_row(after)[5:7], *_row(after)[7:], after.id),
-                )
+                connection.execute(_UPDATE, (after.digest, *_row(after)[5:], after.id))
                 if after.ollama_keys != before.ollama_keys:
                     _write_ollama_keys(connection, key_id, before.ollama_keys, after.ollama_keys)
                 _changed(connection)
@@ -194,9 +189,5 @@ def _row(record: KeyRecord) -> tuple[object, ...]:
         int(record.revoked),
         json.dumps(sorted(scope.value for scope in record.scopes)),
         json.dumps(list(record.models)),
-        record.limits.rpm,
-        record.limits.tpm,
-        record.limits.tpd,
-        record.limits.concurrency,
-        record.limits.weight,
+        *(getattr(record.limits, name) for name in LIMIT_NAMES),
     )

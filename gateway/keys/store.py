@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Final, Protocol
 
 from gateway.keys.ollamakey import OllamaKey
 
@@ -25,16 +25,42 @@ class Scope(enum.Enum):
 DEFAULT_SCOPES = frozenset({Scope.INFERENCE, Scope.READ})
 
 
+class LimitKind(enum.Enum):
+    # Enforced by the limiter (a field of ``policies.limits.Quota``, with a gateway-wide default
+    # setting ``GATEWAY_DEFAULT_<NAME>``): a number from 0 (the key may not make requests),
+    # UNLIMITED, or None for the default.
+    QUOTA = "quota"
+    # A share of a server's fair queue: 1 to 100, or None for 1.
+    WEIGHT = "weight"
+
+
+_QUOTA: Final = {"kind": LimitKind.QUOTA}
+_WEIGHT: Final = {"kind": LimitKind.WEIGHT}
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Per-key limits; None = the gateway default, UNLIMITED = no limit."""
+    """Per-key limits; None = the gateway default, UNLIMITED = no limit.
 
-    rpm: int | None = None
-    tpm: int | None = None
-    tpd: int | None = None
-    concurrency: int | None = None
+    The one definition of the per-key limits, in their order: a field's name is its CLI option
+    (``--rpm``), its key in the admin API's and ``keys show``'s ``limits``, and its column in the
+    keys table, and its kind (``LIMIT_KINDS`` below) gives each surface the rest: which rule parses
+    it, whether the limiter enforces it. Written by hand, and held to this list by
+    tests/keys/test_limits.py: the column's migration (``database.py``), a quota's enforcement
+    and default setting (``policies/limits/``, ``settings.py``), the admin page's input.
+    """
+
+    rpm: int | None = field(default=None, metadata=_QUOTA)
+    tpm: int | None = field(default=None, metadata=_QUOTA)
+    tpd: int | None = field(default=None, metadata=_QUOTA)
+    concurrency: int | None = field(default=None, metadata=_QUOTA)
     # Share of the upstream when requests queue (requests per round-robin turn); None = 1.
-    weight: int | None = None
+    weight: int | None = field(default=None, metadata=_WEIGHT)
+
+
+LIMIT_KINDS: Final[dict[str, LimitKind]] = {limit.name: limit.metadata["kind"] for limit in fields(Limits)}
+LIMIT_NAMES: Final = tuple(LIMIT_KINDS)
+QUOTA_NAMES: Final = tuple(name for name, kind in LIMIT_KINDS.items() if kind is LimitKind.QUOTA)
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,11 +116,11 @@ class Metrics:
         self.in_flight.set_function(read)
 
     def track_fleet(self, fleet: Fleet) -> None:
-        several = fleet.several
+        watched = fleet.solo is None
         for member in fleet.members:
             self.queue_depth.labels(member.name).set_function(_reader(member, _queued))
             self.upstream_in_flight.labels(member.name).set_function(_reader(member, lambda m: m.in_flight))
-            if several:
+            if watched:
                 # One server has no watcher: /readyz and the start-up line say whether it answers.
                 self.upstream_up.labels(member.name).set_function(_reader(member, lambda m: m.state is State.UP))
 

@@ -19,10 +19,11 @@ CREATE_KEY = "ollama-gateway keys create <name>"
 
 
 async def report_start(fleet: Fleet, keyring: Keyring, *, wait: float) -> None:
-    several = fleet.several
+    # One server goes unnamed (``Fleet.solo``): its name is only its address.
+    named = fleet.solo is None
     lines = await asyncio.gather(
         *(
-            _upstream_line(member.client, f"{member.name} ({member.spec.url})" if several else member.spec.url, wait)
+            _upstream_line(member.client, f"{member.name} ({member.spec.url})" if named else member.spec.url, wait)
             for member in fleet.members
         )
     )

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway.flow import Flow
 from gateway.keys.store import Scope
+from gateway.ollama.surfaces import Account
 from gateway.proxy.inbound import Inbound
 
 # Detaches the public key with this fingerprint from the key with this id.
@@ -30,12 +31,13 @@ class AccountPolicy:
         self._detach = detach
 
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
-        if not flow.route.account:
+        account = flow.route.account
+        if account is None:
             return
         principal = flow.caller()
         if self._allow_cloud and Scope.ADMIN in principal.scopes:
             return  # forwarded: Ollama's own account
-        if flow.route.name == "/api/me":
+        if account is Account.WHO:
             flow.answer = json.dumps({"name": principal.name}).encode()
             return
         if flow.public_key is not None:

@@ -2,14 +2,18 @@
 
 It runs last, after the key's limits: a request refused by policy never takes a slot. Inference
 requests wait in the chosen server's own fair queue, so a long queue on one server never delays a
-request another server can start now. With several servers:
+request another server can start now. A fleet of one answers everything from its server, as
+Ollama alone would (``Fleet.solo``). With several servers:
 
 * a request naming a model goes to a usable server that has it (``Fleet.holders``), and fails
-  over once, to the next such server, when the first cannot be reached or hangs up before its
-  first response byte; after that byte there is no retry (the relay ends the stream instead);
+  over once, to the next such server, when the first cannot be reached or answers 404 for a model
+  it was listed with; never once the request may have been read (``Placement``);
 * listings and ``/api/version`` are answered for the whole fleet (``listings.py``);
 * model management goes to the server the ``X-Gateway-Upstream`` header names; without it,
   ``/api/pull`` and ``/api/delete`` go to every server (``fanout.py``) and the rest are refused.
+
+The choice is the flow's ``Destination``: the forwarder sends the request and asks it, between
+attempts, whether the request goes once more, elsewhere.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 from gateway.errors import (
     BadRequest,
+    GatewayError,
     ModelNotFound,
     UpstreamBusy,
     UpstreamConnectTimeout,
@@ -32,28 +37,12 @@ from gateway.fleet.listings import Answer, FleetListing
 from gateway.fleet.queue import Ticket
 from gateway.flow import Flow
 from gateway.ollama.models import parse_model
-from gateway.ollama.surfaces import RouteClass
+from gateway.ollama.surfaces import Fleetwide, Route, RouteClass
 from gateway.proxy.headers import UPSTREAM_HEADER, header
 from gateway.proxy.inbound import Inbound
-from gateway.proxy.upstream import Outbound, UpstreamResponse, read_whole
+from gateway.proxy.upstream import Outbound, Upstream, UpstreamResponse, read_whole
 
-# Model management: the servers it touched are asked for their models again at once.
-_CHANGES_MODELS = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete"})
-_TO_EVERY_SERVER = frozenset({"/api/pull", "/api/delete"})
-_FLEET_ANSWERS = frozenset({"/api/tags", "/api/ps", "/v1/models", "/api/version"})
-# Ollama's own words for a model it does not have, by route (see its handlers).
-_EMBED_ROUTES = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 _HELD_LIMIT = 65536
-
-
-@dataclass(eq=False, slots=True)
-class Placement:
-    """Where a request runs: its server, its slot there, and every server it touched."""
-
-    member: Member | None
-    ticket: Ticket | None = None
-    model: str | None = None
-    touched: tuple[Member, ...] = ()
 
 
 class RoutingPolicy:
@@ -63,19 +52,18 @@ class RoutingPolicy:
     async def admit(self, flow: Flow, inbound: Inbound) -> Placement:
         fleet = self.fleet
         route = flow.route
-        if route.route_class in (RouteClass.ADMIN, RouteClass.CLOUD):
-            return self._admin(flow, header(flow.headers, UPSTREAM_HEADER))
-        if not fleet.several:
-            return await self._place(flow, Placement(None), fleet.members[0])
-        if route.name in _FLEET_ANSWERS and flow.method == "GET":
-            flow.upstream = FleetListing(fleet, route.name)
-            flow.upstream_name = "*"
-            return Placement(None)
+        if fleet.solo is not None:
+            # Everything to the one server, which answers as Ollama alone would (Fleet.solo).
+            return await self._place(flow, fleet.solo)
+        if route.per_server:
+            return await self._per_server(flow, header(flow.headers, UPSTREAM_HEADER))
+        if route.fleetwide.merged and flow.method == "GET":
+            return self._everywhere(flow, FleetListing(fleet, route), ())
         if flow.model is None:
             member = fleet.least_busy()
             if member is None:
                 raise _none_usable(fleet)
-            return await self._place(flow, Placement(None), member)
+            return await self._place(flow, member, chosen=True)
         model = str(parse_model(flow.model))
         holders = fleet.holders(model)
         if not holders and not any(model in member.models for member in fleet.members):
@@ -87,31 +75,59 @@ class RoutingPolicy:
             spelled = _spelled(flow) or flow.model
             if any(model in member.models for member in fleet.members):
                 raise _none_usable(fleet, f" that has model '{spelled}'")
-            raise _not_found(flow.route.name, spelled)
-        return await self._place(flow, Placement(None, model=model), holders[0])
+            raise _not_found(route, spelled)
+        return await self._place(flow, holders[0], model=model, chosen=True)
 
     def finish(self, flow: Flow, placement: Placement) -> None:
         member = placement.member
         self._leave(placement)
-        # A Routed upstream and its flow refer to each other: part them so both go at once.
-        flow.upstream = None
         inference = flow.route.route_class is RouteClass.INFERENCE
         if member is not None and placement.model is not None and inference and flow.upstream_status == 200:
             # It has it in memory now; the next request for it should prefer this server.
             member.loaded.add(placement.model)
-        if flow.route.name in _CHANGES_MODELS and self.fleet.several:
+        if flow.route.changes_models:
             self.fleet.refresh_soon(placement.touched or None)
 
-    async def _place(self, flow: Flow, placement: Placement, member: Member) -> Placement:
+    async def _per_server(self, flow: Flow, named: bytes | None) -> Placement:
+        fleet = self.fleet
+        if named is not None:
+            name = named.decode("latin-1").strip()
+            member = fleet.named(name)
+            if member is None:
+                raise BadRequest(f"no upstream is named '{name[:100]}' (this gateway has: {_names(fleet)})")
+            return await self._place(flow, member)
+        route = flow.route
+        if route.fleetwide.fanned_out:
+            stream = route.streams and _streams(flow)
+            fanout = FanOut(fleet.members, stream=stream, where_held=route.fleetwide is Fleetwide.WHERE_HELD)
+            return self._everywhere(flow, fanout, fleet.members)
+        raise BadRequest(
+            f"this gateway fronts several Ollama servers: name one for {route.name} with the "
+            f"X-Gateway-Upstream header ({_names(fleet)})"
+        )
+
+    def _everywhere(self, flow: Flow, upstream: Upstream, touched: tuple[Member, ...]) -> Placement:
+        """An answer from every server (a merged listing, a fan-out), held on none of them."""
+        flow.upstream_name = "*"
+        placement = Placement(self, upstream, touched=touched)
+        flow.destination = placement
+        return placement
+
+    async def _place(self, flow: Flow, member: Member, *, model: str | None = None, chosen: bool = False) -> Placement:
+        placement = Placement(self, member.client, model=model, chosen=chosen)
+        flow.destination = placement
+        await self._seat(flow, placement, member)
+        return placement
+
+    async def _seat(self, flow: Flow, placement: Placement, member: Member) -> None:
         """Count the request on ``member`` and, for inference, wait for a fair slot there."""
         placement.member = member
+        placement.upstream = member.client
         placement.touched = (*placement.touched, member)
         member.in_flight += 1
         flow.upstream_name = member.name
-        if self.fleet.several and flow.upstream is None:
-            flow.upstream = Routed(self, flow, placement)
         if member.queue is None or flow.route.route_class is not RouteClass.INFERENCE:
-            return placement
+            return
         principal = flow.caller()
         queued_at = time.perf_counter()
         try:
@@ -120,14 +136,12 @@ class RoutingPolicy:
             # Refused or abandoned while queued: it never ran here, and holds nothing.
             member.in_flight -= 1
             placement.member = None
-            flow.upstream = None
             flow.queue_wait += time.perf_counter() - queued_at
             raise
         flow.queue_wait += placement.ticket.waited
         if not any(name == b"x-queue-wait-ms" for name, _ in flow.response_headers):
             flow.response_headers.append((b"x-queue-wait-ms", f"{flow.queue_wait * 1000:.0f}".encode()))
             flow.response_headers.append((b"x-queue-position", str(placement.ticket.position).encode()))
-        return placement
 
     def _leave(self, placement: Placement) -> None:
         member = placement.member
@@ -140,90 +154,69 @@ class RoutingPolicy:
 
     async def move(self, flow: Flow, placement: Placement, member: Member) -> None:
         """Fail over: give up the slot on the current server and take one on ``member``."""
+        flow.failed_over_from = placement.member.name if placement.member is not None else None
+        placement.moved = True
         self._leave(placement)
-        await self._place(flow, placement, member)
-
-    def _admin(self, flow: Flow, named: bytes | None) -> Placement:
-        fleet = self.fleet
-        if named is not None and fleet.several:
-            name = named.decode("latin-1").strip()
-            member = fleet.named(name)
-            if member is None:
-                raise BadRequest(f"no upstream is named '{name[:100]}' (this gateway has: {_names(fleet)})")
-        elif not fleet.several:
-            member = fleet.members[0]
-        elif flow.route.name in _TO_EVERY_SERVER:
-            flow.upstream = FanOut(fleet.members, stream=flow.route.name == "/api/pull" and _streams(flow))
-            flow.upstream_name = "*"
-            return Placement(None, touched=fleet.members)
-        else:
-            raise BadRequest(
-                f"this gateway fronts several Ollama servers: name one for {flow.route.name} with the "
-                f"X-Gateway-Upstream header ({_names(fleet)})"
-            )
-        member.in_flight += 1
-        flow.upstream_name = member.name
-        if fleet.several:
-            flow.upstream = member.client
-        return Placement(member, touched=(member,))
+        await self._seat(flow, placement, member)
 
 
-class Routed:
-    """The upstream for one request routed to a server of several.
+@dataclass(eq=False, slots=True)
+class Placement:
+    """Where a request runs, the flow's ``Destination``: the upstream it is sent to, its server
+    and its slot there, and every server it touched. It refers to the policy, never to the flow.
 
-    A server that cannot be reached (refused, unroutable, no connection in time) is marked down
-    and the request goes once to the next server that has the model: it never left the gateway,
-    so nothing runs twice. So does one that answers 404 for a model it was listed with (deleted
-    behind the gateway's back: no work was done). A server that closes the connection before
-    answering is marked down too, but the request is not sent again: it may have been read, and a
-    second generation (or pull, or delete) must not run. Nor is a request whose body was streamed.
+    Where the gateway chose the server among several (``chosen``), a server that cannot be reached
+    (refused, unroutable, no connection in time) is marked down and the request goes once to the
+    next server that has the model: it never left the gateway, so nothing runs twice. So does one
+    that answers 404 for a model it was listed with (deleted behind the gateway's back: no work was
+    done). A server that closes the connection before answering is marked down too, but the request
+    is not sent again: it may have been read, and a second generation (or pull, or delete) must not
+    run. Nor is a request whose body was streamed. A server named by the client, or the only one,
+    is the client's answer whatever it says.
     """
 
-    def __init__(self, policy: RoutingPolicy, flow: Flow, placement: Placement) -> None:
-        self._policy = policy
-        self._flow = flow
-        self._placement = placement
+    policy: RoutingPolicy
+    upstream: Upstream
+    member: Member | None = None
+    ticket: Ticket | None = None
+    model: str | None = None
+    touched: tuple[Member, ...] = ()
+    chosen: bool = False
+    moved: bool = False  # it failed over once already: whatever comes now is the answer
 
-    async def send(self, request: Outbound) -> UpstreamResponse:
-        fleet = self._policy.fleet
-        first = self._placement.member
-        assert first is not None
-        try:
-            response = await first.client.send(request)
-        except (UpstreamNotReached, UpstreamConnectTimeout) as error:
-            fleet.mark_down(first, error.message)
-            following = self._next(first, request)
-            if following is None:
-                raise
-        except UpstreamBusy:
-            raise
-        except UpstreamUnavailable as error:
-            fleet.mark_down(first, error.message)
-            raise
-        else:
-            model = self._placement.model
-            if response.status != 404 or model is None or (following := self._next(first, request)) is None:
-                return response
-            held = await _held(response)
-            if not _lacks_model(held.content):
-                return held
-            fleet.forget(first, model)
-        self._flow.failed_over_from = first.name
-        await self._policy.move(self._flow, self._placement, following)
-        try:
-            return await following.client.send(request)
-        except (UpstreamNotReached, UpstreamConnectTimeout) as error:
-            fleet.mark_down(following, error.message)
-            raise
+    async def failed(self, flow: Flow, request: Outbound, error: GatewayError) -> bool:
+        member = self.member
+        if not self.chosen or member is None or isinstance(error, UpstreamBusy):
+            return False
+        if isinstance(error, (UpstreamUnavailable, UpstreamConnectTimeout)):
+            self.policy.fleet.mark_down(member, error.message)
+        if not isinstance(error, (UpstreamNotReached, UpstreamConnectTimeout)):
+            return False
+        following = self._next(member, request)
+        if following is None:
+            return False
+        await self.policy.move(flow, self, following)
+        return True
+
+    async def answered(self, flow: Flow, request: Outbound, response: UpstreamResponse) -> UpstreamResponse | None:
+        model = self.model
+        if response.status != 404 or model is None or (first := self.member) is None:
+            return response
+        following = self._next(first, request)
+        if following is None:
+            return response
+        held = await _held(response)
+        if not _lacks_model(held.content):
+            return held
+        self.policy.fleet.forget(first, model)
+        await self.policy.move(flow, self, following)
+        return None
 
     def _next(self, first: Member, request: Outbound) -> Member | None:
-        model = self._placement.model
-        if model is None or not isinstance(request.body, bytes):
+        model = self.model
+        if self.moved or model is None or not isinstance(request.body, bytes):
             return None
-        return next((member for member in self._policy.fleet.holders(model) if member is not first), None)
-
-    async def aclose(self) -> None:
-        pass
+        return next((member for member in self.policy.fleet.holders(model) if member is not first), None)
 
 
 async def _held(response: UpstreamResponse) -> Answer:
@@ -258,7 +251,8 @@ def _none_usable(fleet: Fleet, what: str = "") -> UpstreamUnavailable:
     return UpstreamUnavailable(f"no upstream{what} is reachable ({fleet.reasons()})")
 
 
-def _not_found(route: str, model: str) -> ModelNotFound:
-    if route in _EMBED_ROUTES:
+def _not_found(route: Route, model: str) -> ModelNotFound:
+    # Ollama's own words for a model it does not have, by route (see its handlers).
+    if route.embedding:
         return ModelNotFound(f'model "{model}" not found, try pulling it first')
     return ModelNotFound(f"model '{model}' not found")

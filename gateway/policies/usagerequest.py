@@ -9,14 +9,11 @@ from gateway.ollama.bodyfacts import with_member
 from gateway.proxy.inbound import Inbound
 from gateway.proxy.sse import UsageStripper
 
-# The /v1 routes whose streams carry usage only when asked.
-_USAGE_ON_REQUEST = frozenset({"/v1/chat/completions", "/v1/completions"})
-
 
 class StreamUsagePolicy:
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
         facts, body = flow.json, flow.body
-        if facts is None or body is None or flow.route.name not in _USAGE_ON_REQUEST:
+        if facts is None or body is None or not flow.route.asks_usage:
             return
         if facts.stream is not True or facts.asks_usage:
             return

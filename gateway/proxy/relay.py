@@ -1,5 +1,6 @@
-"""The relay, the gateway's core: send one request upstream and pass the answer to the client,
-byte for byte.
+"""The relay, the gateway's core: pass an upstream's answer to the client, byte for byte (the
+request was sent by ``Upstream.send``; which upstream, and whether once more, is the caller's
+choice).
 
 It knows nothing of keys, limits or logs. Policies see the exchange through an ``Observer`` that
 receives copies of what passes (it must never hold a byte back), and may swap the body through
@@ -21,7 +22,7 @@ from starlette.types import Send
 from gateway.errors import Dialect, GatewayError, render_in_stream
 from gateway.proxy.headers import STREAM_HEADERS, Headers, client_response_headers, header, is_stream
 from gateway.proxy.inbound import Inbound
-from gateway.proxy.upstream import Outbound, Upstream
+from gateway.proxy.upstream import UpstreamResponse
 
 
 class Observer(Protocol):
@@ -74,8 +75,7 @@ class ResponseAborted(Exception):
 
 
 async def relay(
-    upstream: Upstream,
-    request: Outbound,
+    response: UpstreamResponse,
     inbound: Inbound,
     send: Send,
     *,
@@ -85,7 +85,6 @@ async def relay(
     stop: Stop,
     transform: BodyTransform | None = None,
 ) -> None:
-    response = await upstream.send(request)
     size = 0
     try:
         headers = client_response_headers(response.headers)

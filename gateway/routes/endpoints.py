@@ -48,7 +48,7 @@ def health_router(checks: dict[str, Check], fleet: Fleet | None = None) -> APIRo
         detail = dict(zip(names, results, strict=True))
         ready = all(value == "ok" or value.startswith("degraded") for value in detail.values())
         answer: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": detail}
-        if fleet is not None and fleet.several:
+        if fleet is not None and fleet.solo is None:
             # Public, like the rest of /readyz: states and load only, no model names. (One server
             # is not listed: its name is its address, which a stranger has no need to learn.)
             answer["upstreams"] = {
@@ -88,7 +88,10 @@ def upstream_check(upstream: Upstream) -> Check:
 
 
 def fleet_check(fleet: Fleet) -> Check:
-    """Several servers: ready while one answers (the watchers keep each state current)."""
+    """Ready while a server answers: one server is asked now (nothing watches it); of several,
+    the watchers keep each state current."""
+    if fleet.solo is not None:
+        return upstream_check(fleet.solo.client)
 
     async def check() -> str:
         if any(member.state is State.UNKNOWN for member in fleet.members):

@@ -1,7 +1,9 @@
 """The forwarded routes: path safety, the route table, then the policies around the relay.
 
 Order: path safety -> route table -> policies (in the order ``create_app`` lists them: who calls,
-route scope, the body, model permissions, limits) -> relay. Every flow ends in exactly one response
+route scope, the body, model permissions, limits, routing) -> send -> relay. The routing policy
+names where the request goes (``flow.destination``); it is sent there, and between attempts the
+destination decides whether it goes once more, elsewhere. Every flow ends in exactly one response
 (relayed or refused) and one terminal record.
 """
 
@@ -16,15 +18,15 @@ from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import BodyTooLarge, Dialect, GatewayError
-from gateway.flow import Flow
+from gateway.errors import BodyTooLarge, GatewayError
+from gateway.flow import Destination, Flow
 from gateway.observe.record import RequestRecord, record_of
-from gateway.ollama.surfaces import Route, RouteClass, classify
+from gateway.ollama.surfaces import classify, unchecked
 from gateway.proxy.clientaddr import ClientResolver
 from gateway.proxy.headers import Headers, header, upstream_request_headers
 from gateway.proxy.inbound import ClientDisconnected, Inbound
 from gateway.proxy.relay import Chain, relay
-from gateway.proxy.upstream import Outbound, Upstream
+from gateway.proxy.upstream import Outbound, UpstreamResponse
 from gateway.routes.cors import Cors
 from gateway.routes.drain import Drain, Stop
 from gateway.routes.paths import checked_path, checked_query
@@ -46,14 +48,11 @@ Sink = Callable[[RequestRecord], None]
 
 _SAFE_PATH_CHARS = "/:@!$&'()*+,;=-._~"
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
-_UNCHECKED = Route("invalid", RouteClass.ADMIN, Dialect.NATIVE)
-_UNCHECKED_OPENAI = Route("invalid", RouteClass.ADMIN, Dialect.OPENAI)
 
 
 class ForwardedRoutes:
     def __init__(
         self,
-        upstream: Upstream,
         *,
         resolver: ClientResolver,
         max_body_bytes: int,
@@ -62,7 +61,6 @@ class ForwardedRoutes:
         sinks: Sequence[Sink] = (),
     ) -> None:
         self._cors = cors
-        self._upstream = upstream
         self._resolver = resolver
         self._max_body = max_body_bytes
         self.policies = tuple(policies)
@@ -83,7 +81,7 @@ class ForwardedRoutes:
             request_id=rid.decode(),
             method=scope["method"],
             path=scope["path"],
-            route=_UNCHECKED_OPENAI if raw_path.startswith(b"/v1/") else _UNCHECKED,
+            route=unchecked(raw_path),
             client=client,
             headers=headers,
         )
@@ -110,7 +108,7 @@ class ForwardedRoutes:
                 admitted.append((policy, await policy.admit(flow, inbound)))
                 if flow.answer is not None:
                     # A policy answered for Ollama (``/api/me``): nothing is forwarded.
-                    await self._answer(flow, flow.answer, rid, send)
+                    await self._answer_locally(flow, flow.answer, rid, send)
                     return
             plain = path if _PLAIN_PATH.fullmatch(path) else quote(path, safe=_SAFE_PATH_CHARS)
             target = plain + ("?" + flow.query.decode() if flow.query else "")
@@ -125,14 +123,17 @@ class ForwardedRoutes:
                 ),
                 body=self._body(flow, inbound, has_body, limit),
             )
+            destination = flow.destination
+            if destination is None:
+                raise RuntimeError(f"{route.name}: no policy chose where the request goes")
             flow.forwarded_at = time.perf_counter()
+            extra_headers = [(b"x-request-id", rid), _overhead_header(flow), *flow.response_headers]
             await relay(
-                flow.upstream or self._upstream,
-                outbound,
+                await _answer(flow, destination, outbound),
                 inbound,
                 send,
                 dialect=route.dialect,
-                extra_headers=[(b"x-request-id", rid), _overhead_header(flow), *flow.response_headers],
+                extra_headers=extra_headers,
                 observer=flow,
                 stop=stop,
                 transform=Chain(flow.transforms) if flow.transforms else None,
@@ -192,7 +193,7 @@ class ForwardedRoutes:
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _answer(self, flow: Flow, body: bytes, rid: bytes, send: Send) -> None:
+    async def _answer_locally(self, flow: Flow, body: bytes, rid: bytes, send: Send) -> None:
         flow.status = 200
         flow.bytes_out = len(body)
         headers: Headers = [
@@ -215,6 +216,21 @@ class ForwardedRoutes:
         flow.status = error.status
         flow.bytes_out = len(response.body)
         return response
+
+
+async def _answer(flow: Flow, destination: Destination, request: Outbound) -> UpstreamResponse:
+    """The answer to relay: the core sends, and the destination decides, before it is called again,
+    whether the request goes once more, elsewhere (it fails over once at most)."""
+    while True:
+        try:
+            response = await destination.upstream.send(request)
+        except GatewayError as error:
+            if await destination.failed(flow, request, error):
+                continue
+            raise
+        answer = await destination.answered(flow, request, response)
+        if answer is not None:
+            return answer
 
 
 def _overhead_header(flow: Flow) -> tuple[bytes, bytes]:

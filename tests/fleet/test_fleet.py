@@ -21,6 +21,7 @@ from tests.conftest import FLEET_CHAT as CHAT
 from tests.conftest import FLEET_WAIT as WAIT
 from tests.conftest import Fleetside, issue_key
 from tests.fake_ollama import Behaviour, FakeOllama, StepGate
+from tests.servers import RunningGateway
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,6 +136,36 @@ def test_a_request_a_server_may_have_read_is_never_sent_again(
     )
     assert side.served() == {"a": 1, "b": 0}
     assert f"upstream a is down: {response.json()['error']}" in caplog.messages
+
+
+def test_the_server_failed_over_to_is_held_to_the_same_rules(
+    make_fleet: Callable[..., Fleetside], caplog: pytest.LogCaptureFixture
+) -> None:
+    # a (preferred: it has the model loaded) cannot be reached: the request goes to b or c, which
+    # hangs up before answering (it may have read the request). No third attempt, and that server
+    # is marked down as a is.
+    side = make_fleet({"a": ["llama3.2"], "b": ["llama3.2"], "c": ["llama3.2"]})
+    side.fakes["a"].load("llama3.2")
+    side.fleet.refresh_soon()
+    side.wait_until(lambda: bool(side.fleet.named("a").loaded), "a's loaded model learned")  # type: ignore[union-attr]
+    gone = side.fakes["a"].port
+    side.fakes["a"].stop()
+    for name in "bc":
+        side.fakes[name].behaviour = Behaviour(cut_after=0)
+    response = side.chat("llama3.2")
+    assert response.status_code == 502
+    served = side.served()
+    (second,) = [name for name in "bc" if served[name] == 1]
+    (third,) = {"b", "c"} - {second}
+    assert (served["a"], served[third]) == (0, 0)
+    assert response.json()["error"] == (
+        f"upstream 127.0.0.1:{side.fakes[second].port} closed the connection before answering"
+    )
+    # (Logged when marked down; its watcher, woken, may well find it up again at once.)
+    assert [message for message in caplog.messages if " is down: " in message] == [
+        f"upstream a is down: upstream 127.0.0.1:{gone} unavailable: Connection refused",
+        f"upstream {second} is down: {response.json()['error']}",
+    ]
 
 
 def test_no_retry_once_a_byte_has_gone_to_the_client(make_fleet: Callable[..., Fleetside]) -> None:
@@ -484,3 +515,29 @@ def test_a_server_whose_connections_are_all_busy_is_not_taken_for_down(make_flee
             tags = client.get("/api/tags").json()["models"]
             assert sorted(m["name"] for m in tags) == ["llama3.2:latest", "qwen3:latest"]
     assert member.state is State.UP
+
+
+def test_a_fleet_of_one_answers_as_its_server_alone(gateway: RunningGateway, fake: FakeOllama) -> None:
+    """One server is a fleet of one, told apart only where users see it (``Fleet.solo``): nothing
+    the gateway composes for several servers stands between a client and that server."""
+    url, auth = gateway.url, gateway.auth
+    # A model it lacks: its own 404 (with several, the gateway answers for a model none lists).
+    missing = httpx.post(url + "/api/chat", json={**CHAT, "model": "nowhere"}, headers=auth, timeout=WAIT)
+    # A listing: its own answer to what the client asked (a merged listing asks for the bare route).
+    tags = httpx.get(url + "/api/tags?x=1", headers=auth, timeout=WAIT)
+    # Model management: whatever X-Gateway-Upstream says, to it (with several: refused, or to every one).
+    copy = {"source": "llama3.2", "destination": "mine"}
+    named = {**auth, "X-Gateway-Upstream": "nowhere"}
+    copied = httpx.post(url + "/api/copy", json=copy, headers=named, timeout=WAIT)
+    deleted = httpx.request("DELETE", url + "/api/delete", json={"model": "mine"}, headers=auth, timeout=WAIT)
+    assert (missing.status_code, missing.json()) == (404, {"error": "model 'nowhere' not found"})
+    assert (tags.status_code, copied.status_code, deleted.status_code) == (200, 200, 200)
+    assert [(r.method, r.path, r.query) for r in fake.requests] == [
+        ("POST", "/api/chat", ""),
+        ("GET", "/api/tags", "x=1"),
+        ("POST", "/api/copy", ""),
+        ("DELETE", "/api/delete", ""),
+    ]
+    assert all(name != "x-gateway-upstream" for name, _ in fake.requests[2].headers)
+    ready = httpx.get(url + "/readyz", timeout=WAIT).json()
+    assert ready == {"status": "ready", "checks": {"upstream": "ok", "database": "ok"}}

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from starlette.types import Message
 
 from gateway.admin import LiveTraffic
 from gateway.app import create_app
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, GatewayError, UpstreamNotReached
 from gateway.flow import Flow
 from gateway.keys.principal import Principal
 from gateway.keys.store import Limits, Scope
@@ -28,8 +29,8 @@ from gateway.proxy.clientaddr import ClientAddress, ClientResolver
 from gateway.proxy.headers import Headers
 from gateway.proxy.inbound import Inbound
 from gateway.proxy.relay import Chain
-from gateway.proxy.upstream import Outbound
-from gateway.routes.forwarding import ForwardedRoutes
+from gateway.proxy.upstream import Outbound, UpstreamResponse
+from gateway.routes.forwarding import ForwardedRoutes, Policy
 from tests.conftest import gateway_settings
 
 pytestmark = pytest.mark.timeout(10)
@@ -60,6 +61,32 @@ class _Upstream:
         return _Answer(self.chunks)
 
     async def aclose(self) -> None:
+        pass
+
+
+class _Direct:
+    """A destination with no second choice."""
+
+    def __init__(self, upstream: _Upstream) -> None:
+        self.upstream = upstream
+
+    async def failed(self, flow: Flow, request: Outbound, error: GatewayError) -> bool:
+        return False
+
+    async def answered(self, flow: Flow, request: Outbound, response: UpstreamResponse) -> UpstreamResponse:
+        return response
+
+
+class _To:
+    """Routes every request to one upstream (the routing policy's part)."""
+
+    def __init__(self, upstream: _Upstream) -> None:
+        self.upstream = upstream
+
+    async def admit(self, flow: Flow, inbound: Inbound) -> None:
+        flow.destination = _Direct(self.upstream)
+
+    def finish(self, flow: Flow, admitted: None) -> None:
         pass
 
 
@@ -105,8 +132,8 @@ async def _call(forwarder: ForwardedRoutes) -> list[Message]:
 async def test_each_policy_gets_its_own_admission_back_in_reverse_order() -> None:
     log: list[tuple[str, str, object]] = []
     upstream = _Upstream([b'{"a":1}\n'])
-    policies = [_Recording("first", log), _Recording("second", log)]
-    forwarder = ForwardedRoutes(upstream, resolver=ClientResolver(()), max_body_bytes=1024, policies=policies)
+    policies: list[Policy[Any]] = [_Recording("first", log), _Recording("second", log), _To(upstream)]
+    forwarder = ForwardedRoutes(resolver=ClientResolver(()), max_body_bytes=1024, policies=policies)
     sent = await _call(forwarder)
     assert sent[0]["status"] == 200
     assert log == [
@@ -120,13 +147,72 @@ async def test_each_policy_gets_its_own_admission_back_in_reverse_order() -> Non
 async def test_a_refusal_finishes_only_the_policies_that_admitted() -> None:
     log: list[tuple[str, str, object]] = []
     upstream = _Upstream([])
-    policies = [_Recording("first", log), _Recording("second", log, refuse=True), _Recording("third", log)]
-    forwarder = ForwardedRoutes(upstream, resolver=ClientResolver(()), max_body_bytes=1024, policies=policies)
+    policies: list[Policy[Any]] = [
+        _Recording("first", log),
+        _Recording("second", log, refuse=True),
+        _Recording("third", log),
+        _To(upstream),
+    ]
+    forwarder = ForwardedRoutes(resolver=ClientResolver(()), max_body_bytes=1024, policies=policies)
     sent = await _call(forwarder)
     assert sent[0]["status"] == 403
     assert json.loads(sent[1]["body"]) == {"error": "second refuses"}
     assert log == [("admit", "first", None), ("admit", "second", None), ("finish", "first", {"token of": "first"})]
     assert upstream.sent == []
+
+
+class _Unreachable(_Upstream):
+    async def send(self, request: Outbound) -> _Answer:
+        self.sent.append(request)
+        raise UpstreamNotReached("upstream a unavailable: Connection refused")
+
+
+class _Second:
+    """Fails over once, from ``first`` to ``second``, noting each step."""
+
+    def __init__(self, first: _Upstream, second: _Upstream, log: list[str]) -> None:
+        self.upstream, self._second, self._log = first, second, log
+
+    async def failed(self, flow: Flow, request: Outbound, error: GatewayError) -> bool:
+        self._log.append(f"failed: {error.message}")
+        moved = self.upstream is not self._second
+        self.upstream = self._second
+        return moved
+
+    async def answered(self, flow: Flow, request: Outbound, response: UpstreamResponse) -> UpstreamResponse:
+        self._log.append(f"answered: {response.status}")
+        return response
+
+
+async def test_the_destination_decides_between_attempts_and_the_core_sends_each_once() -> None:
+    log: list[str] = []
+    first, second = _Unreachable([]), _Upstream([b'{"from":"second"}\n'])
+
+    class _Failing(_To):
+        async def admit(self, flow: Flow, inbound: Inbound) -> None:
+            flow.destination = _Second(first, second, log)
+
+    forwarder = ForwardedRoutes(resolver=ClientResolver(()), max_body_bytes=1024, policies=[_Failing(first)])
+    sent = await _call(forwarder)
+    assert (sent[0]["status"], sent[1]["body"]) == (200, b'{"from":"second"}\n')
+    assert log == ["failed: upstream a unavailable: Connection refused", "answered: 200"]
+    assert (len(first.sent), len(second.sent)) == (1, 1)
+    assert first.sent[0] is second.sent[0]  # the same request, sent again unchanged
+
+
+async def test_a_failure_the_destination_keeps_is_the_clients_answer() -> None:
+    log: list[str] = []
+    first = _Unreachable([])
+
+    class _Failing(_To):
+        async def admit(self, flow: Flow, inbound: Inbound) -> None:
+            flow.destination = _Second(first, first, log)
+
+    forwarder = ForwardedRoutes(resolver=ClientResolver(()), max_body_bytes=1024, policies=[_Failing(first)])
+    sent = await _call(forwarder)
+    assert sent[0]["status"] == 502
+    assert json.loads(sent[1]["body"]) == {"error": "upstream a unavailable: Connection refused"}
+    assert (log, len(first.sent)) == (["failed: upstream a unavailable: Connection refused"], 1)
 
 
 class _Lines:
@@ -174,7 +260,7 @@ async def test_transforms_set_by_policies_rewrite_the_relayed_body_in_order() ->
 
     upstream = _Upstream([b'{"a"', b":1}\n{", b'"b":2}'])
     forwarder = ForwardedRoutes(
-        upstream, resolver=ClientResolver(()), max_body_bytes=1024, policies=[_Transforming("t", [])]
+        resolver=ClientResolver(()), max_body_bytes=1024, policies=[_Transforming("t", []), _To(upstream)]
     )
     sent = await _call(forwarder)
     body = b"".join(message.get("body", b"") for message in sent[1:])

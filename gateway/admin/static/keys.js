@@ -2,8 +2,6 @@
 import { $, button, el, fill, notify, row, shortTime } from "./dom.js";
 import { api, getJson, remember, signedInId } from "./session.js";
 
-const LIMITS = ["rpm", "tpm", "tpd", "concurrency", "weight"];
-
 export async function loadKeys() {
   const keys = await getJson("keys");
   const rows = keys.map((key) => {
@@ -96,9 +94,10 @@ async function createKey(event) {
   const form = event.target;
   const data = new FormData(form);
   const limits = {};
-  for (const name of LIMITS) {
-    const value = limitValue(String(data.get(name) || ""));
-    if (value !== undefined) limits[name] = value;
+  // The form's limit inputs name the limits (index.html has one per limit).
+  for (const input of form.querySelectorAll("input[data-limit]")) {
+    const value = limitValue(String(data.get(input.name) || ""));
+    if (value !== undefined) limits[input.name] = value;
   }
   const body = {
     name: String(data.get("name") || "").trim(),

@@ -14,11 +14,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.errors import RateLimited
+from gateway.keys.store import QUOTA_NAMES
 
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """The limits that apply to one key; None = unlimited."""
+    """The limits that apply to one key; None = unlimited.
+
+    One field per quota of ``gateway.keys.store.Limits`` (``QUOTA_NAMES``), with the same name:
+    what the limiters below enforce.
+    """
 
     rpm: int | None = None
     tpm: int | None = None
@@ -27,7 +32,7 @@ class Quota:
 
     @property
     def unlimited(self) -> bool:
-        return self.rpm is None and self.tpm is None and self.tpd is None and self.concurrency is None
+        return all(getattr(self, name) is None for name in QUOTA_NAMES)
 
 
 @dataclass(frozen=True, slots=True)

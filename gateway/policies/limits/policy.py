@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.flow import Flow
-from gateway.keys.store import UNLIMITED, Limits
+from gateway.keys.store import QUOTA_NAMES, UNLIMITED, Limits
 from gateway.ollama.estimate import estimate
 from gateway.ollama.surfaces import RouteClass
 from gateway.policies.limits import Grant, Limiter, Quota, refusal, window_headers
 from gateway.proxy.inbound import Inbound
-
-_EMBEDDINGS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 
 
 def effective(limits: Limits, defaults: Quota) -> Quota:
@@ -28,12 +26,7 @@ def effective(limits: Limits, defaults: Quota) -> Quota:
             return default
         return None if own == UNLIMITED else own
 
-    return Quota(
-        rpm=pick(limits.rpm, defaults.rpm),
-        tpm=pick(limits.tpm, defaults.tpm),
-        tpd=pick(limits.tpd, defaults.tpd),
-        concurrency=pick(limits.concurrency, defaults.concurrency),
-    )
+    return Quota(**{name: pick(getattr(limits, name), getattr(defaults, name)) for name in QUOTA_NAMES})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +56,9 @@ class LimitPolicy:
         facts = flow.json
         tokens = 0
         if inference and facts is not None:
-            embedding = flow.route.name in _EMBEDDINGS
-            tokens = estimate(facts.prompt_tokens, facts.completion_cap, self._default_completion, embedding)
+            tokens = estimate(facts.prompt_tokens, facts.completion_cap, self._default_completion, flow.route.embedding)
         grant: Grant | None = None
-        zero = [name for name in ("rpm", "tpm", "tpd", "concurrency") if getattr(quota, name) == 0]
+        zero = [name for name in QUOTA_NAMES if getattr(quota, name) == 0]
         if zero:
             # A limit of 0 blocks the key; no amount of waiting helps.
             raise refusal(
