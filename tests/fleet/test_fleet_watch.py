@@ -10,31 +10,29 @@ from collections.abc import Callable
 import pytest
 
 from gateway.fleet import Fleet, MemberSpec, State
-from gateway.fleet.listings import Answer
-from gateway.proxy.upstream import Outbound, UpstreamResponse
+from gateway.proxy.upstream import Outbound
+from tests.mock_upstream import MockResponse, MockUpstream
 
 pytestmark = pytest.mark.timeout(10)
 
 _TAGS = json.dumps({"models": [{"name": "llama3.2:latest", "model": "llama3.2:latest"}]}).encode()
 
 
-class Scripted:
+class Scripted(MockUpstream):
     """An upstream whose answers a test decides, and which can fail in unexpected ways."""
 
     def __init__(self) -> None:
+        super().__init__(self._answer)
         self.failure: BaseException | None = None
         self.tags = _TAGS
         self.asked = asyncio.Event()
 
-    async def send(self, request: Outbound) -> UpstreamResponse:
+    def _answer(self, request: Outbound) -> MockResponse:
         self.asked.set()
         if self.failure is not None:
             raise self.failure
         bodies = {"/api/version": b'{"version":"0.33.0"}', "/api/tags": self.tags, "/api/ps": b'{"models":[]}'}
-        return Answer(200, bodies[request.target])
-
-    async def aclose(self) -> None:
-        pass
+        return MockResponse(200, [(b"content-type", b"application/json; charset=utf-8")], [bodies[request.target]])
 
 
 async def _until(condition: Callable[[], bool]) -> None:

@@ -4,7 +4,6 @@ an ASGI call with a scripted upstream, no sockets (the behaviour on the wire is 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,48 +25,20 @@ from gateway.policies.requestbody import RequestBodyPolicy
 from gateway.policies.routing import RoutingPolicy
 from gateway.policies.usagerequest import StreamUsagePolicy
 from gateway.proxy.clientaddr import ClientAddress, ClientResolver
-from gateway.proxy.headers import Headers
 from gateway.proxy.inbound import Inbound
 from gateway.proxy.relay import Chain
 from gateway.proxy.upstream import Outbound, UpstreamResponse
 from gateway.routes.forwarding import ForwardedRoutes, Policy
 from tests.conftest import gateway_settings
+from tests.mock_upstream import MockUpstream
 
 pytestmark = pytest.mark.timeout(10)
-
-
-class _Answer:
-    status = 200
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.headers: Headers = [(b"content-type", b"application/x-ndjson")]
-        self._chunks = chunks
-
-    async def body(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks:
-            yield chunk
-
-    async def aclose(self) -> None:
-        pass
-
-
-class _Upstream:
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-        self.sent: list[Outbound] = []
-
-    async def send(self, request: Outbound) -> _Answer:
-        self.sent.append(request)
-        return _Answer(self.chunks)
-
-    async def aclose(self) -> None:
-        pass
 
 
 class _Direct:
     """A destination with no second choice."""
 
-    def __init__(self, upstream: _Upstream) -> None:
+    def __init__(self, upstream: MockUpstream) -> None:
         self.upstream = upstream
 
     async def failed(self, flow: Flow, request: Outbound, error: GatewayError) -> bool:
@@ -80,7 +51,7 @@ class _Direct:
 class _To:
     """Routes every request to one upstream (the routing policy's part)."""
 
-    def __init__(self, upstream: _Upstream) -> None:
+    def __init__(self, upstream: MockUpstream) -> None:
         self.upstream = upstream
 
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
@@ -131,7 +102,7 @@ async def _call(forwarder: ForwardedRoutes) -> list[Message]:
 
 async def test_each_policy_gets_its_own_admission_back_in_reverse_order() -> None:
     log: list[tuple[str, str, object]] = []
-    upstream = _Upstream([b'{"a":1}\n'])
+    upstream = MockUpstream.answering(b'{"a":1}\n')
     policies: list[Policy[Any]] = [_Recording("first", log), _Recording("second", log), _To(upstream)]
     forwarder = ForwardedRoutes(resolver=ClientResolver(()), max_body_bytes=1024, policies=policies)
     sent = await _call(forwarder)
@@ -146,7 +117,7 @@ async def test_each_policy_gets_its_own_admission_back_in_reverse_order() -> Non
 
 async def test_a_refusal_finishes_only_the_policies_that_admitted() -> None:
     log: list[tuple[str, str, object]] = []
-    upstream = _Upstream([])
+    upstream = MockUpstream.answering()
     policies: list[Policy[Any]] = [
         _Recording("first", log),
         _Recording("second", log, refuse=True),
@@ -161,16 +132,10 @@ async def test_a_refusal_finishes_only_the_policies_that_admitted() -> None:
     assert upstream.sent == []
 
 
-class _Unreachable(_Upstream):
-    async def send(self, request: Outbound) -> _Answer:
-        self.sent.append(request)
-        raise UpstreamNotReached("upstream a unavailable: Connection refused")
-
-
 class _Second:
     """Fails over once, from ``first`` to ``second``, noting each step."""
 
-    def __init__(self, first: _Upstream, second: _Upstream, log: list[str]) -> None:
+    def __init__(self, first: MockUpstream, second: MockUpstream, log: list[str]) -> None:
         self.upstream, self._second, self._log = first, second, log
 
     async def failed(self, flow: Flow, request: Outbound, error: GatewayError) -> bool:
@@ -186,7 +151,10 @@ class _Second:
 
 async def test_the_destination_decides_between_attempts_and_the_core_sends_each_once() -> None:
     log: list[str] = []
-    first, second = _Unreachable([]), _Upstream([b'{"from":"second"}\n'])
+    first, second = (
+        MockUpstream.raising(UpstreamNotReached("upstream a unavailable: Connection refused")),
+        MockUpstream.answering(*[b'{"from":"second"}\n']),
+    )
 
     class _Failing(_To):
         async def admit(self, flow: Flow, inbound: Inbound) -> None:
@@ -202,7 +170,7 @@ async def test_the_destination_decides_between_attempts_and_the_core_sends_each_
 
 async def test_a_failure_the_destination_keeps_is_the_clients_answer() -> None:
     log: list[str] = []
-    first = _Unreachable([])
+    first = MockUpstream.raising(UpstreamNotReached("upstream a unavailable: Connection refused"))
 
     class _Failing(_To):
         async def admit(self, flow: Flow, inbound: Inbound) -> None:
@@ -258,7 +226,7 @@ async def test_transforms_set_by_policies_rewrite_the_relayed_body_in_order() ->
             flow.transforms.extend([_Lines(), _Upper()])
             return await super().admit(flow, inbound)
 
-    upstream = _Upstream([b'{"a"', b":1}\n{", b'"b":2}'])
+    upstream = MockUpstream.answering(b'{"a"', b":1}\n{", b'"b":2}')
     forwarder = ForwardedRoutes(
         resolver=ClientResolver(()), max_body_bytes=1024, policies=[_Transforming("t", []), _To(upstream)]
     )
