@@ -106,7 +106,7 @@ class RoutingPolicy:
         """Count the request on ``member`` and, for inference, wait for a fair slot there."""
         placement.member = member
         placement.touched = (*placement.touched, member)
-        member.in_flight += 1
+        member.routed += 1
         flow.upstream_name = member.name
         if self.fleet.several and flow.upstream is None:
             flow.upstream = Routed(self, flow, placement)
@@ -118,7 +118,7 @@ class RoutingPolicy:
             placement.ticket = await member.queue.acquire(principal.key_id, principal.limits.weight or 1)
         except BaseException:
             # Refused or abandoned while queued: it never ran here, and holds nothing.
-            member.in_flight -= 1
+            member.routed -= 1
             placement.member = None
             flow.upstream = None
             flow.queue_wait += time.perf_counter() - queued_at
@@ -133,7 +133,7 @@ class RoutingPolicy:
         member = placement.member
         if member is None:
             return
-        member.in_flight -= 1
+        member.routed -= 1
         if placement.ticket is not None and member.queue is not None:
             member.queue.release()
         placement.member, placement.ticket = None, None
@@ -161,7 +161,7 @@ class RoutingPolicy:
                 f"this gateway fronts several Ollama servers: name one for {flow.route.name} with the "
                 f"X-Gateway-Upstream header ({_names(fleet)})"
             )
-        member.in_flight += 1
+        member.routed += 1
         flow.upstream_name = member.name
         if fleet.several:
             flow.upstream = member.client
