@@ -129,9 +129,11 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
                 defaults=Quota(**{name: getattr(settings, f"default_{name}") for name in QUOTA_NAMES}),
                 default_completion_tokens=settings.default_max_tokens,
             ),
+            # Counts, per key, what waits for a server from here (never refuses).
+            traffic.arrivals,
             # Last: which server, and a fair slot there, only for a request that passed the rest.
             RoutingPolicy(fleet),
-            # Counts what is being forwarded, per key, for the admin page (never refuses).
+            # Counts, per key, what holds its slot: "in flight" everywhere (never refuses).
             traffic,
         ],
         # Every finished request, once, to each of these.
@@ -144,7 +146,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     )
     # Handed to the server through the lifespan state: it refuses connections near the fd limit.
     connections = ConnectionGuard(on_refused=metrics.connections_refused.inc, limit=descriptor_limit())
-    metrics.track_in_flight(lambda: forwarded.in_flight)
+    metrics.track_in_flight(lambda: traffic.in_flight)
     metrics.track_fleet(fleet)
 
     checks: dict[str, Check] = {
@@ -195,7 +197,6 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
                 pending=authenticator.pending,
                 keys_changed=keyring.catch_up,
                 traffic=traffic,
-                in_flight=lambda: forwarded.in_flight,
                 queue=lambda: queue_totals(fleet.states()),
                 # A watched fleet's states are current; one server's are asked now (Fleet.solo).
                 upstreams=fleet.states if fleet.solo is None else asked_now(fleet.states, checks["upstream"]),

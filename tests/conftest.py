@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -83,19 +83,36 @@ def issue_key(
     expires_at: float | None = None,
 ) -> str:
     """Create a key in the database the way the CLI does; returns the secret."""
+    return issue_keys(database_url, [name], scopes=scopes, models=models, limits=limits, expires_at=expires_at)[0]
+
+
+def issue_keys(
+    database_url: str,
+    names: Iterable[str],
+    *,
+    scopes: frozenset[Scope] = DEFAULT_SCOPES,
+    models: tuple[str, ...] = (),
+    limits: Limits | None = None,
+    expires_at: float | None = None,
+) -> list[str]:
+    """``issue_key`` for many names, the database opened once; returns the secrets in order."""
     store = open_keystore(database_url)
     try:
-        record = KeyRecord(
-            id="",
-            name=name,
-            digest="",
-            created_at=0.0,
-            scopes=scopes,
-            models=models,
-            limits=limits or Limits(),
-            expires_at=expires_at,
-        )
-        return store.create(record)[1]
+        return [
+            store.create(
+                KeyRecord(
+                    id="",
+                    name=name,
+                    digest="",
+                    created_at=0.0,
+                    scopes=scopes,
+                    models=models,
+                    limits=limits or Limits(),
+                    expires_at=expires_at,
+                )
+            )[1]
+            for name in names
+        ]
     finally:
         store.close()
 

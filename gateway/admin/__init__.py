@@ -50,7 +50,6 @@ class AdminSources:
     # Awaited after a key changes, so this server acts on it before the answer goes out.
     keys_changed: Callable[[], Awaitable[None]]
     traffic: LiveTraffic
-    in_flight: Callable[[], int]
     queue: QueueState
     upstreams: Upstreams
 
@@ -78,7 +77,6 @@ def admin_app(sources: AdminSources, *, guard: Guard, resolver: ClientResolver, 
     api.include_router(
         live_router(
             sources.traffic,
-            in_flight=sources.in_flight,
             queue=sources.queue,
             upstreams=sources.upstreams,
             admin=acting,

@@ -2,11 +2,15 @@
 
 Keys are addressed by id in URLs: ids are short, fixed and URL-safe, names are free text. A secret
 is in exactly two answers, create and rotate, and never in a log line.
+
+Bodies are strictly typed, as the OpenAPI document says: ``"admin": "yes"`` or ``1`` is refused as
+``"name": 1`` is (pydantic's strict mode), and a limit is a JSON number or one of its two words.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Annotated, Any, TypeVar
 
@@ -15,11 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from gateway.admin.audit import AuditNote
 from gateway.database import Runner
+from gateway.errors import shown
 from gateway.keys.management import (
     KEEP,
     MODELS_LIMIT,
     NAME_LIMIT,
     OLLAMA_KEYS_LIMIT,
+    InvalidKeyRequest,
     KeyAdmin,
     KeyChange,
     Outcome,
@@ -31,7 +37,7 @@ from gateway.keys.management import (
 )
 from gateway.keys.principal import Principal
 from gateway.keys.sqlite import SqliteKeyStore
-from gateway.keys.store import LIMIT_KINDS, LIMIT_NAMES, LimitKind, Scope
+from gateway.keys.store import LIMIT_KINDS, LIMIT_NAMES, KeyStoreError, LimitKind, Scope, UnknownKey
 
 T = TypeVar("T")
 # What each kind of limit accepts, as the schema describes it.
@@ -47,11 +53,12 @@ KeyId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the k
 class KeyPolicy(BaseModel):
     """Scopes, models, limits and expiry; on update, what is left out stays as it is.
 
-    Values are only typed here; what a valid one is (and the message when it is not) is
-    ``gateway.keys.management``'s, as for the CLI. The schema documents those rules, it does not check them.
+    Values are only typed here, strictly (a boolean is ``true`` or ``false``, never ``"yes"`` or
+    ``1``); what a valid one is (and the message when it is not) is ``gateway.keys.management``'s,
+    as for the CLI. The schema documents those rules, it does not check them.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     scopes: list[str] | None = Field(
         default=None,
@@ -105,7 +112,7 @@ class KeyPolicy(BaseModel):
             scopes=None if self.scopes is None else parse_scopes(self.scopes),
             admin=self.admin,
             models=None if self.models is None else tuple(self.models),
-            limits={name: parse_limit_named(name, as_text(value)) for name, value in self.limits.items()},
+            limits={name: parse_limit_named(name, _limit_text(name, value)) for name, value in self.limits.items()},
             expires_at=KEEP
             if "expires" not in self.model_fields_set
             else parse_expiry("never" if self.expires is None else self.expires),
@@ -114,12 +121,27 @@ class KeyPolicy(BaseModel):
         )
 
 
+def _limit_text(name: str, value: JsonValue) -> str:
+    """A limit as the CLI's text. A number written as a string is refused, as a name written as a
+    number is; any other string is a word, and the CLI's rules judge it ('unlimited', 'default')."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        raise InvalidKeyRequest(f"limits.{name}: {shown(value)} is a string: give the number itself")
+    return as_text(value)
+
+
 class NewKey(KeyPolicy):
     name: str = Field(
         examples=["alice"],
         description=f"1 to {NAME_LIMIT} printable characters without surrounding spaces",
         json_schema_extra={"minLength": 1, "maxLength": NAME_LIMIT},
     )
+
+
+def _name_of(keys: KeyAdmin, key_id: str) -> str | None:
+    try:
+        return keys.by_id(key_id).name
+    except UnknownKey:
+        return None
 
 
 def keys_router(
@@ -136,6 +158,21 @@ def keys_router(
 
     def audit(request: Request, action: str, target: str | None, name: str | None = None) -> None:
         request.state.audit = AuditNote(action, target, name)
+
+    def named(request: Request, name: str) -> None:
+        request.state.audit = replace(request.state.audit, target_name=name)
+
+    @asynccontextmanager
+    async def on_key(request: Request, key_id: str) -> AsyncIterator[None]:
+        """A refusal about an existing key (a bad value, a revoked key) names it in the audit line."""
+        try:
+            yield
+        except KeyStoreError as error:
+            if not isinstance(error, UnknownKey):
+                name = await run(lambda keys: _name_of(keys, key_id))
+                if name is not None:
+                    named(request, name)
+            raise
 
     async def written(request: Request, outcome: Outcome) -> dict[str, Any]:
         request.state.audit = replace(
@@ -159,22 +196,30 @@ def keys_router(
     @router.get("/{key_id}", summary="Show one key")
     async def show_key(key_id: KeyId, request: Request) -> dict[str, Any]:
         audit(request, "keys.show", key_id)
-        return await run(lambda keys: keys.describe(keys.by_id(key_id)))
+        record = await run(lambda keys: keys.by_id(key_id))
+        named(request, record.name)
+        return describe(record)
 
     @router.patch("/{key_id}", summary="Change a key's scopes, models, limits, expiry or Ollama keys")
     async def update_key(key_id: KeyId, body: KeyPolicy, request: Request) -> dict[str, Any]:
         audit(request, "keys.update", key_id)
-        change = body.change()
-        return await written(request, await run(lambda keys: keys.update(key_id, change)))
+        async with on_key(request, key_id):
+            change = body.change()
+            outcome = await run(lambda keys: keys.update(key_id, change))
+        return await written(request, outcome)
 
     @router.post("/{key_id}/rotate", summary="A new secret for the key (shown once); the old one stops working")
     async def rotate_key(key_id: KeyId, request: Request) -> dict[str, Any]:
         audit(request, "keys.rotate", key_id)
-        return await written(request, await run(lambda keys: keys.rotate(key_id)))
+        async with on_key(request, key_id):
+            outcome = await run(lambda keys: keys.rotate(key_id))
+        return await written(request, outcome)
 
     @router.post("/{key_id}/revoke", summary="Revoke a key; it stops working at once")
     async def revoke_key(key_id: KeyId, request: Request) -> dict[str, Any]:
         audit(request, "keys.revoke", key_id)
-        return await written(request, await run(lambda keys: keys.revoke(key_id)))
+        async with on_key(request, key_id):
+            outcome = await run(lambda keys: keys.revoke(key_id))
+        return await written(request, outcome)
 
     return router

@@ -1,5 +1,10 @@
-"""``/admin/api/live``: what is happening now (in flight per key, the queue, the upstreams, the
-last refusals), polled by the page every few seconds."""
+"""``/admin/api/live``: what is happening now (in flight and queued per key, the queue, the
+upstreams, the last refusals), polled by the page every few seconds.
+
+"In flight" means one thing here, in ``/readyz`` and in the metrics: past every check and the
+server's fair queue, being answered now. Requests waiting in a queue are "queued", never counted
+as in flight.
+"""
 
 from __future__ import annotations
 
@@ -22,21 +27,20 @@ QueueState = Callable[[], Mapping[str, object]]
 def live_router(
     traffic: LiveTraffic,
     *,
-    in_flight: Callable[[], int],
     queue: QueueState,
     upstreams: Upstreams,
     admin: Callable[..., Awaitable[Principal]],
 ) -> APIRouter:
     router = APIRouter(tags=["live"], dependencies=[Depends(admin)])
 
-    @router.get("/live", summary="Requests in flight per key, the queue, the upstreams, recent refusals")
+    @router.get("/live", summary="Requests in flight and queued per key, the queue, the upstreams, recent refusals")
     async def live() -> dict[str, Any]:
         states = upstreams()
         if inspect.isawaitable(states):
             states = await states
         return {
             "time": time.time(),
-            "in_flight": in_flight(),
+            "in_flight": traffic.in_flight,
             "keys": traffic.keys(),
             "queue": dict(queue()),
             "upstreams": [dict(state) for state in states],

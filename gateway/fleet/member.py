@@ -36,8 +36,8 @@ class Member:
     # Normalised names (str(ModelName)) installed, and loaded into memory, as last seen.
     models: frozenset[str] = frozenset()
     loaded: set[str] = field(default_factory=set)
-    # Requests routed here and not yet finished, queued ones included.
-    in_flight: int = 0
+    # Requests routed here and not yet finished, queued ones included (the load routing weighs).
+    routed: int = 0
 
     @property
     def name(self) -> str:
@@ -49,15 +49,25 @@ class Member:
         return self.state is not State.DOWN
 
     @property
+    def queued(self) -> int:
+        """Inference requests waiting here for a slot."""
+        return self.queue.waiting if self.queue is not None else 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests running here now (past the queue): what every surface calls "in flight"."""
+        return self.routed - self.queued
+
+    @property
     def free(self) -> bool:
         """It can start a request now: a free slot, or (with no cap) nothing in flight at all."""
         if self.queue is None:
-            return self.in_flight == 0
+            return self.routed == 0
         return self.queue.in_use < self.queue.capacity and not self.queue.waiting
 
     @property
     def load(self) -> float:
-        return self.in_flight / self.spec.weight
+        return self.routed / self.spec.weight
 
     def mark_up(self, version: str | None, models: frozenset[str], loaded: set[str]) -> bool:
         """Record a complete answer; True when the server was down until now."""
@@ -84,7 +94,7 @@ class Member:
             "models": sorted(_display(name) for name in self.models),
             "loaded": sorted(_display(name) for name in self.loaded),
             "in_flight": self.in_flight,
-            "queued": queue.waiting if queue is not None else 0,
+            "queued": self.queued,
             "oldest_wait_s": round(queue.oldest_wait(), 3) if queue is not None else 0.0,
             "capacity": queue.capacity if queue is not None else None,
             "weight": self.spec.weight,

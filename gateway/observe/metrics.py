@@ -85,7 +85,9 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "gateway_requests_in_flight", "Forwarded requests being handled now.", registry=self.registry
+            "gateway_requests_in_flight",
+            "Requests past every check and the queue, being answered now (queued ones: gateway_queue_depth).",
+            registry=self.registry,
         )
         self.queue_depth = Gauge(
             "gateway_queue_depth",
@@ -95,7 +97,7 @@ class Metrics:
         )
         self.upstream_in_flight = Gauge(
             "gateway_upstream_requests_in_flight",
-            "Requests routed to each server and not finished (queued ones included).",
+            "Requests running on each server now, past its queue (queued ones: gateway_queue_depth).",
             ["upstream"],
             registry=self.registry,
         )
@@ -118,7 +120,7 @@ class Metrics:
     def track_fleet(self, fleet: Fleet) -> None:
         watched = fleet.solo is None
         for member in fleet.members:
-            self.queue_depth.labels(member.name).set_function(_reader(member, _queued))
+            self.queue_depth.labels(member.name).set_function(_reader(member, lambda m: m.queued))
             self.upstream_in_flight.labels(member.name).set_function(_reader(member, lambda m: m.in_flight))
             if watched:
                 # One server has no watcher: /readyz and the start-up line say whether it answers.
@@ -168,7 +170,3 @@ class Metrics:
 
 def _reader(member: Member, read: Callable[[Member], float]) -> Callable[[], float]:
     return lambda: float(read(member))
-
-
-def _queued(member: Member) -> float:
-    return member.queue.waiting if member.queue is not None else 0

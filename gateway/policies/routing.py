@@ -124,7 +124,7 @@ class RoutingPolicy:
         placement.member = member
         placement.upstream = member.client
         placement.touched = (*placement.touched, member)
-        member.in_flight += 1
+        member.routed += 1
         flow.upstream_name = member.name
         if member.queue is None or flow.route.route_class is not RouteClass.INFERENCE:
             return
@@ -134,7 +134,7 @@ class RoutingPolicy:
             placement.ticket = await member.queue.acquire(principal.key_id, principal.limits.weight or 1)
         except BaseException:
             # Refused or abandoned while queued: it never ran here, and holds nothing.
-            member.in_flight -= 1
+            member.routed -= 1
             placement.member = None
             flow.queue_wait += time.perf_counter() - queued_at
             raise
@@ -147,7 +147,7 @@ class RoutingPolicy:
         member = placement.member
         if member is None:
             return
-        member.in_flight -= 1
+        member.routed -= 1
         if placement.ticket is not None and member.queue is not None:
             member.queue.release()
         placement.member, placement.ticket = None, None

@@ -55,7 +55,7 @@ def health_router(checks: dict[str, Check], fleet: Fleet | None = None) -> APIRo
                 member.name: {
                     "state": member.state.value,
                     "in_flight": member.in_flight,
-                    "queued": member.queue.waiting if member.queue is not None else 0,
+                    "queued": member.queued,
                 }
                 for member in fleet.members
             }

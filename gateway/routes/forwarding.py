@@ -65,7 +65,6 @@ class ForwardedRoutes:
         self._max_body = max_body_bytes
         self.policies = tuple(policies)
         self._sinks = tuple(sinks)
-        self.in_flight = 0
         # Ends the exchanges still open when the server's grace period is over.
         self.drain = Drain()
 
@@ -87,7 +86,6 @@ class ForwardedRoutes:
         )
         admitted: list[tuple[Policy[Any], Any]] = []
         stop: Stop | None = None
-        self.in_flight += 1
         try:
             stop = self.drain.enter()
             path = checked_path(raw_path)
@@ -161,7 +159,6 @@ class ForwardedRoutes:
                     task.uncancel()
                 flow.outcome = "client_disconnect"
         finally:
-            self.in_flight -= 1
             inbound.stop()
             if inbound.gone and flow.outcome == "ok":
                 flow.outcome = "client_disconnect"

@@ -140,7 +140,7 @@ def test_the_cli_refuses_with_the_same_message(database_url: str, admin: httpx.C
         text=True,
         check=False,
     )
-    api = admin.post("/keys", json={"name": "x", "limits": {"weight": "0"}}).json()["error"]
+    api = admin.post("/keys", json={"name": "x", "limits": {"weight": 0}}).json()["error"]
     assert cli.returncode == 2
     assert api in cli.stderr
 
@@ -379,7 +379,7 @@ def test_live_state_shows_requests_in_flight_and_refusals(
         assert started.wait(10)
         live = admin.get("/live").json()
         assert live["in_flight"] == 1
-        assert live["keys"] == [{"key_id": key.split("_")[1], "key_name": "streamer", "in_flight": 1}]
+        assert live["keys"] == [{"key_id": key.split("_")[1], "key_name": "streamer", "in_flight": 1, "queued": 0}]
         assert live["queue"] == {"waiting": 0, "oldest_wait_s": 0.0, "capacity": 4}
         assert [(item["state"], item["in_flight"]) for item in live["upstreams"]] == [("up", 1)]
         refusal = live["refusals"][0]

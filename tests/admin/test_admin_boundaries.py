@@ -147,7 +147,7 @@ def test_the_apis_own_parameters_use_the_same_rules(admin: httpx.Client, params:
         ({"name": "x", "expires": ""}, ["x", "--expires", ""], "'' is not a duration (30d, 12h) or a date"),
         ({"name": "x", "scopes": ["root"]}, ["x", "--scope", "root"], "'root' is not a scope (one of inference"),
         (
-            {"name": "x", "limits": {"rpm": "99999999999999999999"}},
+            {"name": "x", "limits": {"rpm": 99999999999999999999}},
             ["x", "--rpm", "99999999999999999999"],
             "'99999999999999999999' is larger than the largest limit",
         ),

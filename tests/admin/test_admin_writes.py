@@ -83,8 +83,9 @@ def test_a_stored_time_out_of_range_never_breaks_a_listing(
     [
         ({"rpm": 10**20}, "'100000000000000000000' is larger than the largest limit (9223372036854775807)"),
         ({"rpm": 2**63}, "'9223372036854775808' is larger than the largest limit (9223372036854775807)"),
-        ({"tpd": "9" * 5000}, "'" + "9" * 40 + "…' is larger than the largest limit (9223372036854775807)"),
-        ({"weight": "9" * 5000}, "'" + "9" * 40 + "…' is not a weight from 1 to 100 or 'default'"),
+        # 4000 digits: Python reads at most 4300 as a number.
+        ({"tpd": 10**4000 - 1}, "'" + "9" * 40 + "…' is larger than the largest limit (9223372036854775807)"),
+        ({"weight": 10**4000 - 1}, "'" + "9" * 40 + "…' is not a weight from 1 to 100 or 'default'"),
         ({"rpm": 1e20}, "'1e+20' is not a number, 'unlimited' or 'default'"),
         ({"rpm": 1.5}, "'1.5' is not a number, 'unlimited' or 'default'"),
         ({"rpm": None}, "'null' is not a number, 'unlimited' or 'default'"),
@@ -231,6 +232,79 @@ def test_the_audit_line_names_the_fields_a_write_changed(
         ("keys.create", None, "dave", [], 409),  # no key was made: no id to name
         ("keys.list", None, None, [], 200),
     ]
+
+
+def test_the_audit_line_names_the_key_a_show_or_a_refusal_was_about(
+    make_gateway: Callable[..., RunningGateway], capfd: pytest.CaptureFixture[str]
+) -> None:
+    gateway = make_gateway(log_format="json")
+    with httpx.Client(base_url=gateway.url + "/admin/api", headers=gateway.auth, timeout=10) as admin:
+        key_id = admin.post("/keys", json={"name": "erin"}).json()["id"]
+        capfd.readouterr()
+        assert admin.get(f"/keys/{key_id}").status_code == 200
+        assert admin.patch(f"/keys/{key_id}", json={"limits": {"rpm": "lots"}}).status_code == 400
+        assert admin.post(f"/keys/{key_id}/revoke").status_code == 200
+        assert admin.post(f"/keys/{key_id}/rotate").status_code == 409
+        assert admin.patch(f"/keys/{key_id}", json={"limits": {"rpm": 5}}).status_code == 409
+        assert admin.get("/keys/nope").status_code == 404
+    lines = [
+        (line["action"], line["target"], line["target_name"], line["status"])
+        for line in _audit_lines(capfd.readouterr().out)
+    ]
+    assert lines == [
+        ("keys.show", key_id, "erin", 200),
+        ("keys.update", key_id, "erin", 400),
+        ("keys.revoke", key_id, "erin", 200),
+        ("keys.rotate", key_id, "erin", 409),
+        ("keys.update", key_id, "erin", 409),
+        ("keys.show", "nope", None, 404),  # no such key: nothing to name
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"admin": "yes"}, "admin: input should be a valid boolean"),
+        ({"admin": "on"}, "admin: input should be a valid boolean"),
+        ({"admin": "true"}, "admin: input should be a valid boolean"),
+        ({"admin": 1}, "admin: input should be a valid boolean"),
+        ({"admin": 0}, "admin: input should be a valid boolean"),
+        ({"admin": None}, "admin: input should be a valid boolean"),
+        ({"scopes": "read"}, "scopes: input should be a valid list"),
+        ({"scopes": [1]}, "scopes.0: input should be a valid string"),
+        ({"models": "llama3*"}, "models: input should be a valid list"),
+        ({"models": [3]}, "models.0: input should be a valid string"),
+        ({"expires": 30}, "expires: input should be a valid string"),
+        ({"limits": {"rpm": "60"}}, "limits.rpm: '60' is a string: give the number itself"),
+        ({"limits": {"weight": "5"}}, "limits.weight: '5' is a string: give the number itself"),
+        ({"limits": {"rpm": True}}, "'true' is not a number, 'unlimited' or 'default'"),
+        ({"limits": [60]}, "limits: input should be a valid dictionary"),
+        ({"add_ollama_keys": "ssh-ed25519 AAAA"}, "add_ollama_keys: input should be a valid list"),
+        ({"remove_ollama_keys": [None]}, "remove_ollama_keys.0: input should be a valid string"),
+    ],
+)
+def test_every_field_is_strictly_typed(admin: httpx.Client, body: dict[str, object], message: str) -> None:
+    """As the OpenAPI document types them: a boolean is true or false, not "yes" or 1, as a name is
+    a string and not a number; the refusal is the API's usual 400."""
+    created = admin.post("/keys", json={"name": "typed", **body})
+    assert (created.status_code, created.json()) == (400, {"error": message})
+    assert _names(admin) == ["test-admin-0"]
+    key_id = admin.post("/keys", json={"name": "typed"}).json()["id"]
+    updated = admin.patch(f"/keys/{key_id}", json=body)
+    assert (updated.status_code, updated.json()) == (400, {"error": message})
+    assert admin.get(f"/keys/{key_id}").json()["scopes"] == ["inference", "read"]
+    for name in (1, True, ["typed"]):
+        refused = admin.post("/keys", json={"name": name})
+        assert (refused.status_code, refused.json()) == (400, {"error": "name: input should be a valid string"})
+
+
+def test_booleans_and_numbers_as_json_types_are_taken(admin: httpx.Client) -> None:
+    created = admin.post("/keys", json={"name": "ops", "admin": True, "limits": {"rpm": 60, "weight": "default"}})
+    assert created.status_code == 201
+    assert created.json()["scopes"] == ["admin", "inference", "read"]
+    assert created.json()["limits"]["rpm"] == 60
+    unchanged = admin.patch(f"/keys/{created.json()['id']}", json={"admin": False})
+    assert unchanged.json()["scopes"] == ["admin", "inference", "read"]  # false adds nothing
 
 
 def test_a_client_that_leaves_mid_request_is_not_a_failure(

@@ -8,12 +8,9 @@ Set GATEWAY_SCREENSHOTS_DIR to also keep one screenshot per page there (README's
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -21,6 +18,7 @@ import pytest
 
 from gateway.usage.store import UsageCounts, UsageKey, open_usage_store
 from tests.browser.chromium import chromium
+from tests.browser.pages import WAIT_MS, seed_usage, sign_in, until
 from tests.conftest import issue_key
 from tests.fake_ollama import Behaviour, FakeOllama
 from tests.fake_ollama.gate import StepGate
@@ -33,58 +31,6 @@ expect = pytest.importorskip(
 ).expect
 
 pytestmark = pytest.mark.timeout(120)
-
-PNG = b"\x89PNG\r\n\x1a\n"
-WAIT_MS = 10_000
-
-
-def _until(check: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll ``check`` until it holds, for at most ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _seed_usage(database_url: str, name: str, days: int) -> None:
-    today = dt.datetime.now(dt.UTC).date()
-    store = open_usage_store(database_url)
-    try:
-        store.add(
-            {
-                UsageKey((today - dt.timedelta(days=back)).isoformat(), f"id-{name}", name, "qwen3:8b"): UsageCounts(
-                    2, 40 + 10 * back, 25 + 5 * back, 0
-                )
-                for back in range(days)
-            }
-        )
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def browser_gateway(make_gateway: Callable[..., RunningGateway]) -> RunningGateway:
-    # Usage reaches the database quickly here, so the chart can show a request made a moment ago.
-    return make_gateway(usage_flush_interval=0.1, log_format="json", public_url="https://gpu.example.com")
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Callable[..., Path]:
-    """Takes a screenshot into the test's temp dir (and GATEWAY_SCREENSHOTS_DIR, if set)."""
-    keep = os.environ.get("GATEWAY_SCREENSHOTS_DIR")
-
-    def take(page: object, name: str) -> Path:
-        path = tmp_path / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
-        data = path.read_bytes()
-        assert data.startswith(PNG)
-        assert len(data) > 10_000  # a rendered page, not a blank one
-        if keep:
-            Path(keep).mkdir(parents=True, exist_ok=True)
-            (Path(keep) / f"admin-{name}.png").write_bytes(data)
-        return path
-
-    return take
 
 
 def test_sign_in_create_use_watch_and_revoke_a_key(
@@ -164,9 +110,9 @@ def test_sign_in_create_use_watch_and_revoke_a_key(
                 rows = admin_api.get("/usage", params={"key": "browser-user"}).json()["rows"]
                 return bool(rows) and rows[0]["requests"] == 1
 
-            _until(usage_written, 10, "the request's usage in the database")
+            until(usage_written, 10, "the request's usage in the database")
             # Another key's earlier days, so the chart has days to span and keys to stack.
-            _seed_usage(database_url, "team-a", days=3)
+            seed_usage(database_url, "team-a", days=3)
             page.goto(gateway.url + "/admin/#usage")
             page.wait_for_selector("#page-usage:not([hidden]) #usage-chart canvas")
             legend = page.locator("#usage-chart .u-legend")
@@ -176,7 +122,6 @@ def test_sign_in_create_use_watch_and_revoke_a_key(
             assert "browser-user" in table
             assert f"{answer.usage.prompt_tokens}" in table
             assert page.inner_text("#page-usage h1") == "Usage"
-            shots(page, "usage")
             with page.expect_download() as download:
                 page.click("#usage-csv")
             csv = Path(download.value.path()).read_text()
@@ -220,7 +165,7 @@ def test_sign_in_create_use_watch_and_revoke_a_key(
                 gate.release(10)
                 worker.join(10)
             # Refreshed on its own: the stream's end shows without a reload.
-            page.locator("#live-keys").get_by_text("Nothing in flight.").wait_for()
+            page.locator("#live-keys").get_by_text("Nothing in flight or queued.").wait_for()
 
             # Revoke it, confirmed in a dialog; the client is refused at once.
             page.goto(gateway.url + "/admin/#keys")
@@ -238,13 +183,6 @@ def test_sign_in_create_use_watch_and_revoke_a_key(
         page.wait_for_selector("#page-signin:not([hidden])")
         assert page.evaluate("sessionStorage.length") == 0
         assert problems == []
-
-
-def _sign_in(page: Any, gateway: RunningGateway, key: str | None = None) -> None:
-    page.goto(gateway.url + "/admin/")
-    page.fill("#signin-key", key or gateway.key)
-    page.click("#signin-form button")
-    page.wait_for_selector("#page-keys:not([hidden]) tr[data-key]")
 
 
 def test_names_are_shown_as_text_never_run(browser_gateway: RunningGateway, database_url: str, tmp_path: Path) -> None:
@@ -347,7 +285,7 @@ def test_rotating_the_signed_in_key_keeps_the_page_signed_in(browser_gateway: Ru
     with chromium(tmp_path / "profile") as browser:
         page = browser.new_page()
         page.set_default_timeout(WAIT_MS)
-        _sign_in(page, gateway)
+        sign_in(page, gateway)
         page.locator("tr[data-key='test-admin-0'] button.quiet").click()
         page.wait_for_selector("#secret-panel:not([hidden])")
         # The table reloads with the new key, so the page stays on it and the secret stays shown.
@@ -371,7 +309,7 @@ def test_the_page_creates_exactly_the_scopes_ticked(browser_gateway: RunningGate
     with chromium(tmp_path / "profile") as browser:
         page = browser.new_page()
         page.set_default_timeout(WAIT_MS)
-        _sign_in(page, gateway)
+        sign_in(page, gateway)
         page.click("#create-box summary")
         page.fill("#create-form [name=name]", "ops-only")
         page.uncheck("#create-form [name=scope][value=inference]")

@@ -10,6 +10,7 @@ import pytest
 from starlette.types import Message
 
 from gateway.admin import LiveTraffic
+from gateway.admin.traffic import Arrivals
 from gateway.app import create_app
 from gateway.errors import Forbidden, GatewayError, UpstreamNotReached
 from gateway.flow import Flow
@@ -241,7 +242,7 @@ def test_the_gateway_composes_its_policies_in_the_order_safety_needs() -> None:
     then the body (never buffered for a stranger), then the model it names, then limits, then the
     server and a slot on it: a model check before the body was
     read would allow any model, and a slot taken before the limits would queue refused requests; the
-    admin page's live count comes last and refuses nothing."""
+    live counts around the routing (queued, then in flight) refuse nothing."""
     app = create_app(gateway_settings(upstream_url="http://127.0.0.1:9", database_url="sqlite:///:memory:"))
     order = [type(policy) for policy in app.forwarded.policies]
     assert order == [
@@ -252,6 +253,7 @@ def test_the_gateway_composes_its_policies_in_the_order_safety_needs() -> None:
         ModelPolicy,
         StreamUsagePolicy,
         LimitPolicy,
+        Arrivals,
         RoutingPolicy,
         LiveTraffic,
     ]

@@ -1,34 +1,93 @@
-// The keys page: the table, create, rotate, revoke (after a confirmation), the secret shown once.
-import { $, button, el, fill, notify, row, shortTime } from "./dom.js";
-import { api, getJson, remember, signedInId } from "./session.js";
+// The keys page: the table (filtered, a page of rows at a time), create, rotate, revoke (after a
+// confirmation), the secret shown once.
+import { $, button, el, fill, notify, number, row, shortTime } from "./dom.js";
+import { api, getJson, integer, readJson, remember, signedInId } from "./session.js";
+
+// Rows drawn at once: the table stays quick with ten thousand keys (only a page is ever in the DOM).
+const PAGE_SIZE = 50;
+const COLUMNS = 10;
+
+// Every key as last listed, each with the lower-case text the filter searches.
+let keys = [];
+let page = 0;
 
 export async function loadKeys() {
-  const keys = await getJson("keys");
-  const rows = keys.map((key) => {
-    const actions = el("span", null, "actions");
-    // An expired key gets a new expiry before a new secret (the server refuses otherwise).
-    if (key.status === "active") actions.append(button("Rotate", "quiet", () => rotateKey(key)));
-    if (key.status !== "revoked") actions.append(button("Revoke", "danger", () => revokeKey(key)));
-    const limits = Object.entries(key.limits)
-      .filter(([, value]) => value !== "default")
-      .map(([name, value]) => name + "=" + value)
-      .join(", ");
-    const tr = row([
-      el("strong", key.name),
-      el("code", key.id),
-      el("span", key.status, "status " + key.status),
-      key.scopes.join(", "),
-      key.models.join(", ") || "all",
-      limits || "defaults",
-      ollamaKeys(key),
-      shortTime(key.expires_at),
-      shortTime(key.last_used_at),
-      actions,
-    ]);
-    tr.dataset.key = key.name;
-    return tr;
-  });
-  fill($("#keys-table tbody"), rows, "No keys yet.", 10);
+  const listed = await getJson("keys");
+  keys = listed.map((key) => ({ key, text: searchText(key) }));
+  render();
+}
+
+function searchText(key) {
+  const ollama = key.ollama_keys.map((item) => item.fingerprint + " " + item.comment);
+  return [key.name, key.id, key.status, ...key.scopes, ...key.models, ...ollama].join("\n").toLowerCase();
+}
+
+function matching() {
+  const words = $("#keys-filter").value.toLowerCase().split(/\s+/).filter(Boolean);
+  return words.length ? keys.filter((item) => words.every((word) => item.text.includes(word))) : keys;
+}
+
+function render() {
+  const found = matching();
+  const pages = Math.max(1, Math.ceil(found.length / PAGE_SIZE));
+  page = Math.min(Math.max(page, 0), pages - 1);
+  const first = page * PAGE_SIZE;
+  const shown = found.slice(first, first + PAGE_SIZE);
+  const empty = keys.length ? "No key matches the filter." : "No keys yet.";
+  fill($("#keys-table tbody"), shown.map((item) => keyRow(item.key)), empty, COLUMNS);
+  const range = shown.length ? `${number(first + 1)}–${number(first + shown.length)} of ` : "";
+  $("#keys-count").textContent =
+    found.length === keys.length
+      ? `${range}${number(keys.length)} keys`
+      : `${range}${number(found.length)} matching keys (${number(keys.length)} in all)`;
+  $("#keys-page").textContent = `Page ${number(page + 1)} of ${number(pages)}`;
+  $("#keys-prev").disabled = page === 0;
+  $("#keys-next").disabled = page >= pages - 1;
+}
+
+// Show the page holding the key named ``name`` (clearing a filter that hides it).
+function reveal(name) {
+  let index = matching().findIndex((item) => item.key.name === name);
+  if (index < 0) {
+    $("#keys-filter").value = "";
+    index = keys.findIndex((item) => item.key.name === name);
+  }
+  page = Math.max(0, Math.floor(index / PAGE_SIZE));
+  render();
+}
+
+function keyRow(key) {
+  const actions = el("span", null, "actions");
+  // An expired key gets a new expiry before a new secret (the server refuses otherwise).
+  if (key.status === "active") actions.append(button("Rotate", "quiet", () => rotateKey(key)));
+  if (key.status !== "revoked") actions.append(button("Revoke", "danger", () => revokeKey(key)));
+  const tr = row([
+    el("strong", key.name, "name"),
+    el("code", key.id),
+    el("span", key.status, "status " + key.status),
+    key.scopes.join(", "),
+    key.models.join(", ") || "all",
+    limits(key),
+    ollamaKeys(key),
+    shortTime(key.expires_at),
+    shortTime(key.last_used_at),
+    actions,
+  ]);
+  tr.dataset.key = key.name;
+  return tr;
+}
+
+// The limits set on the key, one a line; a number as the server sent it, digit for digit.
+function limits(key) {
+  const set = Object.entries(key.limits).filter(([, value]) => value !== "default");
+  const list = el("span", set.length ? null : "defaults", "limits");
+  for (const [name, value] of set) {
+    // A long number may go to the next line after its "=", rather than be cut anywhere.
+    const item = el("span", name + "=");
+    item.append(document.createElement("wbr"), String(value));
+    list.append(item);
+  }
+  return list;
 }
 
 // The Ollama public keys whose signed requests act as this key, each with a way to detach it.
@@ -86,7 +145,7 @@ async function copySecret() {
 function limitValue(text) {
   const value = text.trim();
   if (value === "") return undefined;
-  return /^\d+$/.test(value) ? Number(value) : value;
+  return /^\d+$/.test(value) ? integer(value) : value;
 }
 
 async function createKey(event) {
@@ -110,12 +169,13 @@ async function createKey(event) {
     expires: String(data.get("expires") || "").trim() || "never",
   };
   try {
-    const created = await (await api("POST", "keys", body)).json();
+    const created = await readJson(await api("POST", "keys", body));
     showSecret("Key " + created.name + " created", created.key);
     form.reset();
     $("#create-box").open = false;
     notify("");
     await loadKeys();
+    reveal(created.name);
   } catch (error) {
     notify(error.message, true);
   }
@@ -124,7 +184,7 @@ async function createKey(event) {
 async function rotateKey(key) {
   const own = key.id === signedInId();
   try {
-    const rotated = await (await api("POST", "keys/" + encodeURIComponent(key.id) + "/rotate")).json();
+    const rotated = await readJson(await api("POST", "keys/" + encodeURIComponent(key.id) + "/rotate"));
     let title = "Key " + rotated.name + " rotated";
     if (own) {
       // The old secret stopped working: this page goes on with the new one (else the reload
@@ -175,6 +235,18 @@ async function revokeKey(key) {
 
 export function setUpKeys() {
   $("#create-form").addEventListener("submit", createKey);
+  $("#keys-filter").addEventListener("input", () => {
+    page = 0;
+    render();
+  });
+  $("#keys-prev").addEventListener("click", () => {
+    page -= 1;
+    render();
+  });
+  $("#keys-next").addEventListener("click", () => {
+    page += 1;
+    render();
+  });
   $("#secret-copy").addEventListener("click", copySecret);
   $("#secret-done").addEventListener("click", hideSecret);
 }

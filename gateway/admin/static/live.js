@@ -1,4 +1,5 @@
-// The live page: in flight, the queue, the upstreams and recent refusals, every few seconds.
+// The live page: in flight (running on a server) and queued (waiting for a slot there), the
+// upstreams and recent refusals, every few seconds.
 import { $, el, fill, notify, number, row } from "./dom.js";
 import { getJson } from "./session.js";
 
@@ -39,9 +40,9 @@ async function loadLive() {
   );
   fill(
     $("#live-keys tbody"),
-    live.keys.map((key) => row([key.key_name, el("code", key.key_id), number(key.in_flight)])),
-    "Nothing in flight.",
-    3,
+    live.keys.map((key) => row([key.key_name, el("code", key.key_id), number(key.in_flight), number(key.queued)])),
+    "Nothing in flight or queued.",
+    4,
   );
   fill(
     $("#live-refusals tbody"),

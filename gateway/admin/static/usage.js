@@ -3,7 +3,15 @@
 import { $, el, fill, notify, number, row } from "./dom.js";
 import { api, getJson } from "./session.js";
 
-const COLORS = ["#2f5d8a", "#e07b39", "#3a9d6b", "#b84a62", "#7a5cb8", "#c9a227", "#2aa3b8", "#7f7f7f"];
+// One colour per series, 20 of them (the API sends at most 20): the page's first eight, then
+// twelve picked one at a time as far as possible (CIELAB distance) from all before, none too
+// light for a white page nor garish. No two are closer than a distance of 26 (a just-noticeable
+// difference is about 2.3).
+const COLORS = [
+  "#2f5d8a", "#e07b39", "#3a9d6b", "#b84a62", "#7a5cb8", "#c9a227", "#2aa3b8", "#7f7f7f",
+  "#e645e6", "#39bf39", "#4545e6", "#735f22", "#e6b88a", "#e667bb", "#75992e", "#e64545",
+  "#734567", "#8aa8e6", "#733722", "#992e99",
+];
 let chart = null;
 
 function usageQuery(extra) {
@@ -45,9 +53,11 @@ function drawChart(daily) {
   if (!daily.days.length) return;
   const xs = daily.days.map((day) => Date.parse(day + "T00:00:00Z") / 1000);
   // Stacked bars: each series is drawn up to the running sum; the top one first, so the
-  // ones below paint over it. The legend shows each series' own value, not the sum.
+  // ones below paint over it. The legend shows each series' own value, not the sum: its total
+  // for the range, or the day's under the cursor.
   const sums = new Array(xs.length).fill(0);
   const stacked = daily.series.map((series) => series.tokens.map((value, i) => (sums[i] += value)));
+  const totals = daily.series.map((series) => series.tokens.reduce((sum, value) => sum + value, 0));
   const order = daily.series.map((_, i) => i).reverse();
   const bars = uPlot.paths.bars({ size: [0.6, 80], align: 0 });
   const day = 86400;
@@ -70,7 +80,7 @@ function drawChart(daily) {
       { values: (u, ticks) => ticks.map((t) => compact(t)), size: 60 },
     ],
     series: [
-      { label: "Day", value: (u, t) => (t == null ? "–" : new Date(t * 1000).toISOString().slice(0, 10)) },
+      { label: "Day", value: (u, t) => (t == null ? "Total" : new Date(t * 1000).toISOString().slice(0, 10)) },
       ...order.map((i) => ({
         label: daily.series[i].other ? "(others)" : daily.series[i].name ?? "(none)",
         fill: COLORS[i % COLORS.length],
@@ -78,7 +88,7 @@ function drawChart(daily) {
         width: 0,
         paths: bars,
         points: { show: false },
-        value: (u, v, si, idx) => (idx == null ? "–" : number(daily.series[i].tokens[idx])),
+        value: (u, v, si, idx) => number(idx == null ? totals[i] : daily.series[i].tokens[idx]),
       })),
     ],
   };
