@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
+from starlette.types import ASGIApp
 
 from gateway.routes.dispatch import Gateway
 from gateway.runtime.http_protocol import GatewayHttpProtocol
@@ -28,35 +29,25 @@ class _SideServer(uvicorn.Server):
 def metrics_listener(settings: Settings, app: Gateway) -> uvicorn.Server | None:
     if not settings.metrics_address:
         return None
-    host, _, port = settings.metrics_address.rpartition(":")
-    return _SideServer(
-        uvicorn.Config(
-            app.metrics_app,
-            host=host,
-            port=int(port),
-            lifespan="off",
-            log_level=settings.log_level,
-            # The same request-head limits as the main listener.
-            http=GatewayHttpProtocol,
-            # Nothing here looks at the client, but forwarded headers count only from trusted peers.
-            proxy_headers=False,
-            server_header=False,
-        )
-    )
+    return _side(app.metrics_app, settings.metrics_address, settings)
 
 
 def admin_listener(settings: Settings, app: Gateway) -> uvicorn.Server | None:
     if not settings.admin_address or app.admin_app is None:
         return None
-    host, _, port = settings.admin_address.rpartition(":")
     # The admin app at /admin, as on the main port; everything else there is a 404.
-    site = Starlette(routes=[Mount("/admin", app.admin_app)])
+    return _side(Starlette(routes=[Mount("/admin", app.admin_app)]), settings.admin_address, settings)
+
+
+def _side(app: ASGIApp, address: str, settings: Settings) -> _SideServer:
+    host, _, port = address.rpartition(":")
     config = uvicorn.Config(
-        site,
+        app,
         host=host,
         port=int(port),
         lifespan="off",
         log_level=settings.log_level,
+        # The same request-head limits as the main listener.
         http=GatewayHttpProtocol,
         # As on the main port: forwarded headers count only from GATEWAY_TRUSTED_PROXIES (the
         # gateway's own resolver), so no client can pick the address its lockout is counted for.
