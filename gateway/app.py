@@ -163,7 +163,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         await fleet.start()
         # In the background: a slow upstream must not hold up the listener.
         report = asyncio.get_running_loop().create_task(
-            report_start(fleet, keyring, wait=min(settings.connect_timeout, READY_TIMEOUT))
+            report_start(fleet, keyring, database=database.path, wait=min(settings.connect_timeout, READY_TIMEOUT))
         )
         try:
             yield {CONNECTION_GUARD: connections}

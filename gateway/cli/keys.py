@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.argument import argument
+from gateway.cli.where import database_file, existing_database, say_database
 from gateway.keys.management import (
     KEEP,
     InvalidKeyRequest,
@@ -144,8 +145,15 @@ def _change(args: argparse.Namespace) -> KeyChange:
 
 
 @contextmanager
-def _admin(settings: Settings) -> Iterator[KeyAdmin]:
+def _admin(settings: Settings, *, create: bool = False) -> Iterator[KeyAdmin]:
+    if create:
+        path = database_file(settings.database_url)
+        new = not path.exists()
+    else:
+        path, new = existing_database(settings.database_url), False
     store = open_keystore(settings.database_url)
+    if create:
+        say_database(path, created=new)
     try:
         yield KeyAdmin(store)
     finally:
@@ -153,7 +161,7 @@ def _admin(settings: Settings) -> Iterator[KeyAdmin]:
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
-    with _admin(settings) as admin:
+    with _admin(settings, create=True) as admin:
         outcome = admin.create(args.name, _change(args))
     _print_secret(outcome, args.json)
     return 0

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.cli import keys, upstreams, usage
+from gateway.cli.where import NoDatabase
 from gateway.database import DatabaseError, DatabaseUnusable
 from gateway.errors import DatabaseFailed
 from gateway.fleet.config import FleetConfigError
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # GATEWAY_DATABASE_URL names a file that cannot be used: configuration, like the above.
         print(f"ollama-gateway: {error}", file=sys.stderr)
         return 2
-    except (KeyStoreError, DatabaseError, DatabaseFailed) as error:
+    except (KeyStoreError, DatabaseError, DatabaseFailed, NoDatabase) as error:
         print(f"ollama-gateway: error: {error}", file=sys.stderr)
         return 1
     return result

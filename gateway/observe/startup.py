@@ -7,6 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
 
 from gateway.errors import GatewayError
 from gateway.fleet import Fleet
@@ -15,10 +20,24 @@ from gateway.proxy.upstream import Upstream, fetch_version
 
 log = logging.getLogger("gateway")
 
-CREATE_KEY = "ollama-gateway keys create <name>"
+PROGRAM = "ollama-gateway"
 
 
-async def report_start(fleet: Fleet, keyring: Keyring, *, wait: float) -> None:
+def own_command() -> str:
+    """The command that runs this gateway's CLI, as a shell can run it from here: the bare name
+    when it is on PATH and is this program, else this program's path (``.venv/bin/ollama-gateway``
+    after ``make run``), else this interpreter with ``-m gateway``."""
+    program = sys.argv[0] if sys.argv else ""
+    if Path(program).name == PROGRAM:
+        found = shutil.which(PROGRAM)
+        if found and os.path.realpath(found) == os.path.realpath(program):
+            return PROGRAM
+        return shlex.quote(os.path.abspath(program))
+    return f"{shlex.quote(sys.executable)} -m gateway"
+
+
+async def report_start(fleet: Fleet, keyring: Keyring, *, database: Path, wait: float) -> None:
+    log.info("keys and usage are in the database %s", database)
     # One server goes unnamed (``Fleet.solo``): its name is only its address.
     named = fleet.solo is None
     lines = await asyncio.gather(
@@ -30,7 +49,9 @@ async def report_start(fleet: Fleet, keyring: Keyring, *, wait: float) -> None:
     for line in lines:
         log.log(*line)
     if not keyring.has_usable_key():
-        log.warning("no API key exists yet, so every request gets 401: create one with `%s`", CREATE_KEY)
+        log.warning(
+            "no API key exists yet, so every request gets 401: create one with `%s keys create <name>`", own_command()
+        )
 
 
 async def _upstream_line(upstream: Upstream, url: str, wait: float) -> tuple[int, str]:

@@ -26,7 +26,7 @@ from tests.servers import ROOT, free_port, gateway_process, stop_process
 
 pytestmark = pytest.mark.timeout(30)
 
-NO_KEY = "no API key exists yet, so every request gets 401: create one with `ollama-gateway keys create <name>`"
+NO_KEY = "no API key exists yet, so every request gets 401: create one with `{} keys create <name>`"
 
 
 def test_a_gateway_without_ollama_or_keys_says_so(database_url: str) -> None:
@@ -40,7 +40,23 @@ def test_a_gateway_without_ollama_or_keys_says_so(database_url: str) -> None:
             f"forwarding to {upstream}, which does not answer "
             f"(upstream 127.0.0.1:{port} unavailable: Connection refused): requests get 502"
         )
-        assert gateway.stderr.wait_for(NO_KEY).startswith("WARNING:")
+        # Run as ``python -m gateway``: the hint is this interpreter's, runnable as printed.
+        assert gateway.stderr.wait_for(NO_KEY.format(f"{sys.executable} -m gateway")).startswith("WARNING:")
+
+
+def test_the_hint_names_the_installed_command_by_its_path_when_it_is_not_on_path(tmp_path: Path) -> None:
+    program = Path(sys.executable).parent / "ollama-gateway"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{free_port()}",
+        "GATEWAY_DATABASE_URL": "sqlite:///./gw.db",
+    }
+    with gateway_process(env, cwd=tmp_path, program=(str(program),), inherit=False) as gateway:
+        hint = gateway.stderr.wait_for("no API key")
+    assert hint.rstrip().endswith(NO_KEY.format(program))
+    assert [line for line in gateway.stderr.lines if "database" in line] == [
+        f"INFO:     gateway: keys and usage are in the database {tmp_path.resolve() / 'gw.db'}\n"
+    ]
 
 
 def test_a_healthy_start_names_the_upstream_and_its_version(fake: FakeOllama, database_url: str) -> None:
