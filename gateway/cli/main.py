@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.cli import keys, upstreams, usage
+from gateway.cli import config, keys, upstreams, usage
 from gateway.cli.where import NoDatabase
 from gateway.database import DatabaseError, DatabaseUnusable
 from gateway.errors import DatabaseFailed
@@ -22,7 +22,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.runtime.server import serve
 
     overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
-    return serve(settings.model_copy(update=overrides) if overrides else settings)
+    return serve(settings.model_copy(update=overrides) if overrides else settings, warnings=config.setting_warnings())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_commands(commands)
     usage.add_commands(commands)
     upstreams.add_commands(commands)
+    config.add_commands(commands)
     return parser
 
 
