@@ -45,6 +45,15 @@ def check_url(value: str) -> str:
         parts.port  # noqa: B018 - a bad port raises only when read
     except ValueError:
         raise ValueError("has an invalid port") from None
+    path = parts.path.rstrip("/")
+    if path.endswith(("/api", "/v1")):
+        # The gateway forwards /api/chat as <base>/api/chat: a base ending in /api would send
+        # every request to /api/api/chat, and every one would fail as a 404.
+        suffix = path.rpartition("/")[2]
+        base = value.rstrip("/")[: -len(suffix) - 1]
+        raise ValueError(
+            f"must be Ollama's base URL, without /{suffix}: {base} (the gateway adds /api/… and /v1/… itself)"
+        )
     return value.rstrip("/")
 
 

@@ -5,6 +5,7 @@ exactly like a healthy one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,10 @@ log = logging.getLogger("gateway")
 
 PROGRAM = "ollama-gateway"
 
+# How soon one server that did not answer at start-up is asked again, backing off to the most.
+RETRY_FIRST = 0.5
+RETRY_MAX = 10.0
+
 
 def own_command() -> str:
     """The command that runs this gateway's CLI, as a shell can run it from here: the bare name
@@ -36,13 +41,17 @@ def own_command() -> str:
     return f"{shlex.quote(sys.executable)} -m gateway"
 
 
-async def report_start(fleet: Fleet, keyring: Keyring, *, database: Path, wait: float) -> None:
+async def report_start(fleet: Fleet, keyring: Keyring, *, database: Path, setting: str, wait: float) -> None:
+    """The start-up lines; then, for one server that did not answer, a line once it does (a fleet's
+    watchers say that for each of its servers). ``setting``: the variable that names the servers."""
     log.info("keys and usage are in the database %s", database)
     # One server goes unnamed (``Fleet.solo``): its name is only its address.
     named = fleet.solo is None
     lines = await asyncio.gather(
         *(
-            _upstream_line(member.client, f"{member.name} ({member.spec.url})" if named else member.spec.url, wait)
+            _upstream_line(
+                member.client, f"{member.name} ({member.spec.url})" if named else member.spec.url, setting, wait
+            )
             for member in fleet.members
         )
     )
@@ -52,18 +61,36 @@ async def report_start(fleet: Fleet, keyring: Keyring, *, database: Path, wait: 
         log.warning(
             "no API key exists yet, so every request gets 401: create one with `%s keys create <name>`", own_command()
         )
+    if fleet.solo is not None and lines[0][0] != logging.INFO:
+        await _until_it_answers(fleet.solo.client, fleet.solo.spec.url, wait)
 
 
-async def _upstream_line(upstream: Upstream, url: str, wait: float) -> tuple[int, str]:
+async def _until_it_answers(upstream: Upstream, url: str, wait: float) -> None:
+    """Ask again, backing off up to ``RETRY_MAX`` seconds, until it answers (cancelled at shutdown)."""
+    delay = RETRY_FIRST
+    while True:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX)
+        with contextlib.suppress(GatewayError, TimeoutError):
+            async with asyncio.timeout(wait):
+                status, body = await fetch_version(upstream)
+            if status == 200:
+                log.info("%s answers now: Ollama %s", url, _version(body))
+                return
+
+
+async def _upstream_line(upstream: Upstream, url: str, setting: str, wait: float) -> tuple[int, str]:
+    # A failing server's line names the setting to check too.
+    where = f"{url} ({setting})"
     try:
         async with asyncio.timeout(wait):
             status, body = await fetch_version(upstream)
     except GatewayError as error:
-        return logging.WARNING, f"forwarding to {url}, which does not answer ({error.message}): requests get 502"
+        return logging.WARNING, f"forwarding to {where}, which does not answer ({error.message}): requests get 502"
     except TimeoutError:
-        return logging.WARNING, f"forwarding to {url}, which did not answer /api/version within {wait:g} s"
+        return logging.WARNING, f"forwarding to {where}, which did not answer /api/version within {wait:g} s"
     if status != 200:
-        return logging.WARNING, f"forwarding to {url}, which answered /api/version with status {status}"
+        return logging.WARNING, f"forwarding to {where}, which answered /api/version with status {status}"
     return logging.INFO, f"forwarding to {url}: Ollama {_version(body)} answered"
 
 
