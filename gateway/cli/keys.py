@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,40 @@ from gateway.keys.management import (
     parse_scope,
     parse_scopes,
 )
-from gateway.keys.store import LIMIT_KINDS, LIMIT_NAMES, KeyRecord, LimitKind, Scope, open_keystore
+from gateway.keys.store import DEFAULT_SCOPES, LIMIT_KINDS, LIMIT_NAMES, KeyRecord, LimitKind, Scope, open_keystore
 from gateway.settings import Settings
 
 # How each kind of limit reads in --help (every limit gets an option: --rpm, --weight, ...).
 _LIMIT_METAVARS = {LimitKind.QUOTA: "N|unlimited|default", LimitKind.WEIGHT: "N|default"}
-_LIMIT_HELP = {LimitKind.WEIGHT: "share of the upstream when queued"}
+# What each limit counts, with an example value; a limit not listed here is named by its option.
+_LIMIT_MEANING = {
+    "rpm": ("requests per minute", "60"),
+    "tpm": ("tokens per minute", "100000"),
+    "tpd": ("tokens per UTC day", "2000000"),
+    "concurrency": ("requests in flight at once", "2"),
+    "weight": ("share of the upstream when requests queue", "3"),
+}
+_KIND_TAIL = {
+    LimitKind.QUOTA: "unlimited: no limit; default: the GATEWAY_DEFAULT_{upper} setting",
+    LimitKind.WEIGHT: "default: 1",
+}
+
+_CREATE_EXAMPLES = """examples:
+  ollama-gateway keys create alice
+  ollama-gateway keys create ci --scope inference --model 'llama3.2*' --rpm 60 --expires 30d
+  ollama-gateway keys create ops --admin --expires 2027-01-31 --json
+  ollama-gateway keys create bob --ollama-key @~/.ollama/id_ed25519.pub"""
+
+_UPDATE_EXAMPLES = """examples:
+  ollama-gateway keys update alice --rpm 120 --tpd unlimited
+  ollama-gateway keys update ci --model qwen3 --model 'llama3.2*'
+  ollama-gateway keys update ci --all-models --expires never
+  ollama-gateway keys update bob --remove-ollama-key SHA256:…"""
+
+
+def _limit_help(name: str, kind: LimitKind) -> str:
+    meaning, example = _LIMIT_MEANING.get(name, (name, "10"))
+    return f"{meaning}; {_KIND_TAIL[kind].format(upper=name.upper())} (e.g. --{name} {example})"
 
 
 def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
@@ -46,27 +74,39 @@ def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None
         type=argument(parse_scope, InvalidKeyRequest),
         dest="scopes",
         metavar="|".join(scope.value for scope in Scope),
-        help="set the scopes exactly (repeat for several)",
+        help="set the scopes exactly (repeat for several; e.g. --scope inference)",
     )
-    parser.add_argument("--admin", action="store_true", help="add the admin scope (pull, create, delete, …)")
     parser.add_argument(
-        "--model", action="append", type=argument(check_pattern, InvalidKeyRequest), dest="models", metavar="GLOB"
+        "--admin", action="store_true", help="add the admin scope: pull, create, delete, … (e.g. --admin)"
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        type=argument(check_pattern, InvalidKeyRequest),
+        dest="models",
+        metavar="GLOB",
+        help="allow only models matching this name or glob (repeat for several; without any: all models, "
+        "shown as *; e.g. --model 'llama3.2*')",
     )
     if update:
-        parser.add_argument("--all-models", action="store_true", help="remove every model restriction")
+        parser.add_argument(
+            "--all-models", action="store_true", help="remove every model restriction (e.g. --all-models)"
+        )
     for name, kind in LIMIT_KINDS.items():
         parser.add_argument(
             f"--{name}",
             type=argument(limit_rule(name), InvalidKeyRequest),
             default=argparse.SUPPRESS,
             metavar=_LIMIT_METAVARS[kind],
-            help=_LIMIT_HELP.get(kind),
+            help=_limit_help(name, kind),
         )
     parser.add_argument(
         "--expires",
         type=argument(parse_expiry, InvalidKeyRequest),
         default=argparse.SUPPRESS,
         metavar="30d|2027-01-31|never",
+        help="when the key stops working: a time from now in s (seconds), m (minutes: 1m is one "
+        "minute), h, d or w (weeks); a date (00:00 UTC) or ISO time; or never (e.g. --expires 30d)",
     )
     parser.add_argument(
         "--add-ollama-key" if update else "--ollama-key",
@@ -75,7 +115,8 @@ def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None
         dest="add_ollama_keys",
         metavar="'ssh-ed25519 AAAA… comment'|@FILE.pub",
         help="let the ollama command's requests signed with this public key act as this key "
-        "(OLLAMA_AUTH=1; the key is in ~/.ollama/id_ed25519.pub; repeat for several)",
+        "(OLLAMA_AUTH=1; the key is in ~/.ollama/id_ed25519.pub; repeat for several; "
+        "e.g. --ollama-key @~/.ollama/id_ed25519.pub)",
     )
     if update:
         parser.add_argument(
@@ -83,7 +124,8 @@ def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None
             action="append",
             dest="remove_ollama_keys",
             metavar="SHA256:…|LINE",
-            help="detach an Ollama public key (its fingerprint, as keys show lists it, or its line)",
+            help="detach an Ollama public key (its fingerprint, as keys show lists it, or its line; "
+            "e.g. --remove-ollama-key SHA256:…)",
         )
 
 
@@ -98,36 +140,76 @@ def _ollama_key_line(text: str) -> str:
     return text
 
 
+_NAME = "the key's name, as keys list shows it (e.g. alice)"
+_JSON = "print JSON instead of text (e.g. --json)"
+
+
 def add_commands(commands: Any) -> None:
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
-    create = keys.add_parser("create", help="create a key and print its secret (shown once)")
-    create.add_argument("name", type=argument(check_name, InvalidKeyRequest))
+    create = keys.add_parser(
+        "create",
+        help="create a key and print its secret (shown once)",
+        description="Create a key and print its secret (shown once). Without options the key has "
+        f"the scopes {', '.join(sorted(scope.value for scope in DEFAULT_SCOPES))}, every model, the "
+        "default limits and no expiry.",
+        epilog=_CREATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    create.add_argument(
+        "name", type=argument(check_name, InvalidKeyRequest), help="a unique name for the key (e.g. alice)"
+    )
     add_policy_options(create, update=False)
-    create.add_argument("--json", action="store_true")
+    create.add_argument("--json", action="store_true", help=_JSON)
     create.set_defaults(handler=_create)
 
-    listing = keys.add_parser("list", help="list keys (never their secrets)")
-    listing.add_argument("--json", action="store_true")
+    listing = keys.add_parser(
+        "list",
+        help="list keys (never their secrets)",
+        epilog="examples:\n  ollama-gateway keys list\n  ollama-gateway keys list --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument("--json", action="store_true", help=_JSON)
     listing.set_defaults(handler=_list)
 
-    show = keys.add_parser("show", help="show one key")
-    show.add_argument("name")
-    show.add_argument("--json", action="store_true")
+    show = keys.add_parser(
+        "show",
+        help="show one key",
+        epilog="examples:\n  ollama-gateway keys show alice\n  ollama-gateway keys show alice --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    show.add_argument("name", help=_NAME)
+    show.add_argument("--json", action="store_true", help=_JSON)
     show.set_defaults(handler=_show)
 
-    update = keys.add_parser("update", help="change a key's scopes, models, limits, expiry or Ollama keys")
-    update.add_argument("name")
+    update = keys.add_parser(
+        "update",
+        help="change a key's scopes, models, limits, expiry or Ollama keys",
+        description="Change what is given; everything else stays as it is.",
+        epilog=_UPDATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    update.add_argument("name", help=_NAME)
     add_policy_options(update, update=True)
-    update.add_argument("--json", action="store_true")
+    update.add_argument("--json", action="store_true", help=_JSON)
     update.set_defaults(handler=_update)
 
-    revoke = keys.add_parser("revoke", help="revoke a key (it stops working within seconds)")
-    revoke.add_argument("name")
+    revoke = keys.add_parser(
+        "revoke",
+        help="revoke a key (it stops working within seconds)",
+        epilog="example:\n  ollama-gateway keys revoke alice",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    revoke.add_argument("name", help=_NAME)
     revoke.set_defaults(handler=_revoke)
 
-    rotate = keys.add_parser("rotate", help="issue a new secret for a key; the old one stops working")
-    rotate.add_argument("name")
-    rotate.add_argument("--json", action="store_true")
+    rotate = keys.add_parser(
+        "rotate",
+        help="issue a new secret for a key; the old one stops working",
+        epilog="example:\n  ollama-gateway keys rotate alice",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rotate.add_argument("name", help=_NAME)
+    rotate.add_argument("--json", action="store_true", help=_JSON)
     rotate.set_defaults(handler=_rotate)
 
 
@@ -173,12 +255,12 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps([describe(record) for record in records], indent=2))
         return 0
-    print(f"{'NAME':<20} {'ID':<8} {'STATUS':<8} {'SCOPES':<22} {'MODELS':<24} LAST USED")
+    print(f"{'NAME':<20} {'ID':<8} {'STATUS':<8} {'SCOPES':<22} {'MODELS':<24} {'EXPIRES':<20} LAST USED")
     for record in records:
         info = describe(record)
         print(
             f"{record.name:<20} {record.id:<8} {info['status']:<8} {','.join(info['scopes']):<22} "
-            f"{','.join(record.models) or '*':<24} {info['last_used_at'] or '-'}"
+            f"{_models(record.models):<24} {info['expires_at'] or 'never':<20} {info['last_used_at'] or '-'}"
         )
     return 0
 
@@ -217,12 +299,21 @@ def _print_record(record: KeyRecord, as_json: bool) -> None:
         print(json.dumps(info, indent=2))
         return
     for field, value in info.items():
-        if field == "ollama_keys":
+        if field == "models":
+            value = _models(value)
+        elif field == "expires_at":
+            value = value or "never"
+        elif field == "ollama_keys":
             value = [f"{key['fingerprint']} {key['comment']}".strip() for key in value]
         shown = ", ".join(value) if isinstance(value, list) else value
         if isinstance(value, dict):
             shown = ", ".join(f"{name}={item}" for name, item in value.items())
         print(f"{field + ':':<14}{shown if shown not in (None, '') else '-'}")
+
+
+def _models(models: Sequence[str]) -> str:
+    """A key's models as both listings show them: ``*`` when it may use every model."""
+    return ",".join(models) or "*"
 
 
 def _print_secret(outcome: Outcome, as_json: bool) -> None:
