@@ -49,17 +49,18 @@ _KIND_TAIL = {
     LimitKind.WEIGHT: "default: 1",
 }
 
-_CREATE_EXAMPLES = """examples:
-  ollama-gateway keys create alice
-  ollama-gateway keys create ci --scope inference --model 'llama3.2*' --rpm 60 --expires 30d
-  ollama-gateway keys create ops --admin --expires 2027-01-31 --json
-  ollama-gateway keys create bob --ollama-key @~/.ollama/id_ed25519.pub"""
-
-_UPDATE_EXAMPLES = """examples:
-  ollama-gateway keys update alice --rpm 120 --tpd unlimited
-  ollama-gateway keys update ci --model qwen3 --model 'llama3.2*'
-  ollama-gateway keys update ci --all-models --expires never
-  ollama-gateway keys update bob --remove-ollama-key SHA256:…"""
+_CREATE_EXAMPLES = [
+    "alice",
+    "ci --scope inference --model 'llama3.2*' --rpm 60 --expires 30d",
+    "ops --admin --expires 2027-01-31 --json",
+    "bob --ollama-key @~/.ollama/id_ed25519.pub",
+]
+_UPDATE_EXAMPLES = [
+    "alice --rpm 120 --tpd unlimited",
+    "ci --model qwen3 --model 'llama3.2*'",
+    "ci --all-models --expires never",
+    "bob --remove-ollama-key SHA256:…",
+]
 
 
 def _limit_help(name: str, kind: LimitKind) -> str:
@@ -144,73 +145,50 @@ _NAME = "the key's name, as keys list shows it (e.g. alice)"
 _JSON = "print JSON instead of text (e.g. --json)"
 
 
+def _command(keys: Any, name: str, help: str, examples: Sequence[str], **extra: str) -> argparse.ArgumentParser:
+    """One ``keys`` subcommand, its help ending in examples of its use."""
+    epilog = "examples:\n" + "\n".join(f"  ollama-gateway keys {name} {example}".rstrip() for example in examples)
+    parser: argparse.ArgumentParser = keys.add_parser(
+        name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, **extra
+    )
+    return parser
+
+
 def add_commands(commands: Any) -> None:
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
-    create = keys.add_parser(
+    create = _command(
+        keys,
         "create",
-        help="create a key and print its secret (shown once)",
+        "create a key and print its secret (shown once)",
+        _CREATE_EXAMPLES,
         description="Create a key and print its secret (shown once). Without options the key has "
         f"the scopes {', '.join(sorted(scope.value for scope in DEFAULT_SCOPES))}, every model, the "
         "default limits and no expiry.",
-        epilog=_CREATE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     create.add_argument(
         "name", type=argument(check_name, InvalidKeyRequest), help="a unique name for the key (e.g. alice)"
     )
     add_policy_options(create, update=False)
-    create.add_argument("--json", action="store_true", help=_JSON)
-    create.set_defaults(handler=_create)
 
-    listing = keys.add_parser(
-        "list",
-        help="list keys (never their secrets)",
-        epilog="examples:\n  ollama-gateway keys list\n  ollama-gateway keys list --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    listing.add_argument("--json", action="store_true", help=_JSON)
-    listing.set_defaults(handler=_list)
+    _command(keys, "list", "list keys (never their secrets)", ["", "--json"])
+    show = _command(keys, "show", "show one key", ["alice", "alice --json"])
 
-    show = keys.add_parser(
-        "show",
-        help="show one key",
-        epilog="examples:\n  ollama-gateway keys show alice\n  ollama-gateway keys show alice --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    show.add_argument("name", help=_NAME)
-    show.add_argument("--json", action="store_true", help=_JSON)
-    show.set_defaults(handler=_show)
-
-    update = keys.add_parser(
+    update = _command(
+        keys,
         "update",
-        help="change a key's scopes, models, limits, expiry or Ollama keys",
+        "change a key's scopes, models, limits, expiry or Ollama keys",
+        _UPDATE_EXAMPLES,
         description="Change what is given; everything else stays as it is.",
-        epilog=_UPDATE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    update.add_argument("name", help=_NAME)
     add_policy_options(update, update=True)
-    update.add_argument("--json", action="store_true", help=_JSON)
-    update.set_defaults(handler=_update)
-
-    revoke = keys.add_parser(
-        "revoke",
-        help="revoke a key (it stops working within seconds)",
-        epilog="example:\n  ollama-gateway keys revoke alice",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    revoke.add_argument("name", help=_NAME)
-    revoke.set_defaults(handler=_revoke)
-
-    rotate = keys.add_parser(
-        "rotate",
-        help="issue a new secret for a key; the old one stops working",
-        epilog="example:\n  ollama-gateway keys rotate alice",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    rotate.add_argument("name", help=_NAME)
-    rotate.add_argument("--json", action="store_true", help=_JSON)
-    rotate.set_defaults(handler=_rotate)
+    revoke = _command(keys, "revoke", "revoke a key (it stops working within seconds)", ["alice"])
+    rotate = _command(keys, "rotate", "issue a new secret for a key; the old one stops working", ["alice"])
+    for parser in (show, update, revoke, rotate):
+        parser.add_argument("name", help=_NAME)
+    for action, parser in keys.choices.items():
+        if action != "revoke":
+            parser.add_argument("--json", action="store_true", help=_JSON)
+        parser.set_defaults(handler=_HANDLERS[action])
 
 
 def _change(args: argparse.Namespace) -> KeyChange:
@@ -291,6 +269,16 @@ def _rotate(args: argparse.Namespace, settings: Settings) -> int:
         outcome = admin.rotate(admin.get(args.name).id)
     _print_secret(outcome, args.json)
     return 0
+
+
+_HANDLERS = {
+    "create": _create,
+    "list": _list,
+    "show": _show,
+    "update": _update,
+    "revoke": _revoke,
+    "rotate": _rotate,
+}
 
 
 def _print_record(record: KeyRecord, as_json: bool) -> None:
