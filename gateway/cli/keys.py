@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from gateway.cli.argument import argument
+from gateway.cli.where import database_file, existing_database, say_database
 from gateway.keys.management import (
     KEEP,
     InvalidKeyRequest,
@@ -30,12 +31,41 @@ from gateway.keys.management import (
     parse_scope,
     parse_scopes,
 )
-from gateway.keys.store import LIMIT_KINDS, LIMIT_NAMES, KeyRecord, LimitKind, Scope, open_keystore
+from gateway.keys.store import DEFAULT_SCOPES, LIMIT_KINDS, LIMIT_NAMES, KeyRecord, LimitKind, Scope, open_keystore
 from gateway.settings import Settings
 
 # How each kind of limit reads in --help (every limit gets an option: --rpm, --weight, ...).
 _LIMIT_METAVARS = {LimitKind.QUOTA: "N|unlimited|default", LimitKind.WEIGHT: "N|default"}
-_LIMIT_HELP = {LimitKind.WEIGHT: "share of the upstream when queued"}
+# What each limit counts, with an example value; a limit not listed here is named by its option.
+_LIMIT_MEANING = {
+    "rpm": ("requests per minute", "60"),
+    "tpm": ("tokens per minute", "100000"),
+    "tpd": ("tokens per UTC day", "2000000"),
+    "concurrency": ("requests in flight at once", "2"),
+    "weight": ("share of the upstream when requests queue", "3"),
+}
+_KIND_TAIL = {
+    LimitKind.QUOTA: "unlimited: no limit; default: the GATEWAY_DEFAULT_{upper} setting",
+    LimitKind.WEIGHT: "default: 1",
+}
+
+_CREATE_EXAMPLES = [
+    "alice",
+    "ci --scope inference --model 'llama3.2*' --rpm 60 --expires 30d",
+    "ops --admin --expires 2027-01-31 --json",
+    "bob --ollama-key @~/.ollama/id_ed25519.pub",
+]
+_UPDATE_EXAMPLES = [
+    "alice --rpm 120 --tpd unlimited",
+    "ci --model qwen3 --model 'llama3.2*'",
+    "ci --all-models --expires never",
+    "bob --remove-ollama-key SHA256:…",
+]
+
+
+def _limit_help(name: str, kind: LimitKind) -> str:
+    meaning, example = _LIMIT_MEANING.get(name, (name, "10"))
+    return f"{meaning}; {_KIND_TAIL[kind].format(upper=name.upper())} (e.g. --{name} {example})"
 
 
 def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
@@ -45,27 +75,39 @@ def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None
         type=argument(parse_scope, InvalidKeyRequest),
         dest="scopes",
         metavar="|".join(scope.value for scope in Scope),
-        help="set the scopes exactly (repeat for several)",
+        help="set the scopes exactly (repeat for several; e.g. --scope inference)",
     )
-    parser.add_argument("--admin", action="store_true", help="add the admin scope (pull, create, delete, …)")
     parser.add_argument(
-        "--model", action="append", type=argument(check_pattern, InvalidKeyRequest), dest="models", metavar="GLOB"
+        "--admin", action="store_true", help="add the admin scope: pull, create, delete, … (e.g. --admin)"
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        type=argument(check_pattern, InvalidKeyRequest),
+        dest="models",
+        metavar="GLOB",
+        help="allow only models matching this name or glob (repeat for several; without any: all models, "
+        "shown as *; e.g. --model 'llama3.2*')",
     )
     if update:
-        parser.add_argument("--all-models", action="store_true", help="remove every model restriction")
+        parser.add_argument(
+            "--all-models", action="store_true", help="remove every model restriction (e.g. --all-models)"
+        )
     for name, kind in LIMIT_KINDS.items():
         parser.add_argument(
             f"--{name}",
             type=argument(limit_rule(name), InvalidKeyRequest),
             default=argparse.SUPPRESS,
             metavar=_LIMIT_METAVARS[kind],
-            help=_LIMIT_HELP.get(kind),
+            help=_limit_help(name, kind),
         )
     parser.add_argument(
         "--expires",
         type=argument(parse_expiry, InvalidKeyRequest),
         default=argparse.SUPPRESS,
         metavar="30d|2027-01-31|never",
+        help="when the key stops working: a time from now in s (seconds), m (minutes: 1m is one "
+        "minute), h, d or w (weeks); a date (00:00 UTC) or ISO time; or never (e.g. --expires 30d)",
     )
     parser.add_argument(
         "--add-ollama-key" if update else "--ollama-key",
@@ -74,7 +116,8 @@ def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None
         dest="add_ollama_keys",
         metavar="'ssh-ed25519 AAAA… comment'|@FILE.pub",
         help="let the ollama command's requests signed with this public key act as this key "
-        "(OLLAMA_AUTH=1; the key is in ~/.ollama/id_ed25519.pub; repeat for several)",
+        "(OLLAMA_AUTH=1; the key is in ~/.ollama/id_ed25519.pub; repeat for several; "
+        "e.g. --ollama-key @~/.ollama/id_ed25519.pub)",
     )
     if update:
         parser.add_argument(
@@ -82,7 +125,8 @@ def add_policy_options(parser: argparse.ArgumentParser, *, update: bool) -> None
             action="append",
             dest="remove_ollama_keys",
             metavar="SHA256:…|LINE",
-            help="detach an Ollama public key (its fingerprint, as keys show lists it, or its line)",
+            help="detach an Ollama public key (its fingerprint, as keys show lists it, or its line; "
+            "e.g. --remove-ollama-key SHA256:…)",
         )
 
 
@@ -97,37 +141,54 @@ def _ollama_key_line(text: str) -> str:
     return text
 
 
+_NAME = "the key's name, as keys list shows it (e.g. alice)"
+_JSON = "print JSON instead of text (e.g. --json)"
+
+
+def _command(keys: Any, name: str, help: str, examples: Sequence[str], **extra: str) -> argparse.ArgumentParser:
+    """One ``keys`` subcommand, its help ending in examples of its use."""
+    epilog = "examples:\n" + "\n".join(f"  ollama-gateway keys {name} {example}".rstrip() for example in examples)
+    parser: argparse.ArgumentParser = keys.add_parser(
+        name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, **extra
+    )
+    return parser
+
+
 def add_commands(commands: Any) -> None:
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
-    create = keys.add_parser("create", help="create a key and print its secret (shown once)")
-    create.add_argument("name", type=argument(check_name, InvalidKeyRequest))
+    create = _command(
+        keys,
+        "create",
+        "create a key and print its secret (shown once)",
+        _CREATE_EXAMPLES,
+        description="Create a key and print its secret (shown once). Without options the key has "
+        f"the scopes {', '.join(sorted(scope.value for scope in DEFAULT_SCOPES))}, every model, the "
+        "default limits and no expiry.",
+    )
+    create.add_argument(
+        "name", type=argument(check_name, InvalidKeyRequest), help="a unique name for the key (e.g. alice)"
+    )
     add_policy_options(create, update=False)
-    create.add_argument("--json", action="store_true")
-    create.set_defaults(handler=_create)
 
-    listing = keys.add_parser("list", help="list keys (never their secrets)")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=_list)
+    _command(keys, "list", "list keys (never their secrets)", ["", "--json"])
+    show = _command(keys, "show", "show one key", ["alice", "alice --json"])
 
-    show = keys.add_parser("show", help="show one key")
-    show.add_argument("name")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(handler=_show)
-
-    update = keys.add_parser("update", help="change a key's scopes, models, limits, expiry or Ollama keys")
-    update.add_argument("name")
+    update = _command(
+        keys,
+        "update",
+        "change a key's scopes, models, limits, expiry or Ollama keys",
+        _UPDATE_EXAMPLES,
+        description="Change what is given; everything else stays as it is.",
+    )
     add_policy_options(update, update=True)
-    update.add_argument("--json", action="store_true")
-    update.set_defaults(handler=_update)
-
-    revoke = keys.add_parser("revoke", help="revoke a key (it stops working within seconds)")
-    revoke.add_argument("name")
-    revoke.set_defaults(handler=_revoke)
-
-    rotate = keys.add_parser("rotate", help="issue a new secret for a key; the old one stops working")
-    rotate.add_argument("name")
-    rotate.add_argument("--json", action="store_true")
-    rotate.set_defaults(handler=_rotate)
+    revoke = _command(keys, "revoke", "revoke a key (it stops working within seconds)", ["alice"])
+    rotate = _command(keys, "rotate", "issue a new secret for a key; the old one stops working", ["alice"])
+    for parser in (show, update, revoke, rotate):
+        parser.add_argument("name", help=_NAME)
+    for action, parser in keys.choices.items():
+        if action != "revoke":
+            parser.add_argument("--json", action="store_true", help=_JSON)
+        parser.set_defaults(handler=_HANDLERS[action])
 
 
 def _change(args: argparse.Namespace) -> KeyChange:
@@ -144,8 +205,15 @@ def _change(args: argparse.Namespace) -> KeyChange:
 
 
 @contextmanager
-def _admin(settings: Settings) -> Iterator[KeyAdmin]:
+def _admin(settings: Settings, *, create: bool = False) -> Iterator[KeyAdmin]:
+    if create:
+        path = database_file(settings.database_url)
+        new = not path.exists()
+    else:
+        path, new = existing_database(settings.database_url), False
     store = open_keystore(settings.database_url)
+    if create:
+        say_database(path, created=new)
     try:
         yield KeyAdmin(store)
     finally:
@@ -153,7 +221,7 @@ def _admin(settings: Settings) -> Iterator[KeyAdmin]:
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
-    with _admin(settings) as admin:
+    with _admin(settings, create=True) as admin:
         outcome = admin.create(args.name, _change(args))
     _print_secret(outcome, args.json)
     return 0
@@ -165,12 +233,12 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps([describe(record) for record in records], indent=2))
         return 0
-    print(f"{'NAME':<20} {'ID':<8} {'STATUS':<8} {'SCOPES':<22} {'MODELS':<24} LAST USED")
+    print(f"{'NAME':<20} {'ID':<8} {'STATUS':<8} {'SCOPES':<22} {'MODELS':<24} {'EXPIRES':<20} LAST USED")
     for record in records:
         info = describe(record)
         print(
             f"{record.name:<20} {record.id:<8} {info['status']:<8} {','.join(info['scopes']):<22} "
-            f"{','.join(record.models) or '*':<24} {info['last_used_at'] or '-'}"
+            f"{_models(record.models):<24} {info['expires_at'] or 'never':<20} {info['last_used_at'] or '-'}"
         )
     return 0
 
@@ -203,18 +271,37 @@ def _rotate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_HANDLERS = {
+    "create": _create,
+    "list": _list,
+    "show": _show,
+    "update": _update,
+    "revoke": _revoke,
+    "rotate": _rotate,
+}
+
+
 def _print_record(record: KeyRecord, as_json: bool) -> None:
     info = describe(record)
     if as_json:
         print(json.dumps(info, indent=2))
         return
     for field, value in info.items():
-        if field == "ollama_keys":
+        if field == "models":
+            value = _models(value)
+        elif field == "expires_at":
+            value = value or "never"
+        elif field == "ollama_keys":
             value = [f"{key['fingerprint']} {key['comment']}".strip() for key in value]
         shown = ", ".join(value) if isinstance(value, list) else value
         if isinstance(value, dict):
             shown = ", ".join(f"{name}={item}" for name, item in value.items())
         print(f"{field + ':':<14}{shown if shown not in (None, '') else '-'}")
+
+
+def _models(models: Sequence[str]) -> str:
+    """A key's models as both listings show them: ``*`` when it may use every model."""
+    return ",".join(models) or "*"
 
 
 def _print_secret(outcome: Outcome, as_json: bool) -> None:

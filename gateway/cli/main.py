@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.cli import keys, upstreams, usage
+from gateway.cli import config, keys, upstreams, usage
+from gateway.cli.where import NoDatabase
 from gateway.database import DatabaseError, DatabaseUnusable
 from gateway.errors import DatabaseFailed
 from gateway.fleet.config import FleetConfigError
@@ -21,7 +22,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.runtime.server import serve
 
     overrides = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
-    return serve(settings.model_copy(update=overrides) if overrides else settings)
+    return serve(settings.model_copy(update=overrides) if overrides else settings, warnings=config.setting_warnings())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_commands(commands)
     usage.add_commands(commands)
     upstreams.add_commands(commands)
+    config.add_commands(commands)
     return parser
 
 
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # GATEWAY_DATABASE_URL names a file that cannot be used: configuration, like the above.
         print(f"ollama-gateway: {error}", file=sys.stderr)
         return 2
-    except (KeyStoreError, DatabaseError, DatabaseFailed) as error:
+    except (KeyStoreError, DatabaseError, DatabaseFailed, NoDatabase) as error:
         print(f"ollama-gateway: error: {error}", file=sys.stderr)
         return 1
     return result

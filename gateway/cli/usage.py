@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from gateway.cli.argument import argument
-from gateway.database import sqlite_path
+from gateway.cli.where import existing_database
 from gateway.settings import Settings
 from gateway.usage.report import (
     COLUMNS,
@@ -59,11 +59,8 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     except InvalidUsageQuery as error:
         print(f"ollama-gateway: error: {error}", file=sys.stderr)
         return 2
-    path = sqlite_path(settings.database_url)
-    if not path.exists():
-        # Opening would create an empty database and report zeros for a mistyped path.
-        print(f"ollama-gateway: error: no database at {path}", file=sys.stderr)
-        return 1
+    # Opening a missing file would create an empty database and report zeros for a mistyped path.
+    existing_database(settings.database_url)
     store = open_usage_store(settings.database_url)
     try:
         result = report(store, query)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gateway.ollama.surfaces import is_forwarded
 from gateway.proxy.upstream import address
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -45,6 +46,14 @@ def check_url(value: str) -> str:
         parts.port  # noqa: B018 - a bad port raises only when read
     except ValueError:
         raise ValueError("has an invalid port") from None
+    suffix = parts.path.rstrip("/").rpartition("/")[2]
+    if suffix and is_forwarded(f"/{suffix}/"):
+        # The gateway forwards /api/chat as <base>/api/chat: a base ending in /api (or /v1) would
+        # send every request to /api/api/chat, and every one would fail as a 404.
+        base = value.rstrip("/")[: -len(suffix) - 1]
+        raise ValueError(
+            f"must be Ollama's base URL, without /{suffix}: {base} (the gateway adds /api/… and /v1/… itself)"
+        )
     return value.rstrip("/")
 
 

@@ -40,9 +40,12 @@ class ModelName:
     @property
     def short(self) -> str:
         """The shortest spelling Ollama would display (e.g. ``llama3.2:latest``)."""
-        prefix = (
-            "" if (self.host, self.namespace) == (DEFAULT_HOST, DEFAULT_NAMESPACE) else f"{self.host}/{self.namespace}/"
-        )
+        # As Ollama's DisplayShortest: the default host goes unsaid, and then the library namespace
+        # too (acme/custom-model:latest, never registry.ollama.ai/acme/custom-model:latest).
+        if self.host != DEFAULT_HOST:
+            prefix = f"{self.host}/{self.namespace}/"
+        else:
+            prefix = "" if self.namespace == DEFAULT_NAMESPACE else f"{self.namespace}/"
         return f"{prefix}{self.model}:{self.tag}"
 
     @property

@@ -4,6 +4,8 @@ streaming needs."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
@@ -73,8 +75,10 @@ def check_database(settings: Settings) -> None:
         database.close()
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, *, warnings: Sequence[str] = ()) -> int:
     configure_logging(settings.log_level)
+    for line in warnings:
+        logging.getLogger("gateway").warning("%s", line)
     check_database(settings)
     if settings.workers > 1:
         # Each worker reads the upstream list itself: a bad one must stop start-up here, once.

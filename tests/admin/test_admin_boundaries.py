@@ -38,7 +38,9 @@ def cli(
             code = main(list(args))
         except SystemExit as exited:
             code = int(exited.code or 0)
-        return code, capsys.readouterr().err
+        # Less the line naming the database, which every command prints first.
+        err = capsys.readouterr().err
+        return code, err.removeprefix(f"ollama-gateway: database {database_url.removeprefix('sqlite:///')}\n")
 
     return run
 

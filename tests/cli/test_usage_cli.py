@@ -40,14 +40,14 @@ def report(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     return run
 
 
-def test_table_by_key_with_totals(report) -> None:
+def test_table_by_key_with_totals(report, tmp_path: Path) -> None:
     assert report() == (
         0,
         "KEY    REQUESTS  PROMPT TOKENS  COMPLETION TOKENS  ERRORS\n"
         "alice         6             50                 20       2\n"
         "bob           5             45                 18       2\n"
         "TOTAL        11             95                 38       4\n",
-        "",
+        f"ollama-gateway: database {tmp_path / 'gateway.db'}\n",
     )
 
 
@@ -85,11 +85,11 @@ def test_json(report) -> None:
     }
 
 
-def test_csv(report) -> None:
+def test_csv(report, tmp_path: Path) -> None:
     assert report("--csv", "--by", "day", "--until", "2026-01-02") == (
         0,
         "day,requests,prompt_tokens,completion_tokens,errors\n2026-01-01,4,35,14,1\n2026-01-02,2,20,8,0\n",
-        "",
+        f"ollama-gateway: database {tmp_path / 'gateway.db'}\n",
     )
 
 
@@ -124,7 +124,7 @@ def test_a_missing_database_is_not_created(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GATEWAY_DATABASE_URL", f"sqlite:///{missing}")
     assert main(["usage"]) == 1
-    assert capsys.readouterr().err == f"ollama-gateway: error: no database at {missing}\n"
+    assert capsys.readouterr().err.startswith(f"ollama-gateway: error: no database at {missing} (")
     assert not missing.exists()
 
 

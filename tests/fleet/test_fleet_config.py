@@ -149,7 +149,7 @@ def test_start_up_names_every_server_and_the_list_replaces_the_one_url(database_
         lines[1]
         .rstrip()
         .endswith(
-            f"forwarding to b (http://127.0.0.1:{absent}), which does not answer "
+            f"forwarding to b (http://127.0.0.1:{absent}) (GATEWAY_UPSTREAMS), which does not answer "
             f"(upstream 127.0.0.1:{absent} unavailable: Connection refused): requests get 502"
         )
     )

@@ -26,7 +26,7 @@ from tests.servers import ROOT, free_port, gateway_process, stop_process
 
 pytestmark = pytest.mark.timeout(30)
 
-NO_KEY = "no API key exists yet, so every request gets 401: create one with `ollama-gateway keys create <name>`"
+NO_KEY = "no API key exists yet, so every request gets 401: create one with `{} keys create <name>`"
 
 
 def test_a_gateway_without_ollama_or_keys_says_so(database_url: str) -> None:
@@ -37,10 +37,66 @@ def test_a_gateway_without_ollama_or_keys_says_so(database_url: str) -> None:
         line = gateway.stderr.wait_for("forwarding to")
         assert line.startswith("WARNING:")
         assert line.rstrip().endswith(
-            f"forwarding to {upstream}, which does not answer "
+            f"forwarding to {upstream} (GATEWAY_UPSTREAM_URL), which does not answer "
             f"(upstream 127.0.0.1:{port} unavailable: Connection refused): requests get 502"
         )
-        assert gateway.stderr.wait_for(NO_KEY).startswith("WARNING:")
+        # Run as ``python -m gateway``: the hint is this interpreter's, runnable as printed.
+        assert gateway.stderr.wait_for(NO_KEY.format(f"{sys.executable} -m gateway")).startswith("WARNING:")
+
+
+def test_one_server_that_was_down_is_named_when_it_answers(database_url: str) -> None:
+    port = free_port()
+    env = {"GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{port}", "GATEWAY_DATABASE_URL": database_url}
+    with gateway_process(env) as gateway, FakeOllama([], port=port):
+        line = gateway.stderr.wait_for("answers now")
+    assert line.rstrip().endswith(f"gateway: http://127.0.0.1:{port} answers now: Ollama 0.33.0")
+
+
+def test_a_host_that_does_not_resolve_is_named_with_its_setting(database_url: str) -> None:
+    env = {"GATEWAY_UPSTREAM_URL": "http://no-such-host.invalid:11434", "GATEWAY_DATABASE_URL": database_url}
+    with gateway_process(env) as gateway:
+        line = gateway.stderr.wait_for("forwarding to")
+        gateway.stop()
+    assert line.startswith("WARNING:")
+    assert (
+        "forwarding to http://no-such-host.invalid:11434 (GATEWAY_UPSTREAM_URL), which does not answer (upstream "
+        in line
+    )
+    assert "unavailable: the host name no-such-host.invalid does not resolve (" in line
+
+
+@pytest.mark.parametrize("suffix", ["/api", "/api/", "/v1", "/ollama/v1"])
+def test_an_upstream_url_ending_in_api_or_v1_is_refused_with_the_base_url(suffix: str, tmp_path: Path) -> None:
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")},
+        "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:11434{suffix}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+    )
+    last = suffix.rstrip("/").rpartition("/")[2]
+    base = "http://127.0.0.1:11434" + suffix.rstrip("/")[: -len(last) - 1]
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"ollama-gateway: invalid configuration: GATEWAY_UPSTREAM_URL: Value error, must be Ollama's base URL, "
+        f"without /{last}: {base} (the gateway adds /api/… and /v1/… itself)\n"
+    )
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_hint_names_the_installed_command_by_its_path_when_it_is_not_on_path(tmp_path: Path) -> None:
+    program = Path(sys.executable).parent / "ollama-gateway"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{free_port()}",
+        "GATEWAY_DATABASE_URL": "sqlite:///./gw.db",
+    }
+    with gateway_process(env, cwd=tmp_path, program=(str(program),), inherit=False) as gateway:
+        hint = gateway.stderr.wait_for("no API key")
+    assert hint.rstrip().endswith(NO_KEY.format(program))
+    assert [line for line in gateway.stderr.lines if "database" in line] == [
+        f"INFO:     gateway: keys and usage are in the database {tmp_path.resolve() / 'gw.db'}\n"
+    ]
 
 
 def test_a_healthy_start_names_the_upstream_and_its_version(fake: FakeOllama, database_url: str) -> None:

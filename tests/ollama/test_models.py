@@ -101,3 +101,16 @@ def test_body_facts_keep_what_the_policies_read_and_nothing_large() -> None:
         facts.string("name")
     with pytest.raises(KeyError):
         facts.string("keep_alive")
+
+
+@pytest.mark.parametrize(
+    ("name", "short"),
+    [
+        ("llama3.2", "llama3.2:latest"),
+        ("acme/custom-model:latest", "acme/custom-model:latest"),
+        ("registry.ollama.ai/acme/x:1", "acme/x:1"),
+        ("example.com:5000/team/m:v2", "example.com:5000/team/m:v2"),
+    ],
+)
+def test_the_shortest_spelling_is_ollamas(name: str, short: str) -> None:
+    assert parse_model(name).short == short

@@ -295,7 +295,10 @@ def test_the_cli_attaches_shows_and_detaches_ollama_keys(
     # A public key belongs to one key at most.
     taken = _cli(database_url, "create", "bob", "--ollama-key", signer.line)
     assert taken.returncode == 1
-    assert taken.stderr == f"ollama-gateway: error: the Ollama key {fingerprint} already belongs to the key 'alice'\n"
+    assert (
+        taken.stderr.splitlines()[-1]
+        == f"ollama-gateway: error: the Ollama key {fingerprint} already belongs to the key 'alice'"
+    )
     # Not an Ed25519 key line: refused with the reason, nothing created.
     bad = _cli(database_url, "create", "carol", "--ollama-key", "ssh-rsa AAAAB3NzaC1yc2E= carol")
     assert bad.returncode == 2

@@ -10,6 +10,7 @@ same whichever upstream client is configured.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -54,7 +55,11 @@ def unreachable(where: str, error: OSError | None = None) -> UpstreamUnavailable
     """
     if error is None:
         return UpstreamUnavailable(f"upstream {where} closed the connection before answering")
-    if isinstance(error, ssl.SSLError):
+    if isinstance(error, socket.gaierror):
+        # The OS's words ("Name or service not known") name no host: say which name did not resolve.
+        host = where.rpartition(":")[0].strip("[]")
+        reason = f"the host name {host} does not resolve ({error.strerror or error})"
+    elif isinstance(error, ssl.SSLError):
         # Its errno is OpenSSL's, not the OS's: "CERTIFICATE_VERIFY_FAILED", not "Operation not permitted".
         reason = error.reason or str(error) or "TLS handshake failed"
     elif error.errno is not None and error.errno > 0:
