@@ -40,6 +40,9 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) $(NGINX) chromium
+	@# The gateway installed as the image and the systemd recipe install it (tests/shipped.py;
+	@# cached by what they install, so usually instant), built before the suite rather than in it.
+	$(BIN)/python -m tests.shipped
 	$(BIN)/pytest
 
 # nginx for the test that streams through the shipped nginx config: Debian's binary unpacked
