@@ -221,22 +221,22 @@ class Authenticator:
 
 
 def _query_values(query: bytes, name: bytes) -> list[str]:
-    values = []
-    for pair in query.split(b"&"):
-        key, _, value = pair.partition(b"=")
-        if unquote_to_bytes(key.replace(b"+", b" ")) == name:
-            values.append(unquote_to_bytes(value.replace(b"+", b" ")).decode("latin-1"))
-    return values
+    return [_decoded(value).decode("latin-1") for key, _, value in _pairs(query) if _decoded(key) == name]
 
 
 def without_ts(query: bytes) -> bytes:
     """The query with its ``ts`` parameters removed (a signed request's, never meant for Ollama);
     every other pair kept as it was sent."""
-    return b"&".join(
-        pair
-        for pair in query.split(b"&")
-        if pair and unquote_to_bytes(pair.partition(b"=")[0].replace(b"+", b" ")) != b"ts"
-    )
+    return b"&".join(pair for pair in query.split(b"&") if pair and _decoded(pair.partition(b"=")[0]) != b"ts")
+
+
+def _pairs(query: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    return [pair.partition(b"=") for pair in query.split(b"&")]
+
+
+def _decoded(part: bytes) -> bytes:
+    """A query key or value as a form decodes it (``+`` is a space, then percent-escapes)."""
+    return unquote_to_bytes(part.replace(b"+", b" "))
 
 
 def _agent(headers: Headers) -> str:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import BodyTooLarge, GatewayError
@@ -106,7 +107,7 @@ class ForwardedRoutes:
                 admitted.append((policy, await policy.admit(flow, inbound)))
                 if flow.answer is not None:
                     # A policy answered for Ollama (``/api/me``): nothing is forwarded.
-                    await self._answer_locally(flow, flow.answer, rid, send)
+                    await self._answer(flow, flow.answer, rid)(scope, receive, send)
                     return
             plain = path if _PLAIN_PATH.fullmatch(path) else quote(path, safe=_SAFE_PATH_CHARS)
             target = plain + ("?" + flow.query.decode() if flow.query else "")
@@ -190,18 +191,13 @@ class ForwardedRoutes:
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _answer_locally(self, flow: Flow, body: bytes, rid: bytes, send: Send) -> None:
+    def _answer(self, flow: Flow, body: bytes, rid: bytes) -> Response:
+        """A JSON answer of the gateway's own, framed as a refusal is (``_refusal``)."""
+        response = Response(body, 200, media_type="application/json; charset=utf-8")
+        response.raw_headers.extend([(b"x-request-id", rid), _overhead_header(flow), *flow.response_headers])
         flow.status = 200
         flow.bytes_out = len(body)
-        headers: Headers = [
-            (b"content-type", b"application/json; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", rid),
-            _overhead_header(flow),
-            *flow.response_headers,
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        return response
 
     def _refusal(self, flow: Flow, error: GatewayError, rid: bytes) -> ErrorResponse:
         response = ErrorResponse(
