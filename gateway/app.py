@@ -156,6 +156,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     if settings.redis_url:
         checks["redis"] = limiter_check(limiter)
 
+    listening = asyncio.Event()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
         await database.call(database.open)
@@ -166,6 +168,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         # In the background: a slow upstream must not hold up the listener.
         report = asyncio.get_running_loop().create_task(
             report_start(
+                listening,
                 fleet,
                 keyring,
                 database=database.path,
@@ -214,7 +217,13 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         if not settings.admin_address:
             api.mount("/admin", admin)
     return Gateway(
-        api, forwarded, metrics, metrics_app, admin if settings.admin_address else None, close_usage=ledger.close
+        api,
+        forwarded,
+        metrics,
+        metrics_app,
+        admin if settings.admin_address else None,
+        close_usage=ledger.close,
+        listening=listening,
     )
 
 
