@@ -109,6 +109,30 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX ollama_keys_key ON ollama_keys (key_id);
     """,
+    # 6: a change feed. Every write to a key (from the gateway, the CLI, or by hand) stamps its row
+    # with the counter's new value, moved inside the write's transaction, so stamps commit in their
+    # order; a deleted key leaves its id and stamp behind. The keyring then reads only the rows
+    # stamped since it last looked. Recording last use is not a change.
+    """
+    ALTER TABLE keys ADD COLUMN change INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX keys_change ON keys (change);
+    CREATE TABLE removed_keys (id TEXT PRIMARY KEY, change INTEGER NOT NULL);
+    CREATE INDEX removed_keys_change ON removed_keys (change);
+    CREATE TRIGGER keys_created AFTER INSERT ON keys BEGIN
+        UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
+        UPDATE keys SET change = (SELECT value FROM meta WHERE name = 'keys_version') WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER keys_changed AFTER UPDATE ON keys
+    WHEN NEW.change IS OLD.change AND NEW.last_used_at IS OLD.last_used_at BEGIN
+        UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
+        UPDATE keys SET change = (SELECT value FROM meta WHERE name = 'keys_version') WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER keys_removed AFTER DELETE ON keys BEGIN
+        UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
+        INSERT OR REPLACE INTO removed_keys (id, change)
+            VALUES (OLD.id, (SELECT value FROM meta WHERE name = 'keys_version'));
+    END;
+    """,
 )
 
 
@@ -355,6 +379,17 @@ def migrate(connection: sqlite3.Connection) -> None:
         if version > len(MIGRATIONS):
             raise DatabaseError(f"database schema {version} is newer than this gateway ({len(MIGRATIONS)})")
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in filter(str.strip, script.split(";")):
+            for statement in _statements(script):
                 connection.execute(statement)
             connection.execute(f"PRAGMA user_version={number}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """A script's statements; a trigger's body (``BEGIN ... END``) holds semicolons of its own."""
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                yield statement
+            statement = ""
