@@ -81,8 +81,10 @@ class UsageQueryResult:
     fill_s: float
     endpoints: list[Figure]
     cli: list[Figure]
-    stream_gap_alone_ms: float  # the largest gap between two tokens of the stream alone
-    stream_gap_loaded_ms: float  # the same while the chart's requests run back to back
+    # The largest gap between two tokens of the stream, per round: alone, and while the chart's
+    # requests run back to back (``chart_loads`` times in all); rounds alternate.
+    stream_gap_alone_ms: Spread
+    stream_gap_loaded_ms: Spread
     chart_loads: int
 
 
@@ -217,6 +219,7 @@ def measure(
     models: int = 10,
     repeats: int = 5,
     stall_seconds: float = 10.0,
+    rounds: int = 3,
     pinning: Pinning | None = None,
 ) -> UsageQueryResult:
     pinning = pinning or choose(True)
@@ -234,9 +237,13 @@ def measure(
         gateway.start()  # opens (and migrates) the filled database
         target = Target("gateway", "127.0.0.1", gateway.port, gateway.key)
         endpoints = asyncio.run(_endpoints(target, gateway.pid, repeats))
-        alone, _ = asyncio.run(_largest_gap(target, stall_seconds, load=False))
-        loaded, loads = asyncio.run(_largest_gap(target, stall_seconds, load=True))
-    return UsageQueryResult(rows, round(fill_s, 1), endpoints, cli, round(alone, 1), round(loaded, 1), loads)
+        alone, loaded, loads = [], [], 0
+        for _ in range(rounds):
+            alone.append(asyncio.run(_largest_gap(target, stall_seconds, load=False))[0])
+            gap, count = asyncio.run(_largest_gap(target, stall_seconds, load=True))
+            loaded.append(gap)
+            loads += count
+    return UsageQueryResult(rows, round(fill_s, 1), endpoints, cli, Spread.of(alone), Spread.of(loaded), loads)
 
 
 def _table(result: UsageQueryResult) -> str:
@@ -247,8 +254,8 @@ def _table(result: UsageQueryResult) -> str:
     for figure in [*result.endpoints, *result.cli]:
         lines.append(f"{figure.name:<40} {_spread(figure.cpu_ms):>26} {_spread(figure.wall_ms):>26}")
     lines.append(
-        f"largest gap of a 50 ms stream: {result.stream_gap_alone_ms} ms alone, "
-        f"{result.stream_gap_loaded_ms} ms while the chart loaded {result.chart_loads} times"
+        f"largest gap of a 50 ms stream, ms: {_spread(result.stream_gap_alone_ms)} alone, "
+        f"{_spread(result.stream_gap_loaded_ms)} while the chart loaded ({result.chart_loads} times)"
     )
     return "\n".join(lines)
 
@@ -264,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--stall-seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3, help="of the stall, alone and loaded")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     pinning = choose(True)
@@ -276,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             models=args.models,
             repeats=args.repeats,
             stall_seconds=args.stall_seconds,
+            rounds=args.rounds,
             pinning=pinning,
         )
     print(json.dumps(asdict(result), indent=2) if args.json else _table(result))

@@ -167,7 +167,9 @@ class SqliteUsageStore:
     ) -> DailyTokens:
         """Prompt plus completion tokens per day and key name or model, at most ``max_days`` days
         (the last) and ``max_series`` series: past that, the ``max_series - 1`` largest over those
-        days (ties by name) and the rest as one. Bounded queries, on one snapshot."""
+        days (ties by name) and the rest as one. Bounded queries, on one snapshot. Names are
+        ordered by code point, as Python orders them (SQLite's BINARY collation of UTF-8;
+        PostgreSQL needs ``COLLATE "C"`` for that)."""
         source = _Source.of(by, key_name)
         # The days with usage: those of the key's roll-up for one key, else the smaller roll-up's.
         days_from = "usage_key_days" if key_name is not None else "usage_model_days"
@@ -196,24 +198,21 @@ class SqliteUsageStore:
                 ]
                 other = len(largest) > max_series
                 named = sorted(largest[: max_series - 1] if other else largest)
-                if not other:
-                    cells = connection.execute(
-                        f"SELECT day, {source.column}, {_TOKENS} FROM {source.table} {kept_where} "  # noqa: S608
-                        f"GROUP BY day, {source.column}",
+                # With more series than named: only the named series' rows (a key's range of the
+                # primary key, a model's row of each day), and each day's total over all of them,
+                # read from the smaller roll-up: the rest is the difference.
+                only_named = f"AND {source.column} IN ({', '.join('?' * len(named))})" if other else ""
+                cells = connection.execute(
+                    f"SELECT day, {source.column}, {_TOKENS} FROM {source.table} {kept_where} {only_named} "  # noqa: S608
+                    f"GROUP BY day, {source.column}",
+                    [*kept_parameters, *(named if other else [])],
+                ).fetchall()
+                totals = None
+                if other:
+                    totals = connection.execute(
+                        f"SELECT day, {_TOKENS} FROM {days_from} {kept_where} GROUP BY day",  # noqa: S608
                         kept_parameters,
                     ).fetchall()
-                    return DailyTokens(days, len(found) > max_days, named, cells, None)
-                # Only the named series' rows (their key's range of the primary key, or their
-                # model's rows of a day), and the day's total over all: the rest is the difference.
-                cells = connection.execute(
-                    f"SELECT day, {source.column}, {_TOKENS} FROM {source.table} {kept_where} "  # noqa: S608
-                    f"AND {source.column} IN ({', '.join('?' * len(named))}) GROUP BY day, {source.column}",
-                    [*kept_parameters, *named],
-                ).fetchall()
-                totals = connection.execute(
-                    f"SELECT day, {_TOKENS} FROM {days_from} {kept_where} GROUP BY day",  # noqa: S608
-                    kept_parameters,
-                ).fetchall()
                 return DailyTokens(days, len(found) > max_days, named, cells, totals)
 
         return self._database.run(query)
@@ -232,7 +231,8 @@ def open_usage_store(database_url: str) -> SqliteUsageStore:
 
 @contextlib.contextmanager
 def _snapshot(connection: sqlite3.Connection) -> Iterator[None]:
-    """A read transaction: its queries see the same rows, whatever another process writes."""
+    """A read transaction: its queries see the same rows, whatever another process writes (in
+    WAL mode SQLite's reads see one snapshot; PostgreSQL needs ISOLATION LEVEL REPEATABLE READ)."""
     connection.execute("BEGIN")
     try:
         yield
