@@ -16,12 +16,12 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from bench.children import Child
@@ -158,12 +158,14 @@ class GatewayServer:
             self.version = _cli(self._env, self._workdir, "--version").stdout.strip()
             self.key, self.key_note = _create_key(self._env, self._workdir)  # the key is a secret: never reported
         else:
-            # Another configuration of the same gateway: a copy of ``like``'s database, so the same
-            # key, without three more CLI runs (a second each).
-            for suffix in ("", "-wal"):
-                source = like._workdir / f"{DATABASE}{suffix}"
-                if source.exists():
-                    shutil.copyfile(source, self._workdir / f"{DATABASE}{suffix}")
+            # Another configuration of the same gateway: a copy of ``like``'s database (SQLite's
+            # online backup: consistent while ``like`` runs), so the same key, without three more
+            # CLI runs (a second each).
+            with (
+                closing(sqlite3.connect(like._workdir / DATABASE)) as source,
+                closing(sqlite3.connect(self._workdir / DATABASE)) as copy,
+            ):
+                source.backup(copy)
             self.commands, self.version = like.commands, like.version
             self.key, self.key_note = like.key, like.key_note
         self._child: Child | None = None
@@ -217,8 +219,9 @@ def running_gateway(
     extra: Mapping[str, str],
     log: Path | None,
     name: str = "gateway",
+    like: GatewayServer | None = None,
 ) -> Iterator[GatewayServer]:
-    server = GatewayServer(upstream, workdir, pinning, extra, log, name)
+    server = GatewayServer(upstream, workdir, pinning, extra, log, name, like=like)
     try:
         server.start()
         yield server

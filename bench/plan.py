@@ -121,7 +121,7 @@ class ScalePlan:
     # ``key_window`` seconds of paced requests while a key changes once a second; creates through
     # KeyAdmin
     key_counts: tuple[int, ...] = (10, 10_000, 100_000)
-    key_quiet_window: float = 6.0
+    key_quiet_window: float = 4.5
     key_window: float = 3.0
     key_creates: int = 3
     # paced requests beside key changes: clients, each sending one small chat every ``paced_every`` s
@@ -129,14 +129,14 @@ class ScalePlan:
     paced_every: float = 0.02
     # models the upstream lists; GET /api/tags in a closed loop for this long, per key
     model_counts: tuple[int, ...] = (10, 1000)
-    listing_seconds: float = 2.0
+    listing_seconds: float = 1.5
     listing_concurrency: int = 4
     # usage rows (250 keys x 10 models at most, as many days as it takes); sequential calls per endpoint
     usage_rows: tuple[int, ...] = (1_000, 1_000_000)
-    usage_calls: int = 3
+    usage_calls: int = 2
     # upstreams behind the gateway; small chats at this concurrency for this long
     upstream_counts: tuple[int, ...] = (1, 3, 10)
-    upstream_seconds: float = 2.0
+    upstream_seconds: float = 1.5
     upstream_concurrency: int = 16
     # concurrent streams, as scenario (b)
     stream_counts: tuple[int, ...] = (100, 500, 1000)

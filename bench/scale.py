@@ -7,6 +7,9 @@ once; every measurement runs on a freshly started gateway, alone on its core, an
 goes through every size in turn, so a slow drift on the machine touches every size alike. The
 figures are compared with the smallest size's (and latencies with a direct connection), per
 repetition, so a cost that grows with the size shows as a ratio (scalereport.py).
+
+It decides what runs when; how one size is measured is scalecases.py's, how a store is filled
+scalestore.py's, and it knows nothing of the gateway beyond its settings and its CLI-made key.
 """
 
 from __future__ import annotations
@@ -226,7 +229,8 @@ async def _one(plan: ScalePlan, size: _Size, rep: int, results: Results) -> None
         change = size.extra_key
 
         async def measure(target: Target, pid: int) -> Figures:
-            await asyncio.sleep(0.5)  # the start's allocations settle before RSS is read
+            if plan.fresh_gateway:
+                await asyncio.sleep(0.5)  # the start's allocations settle before RSS is read
             return await scalecases.keys(plan, target, pid, url, change, rep)
 
     elif size.group == "models":

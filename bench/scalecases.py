@@ -1,11 +1,13 @@
 """The scale scenario's measurements: one size of one thing that grows, on a gateway just started.
 
 Each function measures one size on a running, warmed gateway and returns flat figures (``None``
-where nothing could be measured). CPU comes from /proc: the scheduler's nanosecond account
-(``procstat.task_cpu_ns``) where a cost is far below the 10 ms tick (a key refresh, a usage query
-on few rows), the tick account (``Meter``) over windows of seconds. Key changes and creates go
+where nothing could be measured). CPU is the scheduler's nanosecond account of the gateway's
+threads (``procstat.task_cpu_ns``, ``Meter(precise=True)``): a key refresh or a usage query on few
+rows costs far less than the 10 ms tick of /proc/<pid>/stat. Key changes and creates go
 through ``KeyAdmin`` in a thread of this process, as the CLI makes them; the gateway only sees
 what any other writer's change would show it.
+
+It knows nothing of how the sizes were set up, nor of the report.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ async def paced_direct(plan: ScalePlan, target: Target) -> Figures:
 
 async def listing(plan: ScalePlan, target: Target, pid: int) -> Figures:
     """``GET /api/tags`` in a closed loop: CPU per request and latency p50 (``pid`` 0: direct)."""
-    meter = Meter({"gateway": (pid,) if pid else ()})
+    meter = Meter({"gateway": (pid,) if pid else ()}, precise=True)
     result = await closed_loop(
         target, target.request("GET", "/api/tags"), plan.listing_concurrency, plan.listing_seconds, meter
     )
@@ -213,7 +215,7 @@ async def usage(plan: ScalePlan, target: Target, pid: int, name: str) -> Figures
 
 async def requests(plan: ScalePlan, target: Target, pid: int) -> Figures:
     """Small chats in a closed loop: the gateway's CPU per request."""
-    meter = Meter({"gateway": (pid,)})
+    meter = Meter({"gateway": (pid,)}, precise=True)
     result = await closed_loop(
         target, small_chat(target, "/api/chat"), plan.upstream_concurrency, plan.upstream_seconds, meter
     )
@@ -227,7 +229,7 @@ async def requests(plan: ScalePlan, target: Target, pid: int) -> Figures:
 async def relay(plan: ScalePlan, target: Target, pid: int, fmt: Format, count: int) -> Figures:
     """``count`` concurrent streams, as scenario (b): the gateway's CPU per 1000 relayed chunks."""
     requests = [stream_chat(target, fmt, plan.stream_tokens, plan.token_interval) for _ in range(count)]
-    meter = Meter({"gateway": (pid,)})
+    meter = Meter({"gateway": (pid,)}, precise=True)
     cap = plan.stream_ramp + plan.stream_tokens * plan.token_interval + 30
     result = await streams(target, fmt, requests, plan.stream_tokens, plan.stream_ramp, meter, cap)
     chunks = result.chunks

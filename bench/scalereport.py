@@ -5,6 +5,8 @@ Markdown table that can be pasted as it is.
 A ratio is the ratio of the medians; its range is that of the per-repetition ratios (each size's
 figure against the smallest size's in the same repetition), so a regression shows as a ratio
 that grew, whatever the machine's speed that day.
+
+Pure: it measures nothing and starts nothing.
 """
 
 from __future__ import annotations
