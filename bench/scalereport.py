@@ -70,9 +70,9 @@ ROWS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
         ("sse_chunks_lost", "chunks lost, SSE", ()),
     ),
 }
-# Below this a figure is within the noise of how it is measured, and no ratio is taken to it: a key
-# refresh at 10 keys costs less than the idle gateway's own CPU varies over the window (a few
-# tenths of a ms per change).
+# Below this a figure is within the noise of how it is measured, and ratios are taken to this
+# instead: a key refresh at 10 keys costs less than the idle gateway's own CPU varies over the
+# window (a few tenths of a ms per change).
 NOISE_FLOOR = {"refresh_cpu_ms_per_change": 0.5}
 Runs = Mapping[tuple[str, int, str], Sequence[Mapping[str, float | None]]]
 
@@ -81,20 +81,20 @@ def _compare(
     values: Sequence[float | None], bases: Sequence[float | None], ratio: bool, floor: float = 0.0
 ) -> dict[str, Any] | None:
     """``values`` over ``bases`` (a ratio, or a difference): of the medians, and the range of the
-    per-repetition comparisons; no ratio to a base at or below ``floor``."""
+    per-repetition comparisons; a ratio is to ``floor`` where the base is below it."""
     top, bottom = spread(values), spread(bases)
-    if top is None or bottom is None or (ratio and bottom.median <= floor):
+    if top is None or bottom is None or (ratio and max(bottom.median, floor) <= 0):
         return None
 
     def one(value: float | None, base: float | None) -> float | None:
-        if value is None or base is None or (ratio and base <= floor):
+        if value is None or base is None or (ratio and max(base, floor) <= 0):
             return None
-        return value / base if ratio else value - base
+        return value / max(base, floor) if ratio else value - base
 
     per_rep = spread([one(value, base) for value, base in zip(values, bases, strict=False)])
     if per_rep is None:
         return None
-    headline = top.median / bottom.median if ratio else top.median - bottom.median
+    headline = top.median / max(bottom.median, floor) if ratio else top.median - bottom.median
     return {"of_medians": headline, "min": per_rep.low, "max": per_rep.high}
 
 
@@ -199,7 +199,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     floors = ", ".join(f"{figure} {floor:g} ms" for figure, floor in NOISE_FLOOR.items())
-    lines += [f"No ratio is taken to a smallest size within the measurement's noise ({floors}).", ""]
+    lines += [f"Ratios are taken to no less than the measurement's noise ({floors}).", ""]
     if report["error"]:
         lines += [f"**Incomplete:** {report['error']}", ""]
     return "\n".join(lines)
