@@ -26,7 +26,7 @@ from gateway.ollama.surfaces import classify, unchecked
 from gateway.proxy.clientaddr import ClientResolver
 from gateway.proxy.headers import Headers, header, upstream_request_headers
 from gateway.proxy.inbound import ClientDisconnected, Inbound
-from gateway.proxy.relay import Chain, relay
+from gateway.proxy.relay import WRITER_EXTENSION, Chain, relay
 from gateway.proxy.upstream import Outbound, UpstreamResponse
 from gateway.routes.cors import Cors
 from gateway.routes.drain import Drain, Stop
@@ -136,6 +136,7 @@ class ForwardedRoutes:
                 observer=flow,
                 stop=stop,
                 transform=Chain(flow.transforms) if flow.transforms else None,
+                writer=scope.get("extensions", {}).get(WRITER_EXTENSION),
             )
         except GatewayError as error:
             flow.fail(error)
