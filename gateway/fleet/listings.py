@@ -7,7 +7,6 @@ server's (the listing filter runs on whatever this returns)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 
 from packaging.version import InvalidVersion, Version
@@ -15,7 +14,8 @@ from packaging.version import InvalidVersion, Version
 from gateway.errors import GatewayError, UpstreamConnectTimeout, UpstreamNotReached, UpstreamUnavailable
 from gateway.fleet import Fleet, Member
 from gateway.fleet.member import version_text
-from gateway.ollama.models import InvalidModelName, parse_model
+from gateway.ollama.listjson import entry_name, read, write
+from gateway.ollama.models import listed_model
 from gateway.ollama.surfaces import Fleetwide, Route
 from gateway.proxy.headers import Headers
 from gateway.proxy.upstream import Outbound, UpstreamResponse, fetch
@@ -59,7 +59,7 @@ class FleetListing:
             raise UpstreamUnavailable(f"no upstream answered {self._route} ({self._fleet.reasons()})")
         kind = self._kind
         if kind is Fleetwide.VERSION:
-            return Answer(200, _json({"version": lowest(answers)}))
+            return Answer(200, write({"version": lowest(answers)}))
         field, name_key = ("data", "id") if kind is Fleetwide.OPENAI_MODELS else ("models", "model")
         merged = merge(answers, field, name_key)
         if kind is Fleetwide.NEWEST_MODELS:
@@ -68,8 +68,8 @@ class FleetListing:
             merged.sort(key=_modified, reverse=True)
         if kind is Fleetwide.OPENAI_MODELS:
             # Ollama's own quirk, kept: an empty model list is null here, [] elsewhere.
-            return Answer(200, _json({"object": "list", "data": merged or None}))
-        return Answer(200, _json({"models": merged}))
+            return Answer(200, write({"object": "list", "data": merged or None}))
+        return Answer(200, write({"models": merged}))
 
     async def _ask(self, member: Member) -> object | None:
         """One server's answer, or None; only a server that cannot be reached is marked down (one
@@ -78,7 +78,7 @@ class FleetListing:
             async with asyncio.timeout(self._fleet.probe_timeout):
                 # On the watcher's connections: a listing must not wait behind busy generations.
                 status, body = await fetch(member.probe, self._route, limit=_LIMIT)
-            answer: object = json.loads(body) if status == 200 else None
+            answer: object = read(body) if status == 200 else None
         except (UpstreamNotReached, UpstreamConnectTimeout) as error:
             self._fleet.mark_down(member, error.message)
             return None
@@ -97,13 +97,11 @@ def merge(answers: list[object], field: str, name_key: str) -> list[object]:
     for answer in answers:
         entries = answer.get(field) if isinstance(answer, dict) else None
         for entry in entries if isinstance(entries, list) else ():
-            name = entry.get(name_key) or entry.get("name") if isinstance(entry, dict) else None
-            if not isinstance(name, str):
+            name = entry_name(entry, name_key)
+            if name is None:
                 continue
-            try:
-                key = str(parse_model(name))
-            except InvalidModelName:
-                key = name
+            model = listed_model(name)
+            key = name if model is None else str(model)
             if key not in seen:
                 seen.add(key)
                 merged.append(entry)
@@ -122,10 +120,6 @@ def lowest(answers: list[object]) -> str:
     if versions:
         return min(versions)[1]
     return texts[0] if texts else "0.0.0"
-
-
-def _json(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _modified(entry: object) -> str:
