@@ -15,8 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.errors import UpstreamBroken
+from gateway.fleet.listings import Answer
 from gateway.ollama import listjson
 from gateway.ollama.models import ModelPattern, listed_model, matcher
+from gateway.proxy.upstream import UpstreamResponse, read_whole
 
 # Who sees what: a key's globs, and whether cloud models may be listed.
 Sight = tuple[tuple[ModelPattern, ...], bool]
@@ -27,25 +30,32 @@ _MEMO_LISTINGS = 8
 # What remembering one sight's answer holds besides its bytes (the key, the dict slot): counted,
 # so that many keys with globs of their own are bounded by the budget too.
 _SIGHT_BYTES = 256
+# Far past any real listing (1,000 models: ~340 KB), as the fleet's own listings are read.
+_LISTING_LIMIT = 16 * 1024 * 1024
 
 
 class ListingFilter:
-    """A body transform: collects the (small) listing and re-emits it with entries removed.
-
-    Anything that is not a listing (an error body, say) is passed on unchanged.
+    """The listing one key may see: read whole, then answered with its entries removed and its
+    exact length (a ``Rewrite``); anything that is not a listing (an error body, say) is passed on
+    unchanged. A HEAD answer has no body to read: there it is a body transform, so that the
+    length of the whole listing is not given away.
     """
 
     def __init__(self, memo: ListingMemo, patterns: tuple[ModelPattern, ...], *, allow_cloud: bool) -> None:
         self._memo = memo
         self._sight: Sight = (patterns, allow_cloud)
-        self._chunks: list[bytes] = []
+
+    async def answer(self, response: UpstreamResponse) -> UpstreamResponse:
+        raw = await read_whole(response, _LISTING_LIMIT + 1)
+        if len(raw) > _LISTING_LIMIT:
+            raise UpstreamBroken(f"upstream listing is larger than {_LISTING_LIMIT // (1024 * 1024)} MiB")
+        return Answer(response.status, self._memo.filtered(raw, self._sight), response.headers)
 
     def feed(self, data: bytes) -> bytes:
-        self._chunks.append(data)
         return b""
 
     def end(self) -> bytes:
-        return self._memo.filtered(b"".join(self._chunks), self._sight)
+        return b""
 
 
 def filtered(raw: bytes, sight: Sight) -> bytes:

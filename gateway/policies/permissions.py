@@ -54,7 +54,11 @@ class ModelPolicy:
         route = flow.route
         restricted = bool(principal.patterns) or not self._allow_cloud
         if route.listing and restricted:
-            flow.transforms.append(ListingFilter(self._listings, principal.patterns, allow_cloud=self._allow_cloud))
+            listing = ListingFilter(self._listings, principal.patterns, allow_cloud=self._allow_cloud)
+            if flow.method == "HEAD":
+                flow.transforms.append(listing)
+            else:
+                flow.rewrite = listing
         if route.json_body and flow.body is None:
             # The model must come from the body: checking without it would allow any model.
             raise RuntimeError(f"{route.name}: model permissions checked before the body was read")

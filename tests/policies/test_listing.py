@@ -1,0 +1,195 @@
+"""Listings at 1,000 models, on real sockets: what needs no filtering is upstream's bytes, what
+does is filtered exactly, and a listing that changes is filtered afresh."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import httpx
+import pytest
+
+from tests.conftest import gateway_settings, issue_key
+from tests.fake_ollama import FakeOllama
+from tests.servers import RunningGateway, gateway_thread
+
+pytestmark = pytest.mark.timeout(60)
+
+COUNT = 1000
+# Kinds of names by index: library, namespaced, another host, and a cloud model now and then.
+GLOBS = ("m00*", "acme/*", "hf.co/*/*", "llama3.2:*", "m09*")
+
+
+def listed(count: int = COUNT, *, cloud: bool = False) -> list[str]:
+    names = []
+    for index in range(count):
+        kind = index % 4
+        if kind == 0:
+            names.append(f"m{index:04d}:latest")
+        elif kind == 1:
+            names.append(f"acme/custom-{index:04d}:q4_k_m")
+        elif kind == 2:
+            names.append(f"hf.co/org{index % 7}/model-{index:04d}:Q4_K_M")
+        elif cloud and index % 100 == 3:
+            names.append(f"remote-{index:04d}:Cloud" if index % 200 == 3 else f"big-{index:04d}:120b-cloud")
+        else:
+            names.append(f"family{index % 13}-{index:04d}:{index % 5}b")
+    return names
+
+
+def under_globs(name: str) -> bool:
+    """GLOBS, spelled out by hand: the test's own account of what they let through."""
+    return (
+        name.startswith(("m00", "m09"))
+        or name.startswith("acme/")
+        or name.startswith("hf.co/")
+        or name.startswith("llama3.2:")
+    )
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeOllama]:
+    with FakeOllama(listed(cloud=True)) as fake:
+        fake.load("m0000")
+        fake.load("acme/custom-0001:q4_k_m")
+        fake.load("family7-0007:2b")
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def sides(upstream: FakeOllama, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RunningGateway]]:
+    """A key with no globs through a gateway as configured by default (cloud models hidden) and
+    through one that allows them; a key with five globs through the first."""
+    database_url = f"sqlite:///{tmp_path_factory.mktemp('listing') / 'gateway.db'}"
+    everything = issue_key(database_url, "everything")
+    globbed = issue_key(database_url, "five-globs", models=GLOBS)
+    with ExitStack() as stack:
+        running = {}
+        for name, allow_cloud in (("default", False), ("cloud", True)):
+            settings = gateway_settings(upstream_url=upstream.url, database_url=database_url, allow_cloud=allow_cloud)
+            running[name] = stack.enter_context(gateway_thread(settings))
+            running[name].key = everything
+        first = running["default"]
+        running["globs"] = RunningGateway(first.url, first.app, first.server, globbed)
+        yield running
+
+
+def _direct(upstream: FakeOllama, path: str) -> httpx.Response:
+    return httpx.get(upstream.url + path, timeout=10)
+
+
+@pytest.mark.parametrize("path", ["/api/tags", "/api/ps", "/v1/models"])
+def test_an_unrestricted_listing_is_upstreams_bytes(
+    upstream: FakeOllama, sides: dict[str, RunningGateway], path: str
+) -> None:
+    # Where cloud models are allowed, nothing is filtered: upstream's answer, framing and all.
+    direct = _direct(upstream, path)
+    side = sides["cloud"]
+    answer = httpx.get(side.url + path, headers=side.auth, timeout=10)
+    assert (answer.status_code, answer.content) == (200, direct.content)
+    assert answer.headers.get("content-length") == direct.headers.get("content-length")
+    assert answer.headers["content-type"] == direct.headers["content-type"]
+    if path != "/api/ps":
+        assert len(json.loads(direct.content)["models" if path == "/api/tags" else "data"]) == COUNT
+
+
+@pytest.mark.parametrize("path", ["/api/tags", "/api/ps", "/v1/models"])
+def test_a_listing_with_nothing_to_hide_is_upstreams_bytes_with_its_exact_length(
+    upstream: FakeOllama, sides: dict[str, RunningGateway], path: str
+) -> None:
+    # Cloud models hidden (the default), and none listed: nothing to remove, upstream's bytes,
+    # sent with their length even where upstream sent them chunked (Go does past 4 KB).
+    upstream.models = [name for name in listed(cloud=True) if "cloud" not in name.lower()]
+    try:
+        direct = _direct(upstream, path)
+        side = sides["default"]
+        answer = httpx.get(side.url + path, headers=side.auth, timeout=10)
+    finally:
+        upstream.models = listed(cloud=True)
+    assert (answer.status_code, answer.content) == (200, direct.content)
+    assert answer.headers["content-type"] == direct.headers["content-type"]
+    assert answer.headers["content-length"] == str(len(direct.content))
+
+
+def test_cloud_models_are_left_out_where_not_allowed_and_the_rest_kept_as_upstream_wrote_them(
+    upstream: FakeOllama, sides: dict[str, RunningGateway]
+) -> None:
+    entries = _direct(upstream, "/api/tags").json()["models"]
+    side = sides["default"]
+    answer = httpx.get(side.url + "/api/tags", headers=side.auth, timeout=10)
+    kept = answer.json()["models"]
+    assert [entry["name"] for entry in entries if "cloud" in entry["name"].lower()] == [
+        f"remote-{index:04d}:Cloud" if index % 200 == 3 else f"big-{index:04d}:120b-cloud"
+        for index in range(3, COUNT, 100)
+    ]
+    assert kept == [entry for entry in entries if "cloud" not in entry["name"].lower()]
+    assert len(kept) == COUNT - 10
+    assert answer.headers["content-length"] == str(len(answer.content))
+
+
+@pytest.mark.parametrize("path", ["/api/tags", "/v1/models"])
+def test_a_listing_is_filtered_exactly_by_five_globs(
+    upstream: FakeOllama, sides: dict[str, RunningGateway], path: str
+) -> None:
+    field, name_key = ("models", "name") if path == "/api/tags" else ("data", "id")
+    direct = _direct(upstream, path).json()
+    side = sides["globs"]
+    answer = httpx.get(side.url + path, headers=side.auth, timeout=10)
+    assert answer.status_code == 200
+    assert answer.headers["content-length"] == str(len(answer.content))
+    filtered = answer.json()
+    expected = [entry for entry in direct[field] if under_globs(entry[name_key])]
+    assert filtered[field] == expected
+    # 25 + 25 of m00*/m09*, 250 acme/, 250 hf.co/: every one of them, in upstream's order.
+    assert len(expected) == 550
+    if path == "/v1/models":
+        assert list(filtered) == ["object", "data"]
+        assert filtered["object"] == "list"
+        assert set(expected[0]) == {"id", "object", "created", "owned_by"}
+
+
+def test_a_changed_listing_is_filtered_afresh_and_each_key_sees_its_own(
+    upstream: FakeOllama, sides: dict[str, RunningGateway]
+) -> None:
+    side, everything = sides["globs"], sides["default"]
+
+    def names(who: RunningGateway) -> list[str]:
+        return [
+            entry["name"] for entry in httpx.get(who.url + "/api/tags", headers=who.auth, timeout=10).json()["models"]
+        ]
+
+    before = names(side)
+    assert len(before) == 550
+    upstream.models = ["acme/new:latest", "m0999:latest", "qwen3:latest", "llama3.2:1b", "x-cloud:latest"]
+    try:
+        # Newest first: the fake installs them a minute apart, in this order.
+        assert names(side) == ["acme/new:latest", "m0999:latest", "llama3.2:1b"]
+        assert names(everything) == ["acme/new:latest", "m0999:latest", "qwen3:latest", "llama3.2:1b"]
+    finally:
+        upstream.models = listed(cloud=True)
+    assert names(side) == before
+
+
+def test_an_error_answer_is_relayed_as_upstream_wrote_it(
+    upstream: FakeOllama, sides: dict[str, RunningGateway]
+) -> None:
+    upstream.configure(status=500, error="listing failed", paths=frozenset({"/api/tags"}))
+    try:
+        direct = _direct(upstream, "/api/tags")
+        side = sides["globs"]
+        answer = httpx.get(side.url + "/api/tags", headers=side.auth, timeout=10)
+    finally:
+        upstream.configure(status=None, error=None, paths=None)
+    assert (answer.status_code, answer.content) == (500, direct.content)
+    assert answer.content == b'{"error":"listing failed"}'
+
+
+def test_head_gives_away_no_length_of_what_the_key_may_not_see(
+    upstream: FakeOllama, sides: dict[str, RunningGateway]
+) -> None:
+    side = sides["globs"]
+    answer = httpx.head(side.url + "/api/tags", headers=side.auth, timeout=10)
+    assert answer.status_code == 200
+    assert answer.content == b""
+    assert "content-length" not in answer.headers
