@@ -39,8 +39,9 @@ FAKE_READY = "fake ollama ports"
 GLOBS = ("m00*", "acme/*", "hf.co/*/*", "llama3.2:*", "m09*")
 
 
-def model_names(count: int) -> list[str]:
-    """``count`` distinct names in the spellings a real server lists (library, namespaced, other host)."""
+def model_names(count: int, *, cloud: bool = False) -> list[str]:
+    """``count`` distinct names in the spellings a real server lists (library, namespaced, other
+    host), newest first; with ``cloud``, one in a hundred a cloud model (``:Cloud``, ``-cloud``)."""
     names = []
     for index in range(count):
         kind = index % 4
@@ -50,6 +51,8 @@ def model_names(count: int) -> list[str]:
             names.append(f"acme/custom-{index:04d}:q4_k_m")
         elif kind == 2:
             names.append(f"hf.co/org{index % 7}/model-{index:04d}:Q4_K_M")
+        elif cloud and index % 100 == 3:
+            names.append(f"remote-{index:04d}:Cloud" if index % 200 == 3 else f"big-{index:04d}:120b-cloud")
         else:
             names.append(f"family{index % 13}-{index:04d}:{index % 5}b")
     return names

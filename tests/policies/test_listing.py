@@ -10,6 +10,7 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
+from bench.listingcost import GLOBS, model_names
 from tests.conftest import gateway_settings, issue_key
 from tests.fake_ollama import FakeOllama
 from tests.servers import RunningGateway, gateway_thread
@@ -17,29 +18,11 @@ from tests.servers import RunningGateway, gateway_thread
 pytestmark = pytest.mark.timeout(60)
 
 COUNT = 1000
-# Kinds of names by index: library, namespaced, another host, and a cloud model now and then.
-GLOBS = ("m00*", "acme/*", "hf.co/*/*", "llama3.2:*", "m09*")
-
-
-def listed(count: int = COUNT, *, cloud: bool = False) -> list[str]:
-    names = []
-    for index in range(count):
-        kind = index % 4
-        if kind == 0:
-            names.append(f"m{index:04d}:latest")
-        elif kind == 1:
-            names.append(f"acme/custom-{index:04d}:q4_k_m")
-        elif kind == 2:
-            names.append(f"hf.co/org{index % 7}/model-{index:04d}:Q4_K_M")
-        elif cloud and index % 100 == 3:
-            names.append(f"remote-{index:04d}:Cloud" if index % 200 == 3 else f"big-{index:04d}:120b-cloud")
-        else:
-            names.append(f"family{index % 13}-{index:04d}:{index % 5}b")
-    return names
 
 
 def under_globs(name: str) -> bool:
     """GLOBS, spelled out by hand: the test's own account of what they let through."""
+    assert GLOBS == ("m00*", "acme/*", "hf.co/*/*", "llama3.2:*", "m09*")
     return (
         name.startswith(("m00", "m09"))
         or name.startswith("acme/")
@@ -50,7 +33,7 @@ def under_globs(name: str) -> bool:
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeOllama]:
-    with FakeOllama(listed(cloud=True)) as fake:
+    with FakeOllama(model_names(COUNT, cloud=True)) as fake:
         fake.load("m0000")
         fake.load("acme/custom-0001:q4_k_m")
         fake.load("family7-0007:2b")
@@ -100,13 +83,13 @@ def test_a_listing_with_nothing_to_hide_is_upstreams_bytes_with_its_exact_length
 ) -> None:
     # Cloud models hidden (the default), and none listed: nothing to remove, upstream's bytes,
     # sent with their length even where upstream sent them chunked (Go does past 4 KB).
-    upstream.models = [name for name in listed(cloud=True) if "cloud" not in name.lower()]
+    upstream.models = [name for name in model_names(COUNT, cloud=True) if "cloud" not in name.lower()]
     try:
         direct = _direct(upstream, path)
         side = sides["default"]
         answer = httpx.get(side.url + path, headers=side.auth, timeout=10)
     finally:
-        upstream.models = listed(cloud=True)
+        upstream.models = model_names(COUNT, cloud=True)
     assert (answer.status_code, answer.content) == (200, direct.content)
     assert answer.headers["content-type"] == direct.headers["content-type"]
     assert answer.headers["content-length"] == str(len(direct.content))
@@ -167,7 +150,7 @@ def test_a_changed_listing_is_filtered_afresh_and_each_key_sees_its_own(
         assert names(side) == ["acme/new:latest", "m0999:latest", "llama3.2:1b"]
         assert names(everything) == ["acme/new:latest", "m0999:latest", "qwen3:latest", "llama3.2:1b"]
     finally:
-        upstream.models = listed(cloud=True)
+        upstream.models = model_names(COUNT, cloud=True)
     assert names(side) == before
 
 
