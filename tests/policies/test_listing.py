@@ -4,15 +4,16 @@ does is filtered exactly, and a listing that changes is filtered afresh."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 import pytest
 
 from bench.listingcost import GLOBS, model_names
-from tests.conftest import gateway_settings, issue_key
-from tests.fake_ollama import FakeOllama
+from tests.conftest import Fleetside, gateway_settings, issue_key
+from tests.fake_ollama import FakeOllama, catalog
 from tests.servers import RunningGateway, gateway_thread
 
 pytestmark = pytest.mark.timeout(60)
@@ -176,3 +177,46 @@ def test_head_gives_away_no_length_of_what_the_key_may_not_see(
     assert answer.status_code == 200
     assert answer.content == b""
     assert "content-length" not in answer.headers
+
+
+def test_a_listing_goes_out_as_upstream_escaped_it(
+    upstream: FakeOllama, sides: dict[str, RunningGateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Go's encoder writes "<", ">" and "&" as \u003c, \u003e, \u0026: parsing and writing the
+    # listing again would change its bytes, relaying it does not.
+    monkeypatch.setitem(catalog._PROFILES, "odd", ("llama <3> & co", "1B", "Q4_0", ("completion",)))
+    upstream.models = ["odd:latest", *model_names(COUNT - 1)]
+    try:
+        direct = _direct(upstream, "/api/tags")
+        side = sides["default"]
+        answer = httpx.get(side.url + "/api/tags", headers=side.auth, timeout=10)
+    finally:
+        upstream.models = model_names(COUNT, cloud=True)
+    assert b'"family":"llama \\u003c3\\u003e \\u0026 co"' in direct.content
+    assert (answer.status_code, answer.content) == (200, direct.content)
+
+
+def test_a_fleets_merged_listing_at_1000_models(make_fleet: Callable[..., Fleetside], tmp_path: Path) -> None:
+    names = model_names(2 * COUNT)
+    # Overlapping halves: b lists a's newer half again, and 500 of its own.
+    side = make_fleet({"a": names[:COUNT], "b": names[COUNT // 2 : COUNT + COUNT // 2], "c": names[COUNT:]})
+    direct = {name: httpx.get(fake.url + "/api/tags", timeout=10).json()["models"] for name, fake in side.fakes.items()}
+    first: dict[str, dict[str, object]] = {}
+    for server in ("a", "b", "c"):
+        for entry in direct[server]:
+            first.setdefault(entry["name"], entry)
+    # One entry per name, the first server's, the most recently modified first (ties in order).
+    expected = sorted(first.values(), key=lambda entry: str(entry["modified_at"]), reverse=True)
+    assert len(expected) == 2 * COUNT
+    url = side.gateway.url
+    merged = httpx.get(url + "/api/tags", headers=side.auth(), timeout=10)
+    assert merged.json() == {"models": expected}
+    globbed = issue_key(f"sqlite:///{tmp_path / 'gateway.db'}", "five-globs", models=GLOBS)
+    tags = httpx.get(url + "/api/tags", headers=side.auth(globbed), timeout=10).json()
+    assert tags == {"models": [entry for entry in expected if under_globs(str(entry["name"]))]}
+    models = httpx.get(url + "/v1/models", headers=side.auth(globbed), timeout=10).json()
+    assert models["object"] == "list"
+    assert sorted(entry["id"] for entry in models["data"]) == sorted(
+        str(entry["name"]) for entry in expected if under_globs(str(entry["name"]))
+    )
+    assert merged.headers["content-length"] == str(len(merged.content))
