@@ -220,3 +220,8 @@ def test_a_fleets_merged_listing_at_1000_models(make_fleet: Callable[..., Fleets
         str(entry["name"]) for entry in expected if under_globs(str(entry["name"]))
     )
     assert merged.headers["content-length"] == str(len(merged.content))
+    # One server's listing changes: the merge is made again, not remembered.
+    side.fakes["c"].models = ["zz-new:latest"]
+    again = httpx.get(url + "/api/tags", headers=side.auth(), timeout=10).json()["models"]
+    assert {entry["name"] for entry in again} == {*names[: COUNT + COUNT // 2], "zz-new:latest"}
+    assert len(again) == COUNT + COUNT // 2 + 1
