@@ -33,14 +33,13 @@ def write(value: object) -> bytes:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def entries(listing: object) -> tuple[str, str, list[object]] | None:
+def entries(listing: dict[str, object]) -> tuple[str, str, list[object]] | None:
     """Where ``listing`` keeps its entries, which field names their model, and the entries; None
     when it is no listing (an error body, ``"data": null``)."""
-    if isinstance(listing, dict):
-        for field, name_key in FIELDS:
-            found = listing.get(field)
-            if isinstance(found, list):
-                return field, name_key, found
+    for field, name_key in FIELDS:
+        found = listing.get(field)
+        if isinstance(found, list):
+            return field, name_key, found
     return None
 
 

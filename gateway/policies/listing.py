@@ -67,8 +67,7 @@ def filtered(raw: bytes, sight: Sight) -> bytes:
         listing = listjson.read(raw)
     except (ValueError, RecursionError):
         return raw
-    found = listjson.entries(listing)
-    if found is None:
+    if not isinstance(listing, dict) or (found := listjson.entries(listing)) is None:
         return raw
     field_name, name_key, entries = found
     match = matcher(patterns) if patterns else None
@@ -82,7 +81,6 @@ def filtered(raw: bytes, sight: Sight) -> bytes:
             kept.append(entry)
     if len(kept) == len(entries):
         return raw
-    assert isinstance(listing, dict)
     listing[field_name] = kept
     written = listjson.write(listing)
     return written + b"\n" if raw.endswith(b"\n") else written

@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from bench.listingcost import GLOBS, model_names
+from gateway.ollama.models import parse_pattern
+from gateway.policies import listing
 from tests.conftest import Fleetside, gateway_settings, issue_key
 from tests.fake_ollama import FakeOllama, catalog
 from tests.servers import RunningGateway, gateway_thread
@@ -225,3 +227,51 @@ def test_a_fleets_merged_listing_at_1000_models(make_fleet: Callable[..., Fleets
     again = httpx.get(url + "/api/tags", headers=side.auth(), timeout=10).json()["models"]
     assert {entry["name"] for entry in again} == {*names[: COUNT + COUNT // 2], "zz-new:latest"}
     assert len(again) == COUNT + COUNT // 2 + 1
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The listings the memo filters afresh (rather than answers from memory), in order."""
+    calls: list[bytes] = []
+    work = listing.filtered
+
+    def filtered(raw: bytes, sight: listing.Sight) -> bytes:
+        calls.append(raw)
+        return work(raw, sight)
+
+    monkeypatch.setattr(listing, "filtered", filtered)
+    return calls
+
+
+def _tags(*names: str) -> bytes:
+    entries = [{"name": name, "model": name} for name in names]
+    return json.dumps({"models": entries}, separators=(",", ":")).encode()
+
+
+def test_the_memo_answers_an_unchanged_listing_and_forgets_the_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counted(monkeypatch)
+    memo = listing.ListingMemo(listings=2)
+    only_a = ((parse_pattern("a*"),), False)
+    first, second, third = _tags("a1", "b1"), _tags("a2", "b2"), _tags("a3", "b3")
+    assert memo.filtered(first, only_a) == _tags("a1")
+    # Equal bytes in another object: the same listing.
+    assert memo.filtered(bytes(bytearray(first)), only_a) == _tags("a1")
+    assert memo.filtered(first, ((), True)) is first
+    assert calls == [first, first]
+    memo.filtered(second, only_a)
+    memo.filtered(third, only_a)
+    assert memo.filtered(third, only_a) == _tags("a3")
+    assert calls == [first, first, second, third]
+    # Two listings at most: the first was dropped, and is filtered afresh.
+    assert memo.filtered(first, only_a) == _tags("a1")
+    assert calls == [first, first, second, third, first]
+
+
+def test_the_memo_holds_no_more_bytes_than_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counted(monkeypatch)
+    big = [_tags(*(f"a{index}-{n}" for n in range(40)), "b") for index in range(2)]
+    memo = listing.ListingMemo(budget=len(big[0]) * 2, listings=8)
+    only_a = ((parse_pattern("a*"),), False)
+    for raw in (*big, big[1], big[0]):
+        memo.filtered(raw, only_a)
+    # Each listing and its filtered copy fill the budget: the second pushed the first out.
+    assert calls == [big[0], big[1], big[0]]
