@@ -9,6 +9,7 @@ one at a time on one kept-alive connection; CPU is read from /proc before and af
 
     python -m bench.listingcost                  # 10 and 1,000 models, one server and fleets of 3, 10
     python -m bench.listingcost --root /tmp/old  # the same, against another checkout's gateway
+    python -m bench.listingcost --filter         # the filter alone, in-process: cold, changed, unchanged
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ from pathlib import Path
 from bench import procstat
 from bench.children import Child
 from bench.pinning import choose
+from gateway.ollama.models import listed_model, parse_pattern
+from gateway.policies.listing import ListingMemo, filtered
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "Uvicorn running on"
@@ -227,6 +230,40 @@ def listing_cost(
     )
 
 
+def filter_cost(models: int, globs: Sequence[str] = GLOBS, *, repeats: int = 50) -> dict[str, float]:
+    """CPU (ms, median of ``repeats``) the gateway's listing filter spends on one ``/api/tags`` of
+    ``models`` models, in this process: names never seen (parsed), a listing that changed (names
+    known), and one that did not (answered from memory)."""
+    from tests.fake_ollama import FakeOllama  # as in _fake_main
+
+    with FakeOllama(model_names(models)) as fake:
+        connection = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=30)
+        connection.request("GET", "/api/tags")
+        raw = connection.getresponse().read()
+        connection.close()
+    sight = (tuple(parse_pattern(glob) for glob in globs), False)
+    memo = ListingMemo()
+    memo.filtered(raw, sight)
+
+    def first() -> None:
+        listed_model.cache_clear()
+        filtered(raw, sight)
+
+    def timed(work: Callable[[], object]) -> float:
+        spent = []
+        for _ in range(repeats):
+            before = time.process_time()
+            work()
+            spent.append((time.process_time() - before) * 1000)
+        return statistics.median(spent)
+
+    return {
+        "names never seen": timed(first),
+        "listing changed": timed(lambda: filtered(raw, sight)),
+        "listing unchanged": timed(lambda: memo.filtered(bytes(bytearray(raw)), sight)),
+    }
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -242,10 +279,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--models", type=int, nargs="*", default=[10, 1000])
     parser.add_argument("--servers", type=int, nargs="*", default=[1, 3, 10])
     parser.add_argument("--path", nargs="*", default=["/api/tags"])
+    parser.add_argument("--filter", action="store_true", help="only the filter's own CPU, in this process")
     parser.add_argument("--fake", type=int, nargs=2, metavar=("SERVERS", "MODELS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.fake:
         _fake_main(*args.fake)
+        return
+    if args.filter:
+        for models in args.models:
+            for globs in ((), GLOBS):
+                costs = filter_cost(models, globs)
+                figures = ", ".join(f"{what} {ms:.3f} ms" for what, ms in costs.items())
+                print(f"filter, {models} models, {len(globs) or 'no'} globs: {figures}", flush=True)
         return
     for path in args.path:
         for servers in args.servers:
