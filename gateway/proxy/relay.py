@@ -51,7 +51,7 @@ class Stop(Protocol):
 
 
 class BodyTransform(Protocol):
-    """Rewrites a response body on its way out (e.g. a listing filtered per key)."""
+    """Rewrites a response body on its way out (e.g. a stream's added usage frame removed)."""
 
     def feed(self, data: bytes) -> bytes: ...
 

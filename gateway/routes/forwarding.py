@@ -127,8 +127,11 @@ class ForwardedRoutes:
                 raise RuntimeError(f"{route.name}: no policy chose where the request goes")
             flow.forwarded_at = time.perf_counter()
             extra_headers = [(b"x-request-id", rid), _overhead_header(flow), *flow.response_headers]
+            response = await _answer(flow, destination, outbound)
+            if flow.rewrite is not None:
+                response = await flow.rewrite.answer(response)
             await relay(
-                await _answer(flow, destination, outbound),
+                response,
                 inbound,
                 send,
                 dialect=route.dialect,
