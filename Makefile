@@ -43,7 +43,9 @@ unit: $(STAMP) $(NGINX) chromium
 	@# The gateway installed as the image and the systemd recipe install it (tests/shipped.py;
 	@# cached by what they install, so usually instant), built before the suite rather than in it.
 	$(BIN)/python -m tests.shipped
-	$(BIN)/pytest
+	@# Two workers: most tests wait on sockets and processes. A group (xdist_group) runs on one
+	@# worker, one test after another: the benchmark's smoke runs, which load a core each.
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 # nginx for the test that streams through the shipped nginx config: Debian's binary unpacked
 # into the virtualenv (no daemon, nothing installed system-wide). Best effort: without it that

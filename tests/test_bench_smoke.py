@@ -33,6 +33,10 @@ SCALE_SIZES = {
 }
 
 
+# One benchmark at a time (make unit runs two test workers): each loads a core of its own.
+pytestmark = pytest.mark.xdist_group("bench")
+
+
 def _numeric(spread: Any) -> bool:
     return isinstance(spread, dict) and all(
         isinstance(spread[stat], int | float) and math.isfinite(spread[stat]) for stat in ("median", "min", "max")
