@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from gateway.errors import DatabaseFailed, DatabaseUnavailable
 
@@ -53,63 +53,146 @@ CLI_BUSY_TIMEOUT = 10.0
 log = logging.getLogger("gateway.database")
 
 # Written out by hand, never derived: a migration is history, and must read tomorrow as it ran
-# today. The keys table has a column per limit of ``gateway.keys.store.Limits``, named as the
-# limit: a new limit is a new migration adding its column (as 3 did for weight).
-MIGRATIONS: tuple[str, ...] = (
+# today. Each is written once per backend, side by side (SQLite's and PostgreSQL's types and
+# syntax differ), and both backends number them from this one list. The keys table has a column
+# per limit of ``gateway.keys.store.Limits``, named as the limit: a new limit is a new migration
+# adding its column (as 3 did for weight).
+
+
+class Migration(NamedTuple):
+    sqlite: str
+    postgres: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: API keys, and a counter the server polls to notice changes made elsewhere (the CLI, another server).
-    """
-    CREATE TABLE keys (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        digest TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        last_used_at REAL,
-        expires_at REAL,
-        revoked INTEGER NOT NULL DEFAULT 0,
-        scopes TEXT NOT NULL,
-        models TEXT NOT NULL,
-        rpm INTEGER,
-        tpm INTEGER,
-        tpd INTEGER,
-        concurrency INTEGER
-    );
-    CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    INSERT INTO meta (name, value) VALUES ('keys_version', 0);
-    """,
+    Migration(
+        """
+        CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            digest TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            last_used_at REAL,
+            expires_at REAL,
+            revoked INTEGER NOT NULL DEFAULT 0,
+            scopes TEXT NOT NULL,
+            models TEXT NOT NULL,
+            rpm INTEGER,
+            tpm INTEGER,
+            tpd INTEGER,
+            concurrency INTEGER
+        );
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta (name, value) VALUES ('keys_version', 0);
+        """,
+        """
+        CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            digest TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            last_used_at DOUBLE PRECISION,
+            expires_at DOUBLE PRECISION,
+            revoked INTEGER NOT NULL DEFAULT 0,
+            scopes TEXT NOT NULL,
+            models TEXT NOT NULL,
+            rpm BIGINT,
+            tpm BIGINT,
+            tpd BIGINT,
+            concurrency BIGINT
+        );
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+        INSERT INTO meta (name, value) VALUES ('keys_version', 0);
+        """,
+    ),
     # 2: token usage per key, model and UTC day.
-    """
-    CREATE TABLE usage (
-        day TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        key_name TEXT NOT NULL,
-        model TEXT NOT NULL,
-        requests INTEGER NOT NULL DEFAULT 0,
-        prompt_tokens INTEGER NOT NULL DEFAULT 0,
-        completion_tokens INTEGER NOT NULL DEFAULT 0,
-        errors INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (day, key_id, model)
-    );
-    CREATE INDEX usage_key ON usage (key_name, day);
-    """,
+    Migration(
+        """
+        CREATE TABLE usage (
+            day TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            key_name TEXT NOT NULL,
+            model TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, key_id, model)
+        );
+        CREATE INDEX usage_key ON usage (key_name, day);
+        """,
+        """
+        CREATE TABLE usage (
+            day TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            key_name TEXT NOT NULL,
+            model TEXT NOT NULL,
+            requests BIGINT NOT NULL DEFAULT 0,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            errors BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, key_id, model)
+        );
+        CREATE INDEX usage_key ON usage (key_name, day);
+        """,
+    ),
     # 3: a key's share of the upstream when requests queue.
-    """
-    ALTER TABLE keys ADD COLUMN weight INTEGER;
-    """,
+    Migration(
+        """
+        ALTER TABLE keys ADD COLUMN weight INTEGER;
+        """,
+        """
+        ALTER TABLE keys ADD COLUMN weight BIGINT;
+        """,
+    ),
     # 4: one row that readiness checks rewrite, to prove a write reaches the disk.
-    """
-    CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
-    """,
+    Migration(
+        """
+        CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
+        """,
+        """
+        CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at DOUBLE PRECISION NOT NULL);
+        """,
+    ),
     # 5: Ollama public keys, each belonging to one key at most (the blob is the identity).
-    """
-    CREATE TABLE ollama_keys (
-        blob BLOB PRIMARY KEY,
-        key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
-        comment TEXT NOT NULL,
-        added_at REAL NOT NULL
-    );
-    CREATE INDEX ollama_keys_key ON ollama_keys (key_id);
-    """,
+    # PostgreSQL has no rowid: its ``position`` keeps the order keys were added in.
+    Migration(
+        """
+        CREATE TABLE ollama_keys (
+            blob BLOB PRIMARY KEY,
+            key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+            comment TEXT NOT NULL,
+            added_at REAL NOT NULL
+        );
+        CREATE INDEX ollama_keys_key ON ollama_keys (key_id);
+        """,
+        """
+        CREATE TABLE ollama_keys (
+            blob BYTEA PRIMARY KEY,
+            key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+            comment TEXT NOT NULL,
+            added_at DOUBLE PRECISION NOT NULL,
+            position BIGSERIAL NOT NULL
+        );
+        CREATE INDEX ollama_keys_key ON ollama_keys (key_id);
+        """,
+    ),
 )
+
+
+def statements(script: str) -> list[str]:
+    """A migration's statements, one by one (none of them holds a ``;`` of its own)."""
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
+
+
+def check_schema(version: int) -> None:
+    """A database migrated by a newer gateway is refused: its data may mean what this one cannot read."""
+    if version > len(MIGRATIONS):
+        raise DatabaseError(
+            f"the database's schema is version {version}, newer than this gateway's ({len(MIGRATIONS)}): "
+            "run the newer gateway, or restore a backup taken before it migrated"
+        )
 
 
 class Runner(Protocol):
@@ -352,9 +435,8 @@ class Database:
 def migrate(connection: sqlite3.Connection) -> None:
     with transaction(connection):
         version: int = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise DatabaseError(f"database schema {version} is newer than this gateway ({len(MIGRATIONS)})")
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in filter(str.strip, script.split(";")):
+        check_schema(version)
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in statements(migration.sqlite):
                 connection.execute(statement)
             connection.execute(f"PRAGMA user_version={number}")

@@ -41,7 +41,7 @@ def own_command() -> str:
     return f"{shlex.quote(sys.executable)} -m gateway"
 
 
-async def report_start(fleet: Fleet, keyring: Keyring, *, database: Path, setting: str, wait: float) -> None:
+async def report_start(fleet: Fleet, keyring: Keyring, *, database: Path | str, setting: str, wait: float) -> None:
     """The start-up lines; then, for one server that did not answer, a line once it does (a fleet's
     watchers say that for each of its servers). ``setting``: the variable that names the servers."""
     log.info("keys and usage are in the database %s", database)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
-from gateway.database import CLI_BUSY_TIMEOUT, Database, transaction
+from gateway.database import Database, transaction
+
+if TYPE_CHECKING:
+    from gateway.usage.postgres import PostgresUsageStore
+
+    # Either backend's store, as the reports (the CLI, the admin API) use it.
+    ReportStore: TypeAlias = "SqliteUsageStore | PostgresUsageStore"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +130,15 @@ class SqliteUsageStore:
             self._database.close()
 
 
-def open_usage_store(database_url: str) -> SqliteUsageStore:
+def open_usage_store(database_url: str) -> ReportStore:
     """A usage store with a database of its own (the CLI's): closing the store closes it."""
-    database = Database(database_url, busy_timeout=CLI_BUSY_TIMEOUT)
-    database.open()
-    return SqliteUsageStore(database, owned=True)
+    from gateway.databases import open_cli_database
+    from gateway.usage.postgres import PostgresUsageStore
+
+    database = open_cli_database(database_url)
+    if isinstance(database, Database):
+        return SqliteUsageStore(database, owned=True)
+    return PostgresUsageStore(database, owned=True)
 
 
 def _where(since: str | None, until: str | None, key_name: str | None) -> tuple[str, list[str]]:
