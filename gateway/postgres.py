@@ -266,7 +266,8 @@ class PostgresDatabase:
             raise DatabaseFailed(self._reason(error)) from None
 
     def _reason(self, error: Exception) -> str:
-        return self._scrub(str(error).strip() or type(error).__name__)
+        # One line: libpq's messages run over several (a hint on the next).
+        return self._scrub(" ".join(str(error).split()) or type(error).__name__)
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

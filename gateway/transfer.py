@@ -1,0 +1,167 @@
+"""Copying one gateway database into another (SQLite to PostgreSQL to switch an install to
+several replicas, or back): keys (their digests: secrets were never stored), Ollama public keys,
+usage and the metadata, row for row, at the schema both are migrated to.
+
+Idempotent: a row is written only when the target's differs (an upsert whose update is skipped
+for an equal row), and usage rows are set to the source's counts, never added to them, so a
+second run changes nothing and reports 0 changed. Rows only in the target are left alone. When
+keys changed, the target's change counter moves (and, on PostgreSQL, a notice goes out), so
+gateways already running on the target load them. Must not know the stores' record types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.database import Database, transaction
+from gateway.databases import AnyDatabase
+from gateway.postgres import KEYS_CHANNEL
+
+# Usage rows read and written per transaction.
+BATCH = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    key: tuple[str, ...]  # the primary key: conflicts, and the order usage is read in
+    order: str  # how rows are read (public keys: in the order they were added)
+    paged: bool = False
+
+
+# In the order their references need. The keys' change counter (meta) is handled on its own.
+TABLES = (
+    Table("keys", ("id",), "id"),
+    Table("ollama_keys", ("blob",), "added_at, blob"),
+    Table("usage", ("day", "key_id", "model"), "day, key_id, model", paged=True),
+)
+# Columns one backend keeps for itself (PostgreSQL's insertion order of public keys).
+_OWN_COLUMNS = {"position"}
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    table: str
+    rows: int  # read from the source
+    changed: int  # written to the target: new, or different there
+
+
+def copy_database(source: AnyDatabase, target: AnyDatabase) -> list[Copied]:
+    """Copy every table; returns a count per table (and the change counter as ``meta``)."""
+    counts = [_copy_table(source, target, table) for table in TABLES]
+    keys_changed = sum(count.changed for count in counts if count.table in ("keys", "ollama_keys"))
+    counts.append(_copy_counter(source, target, moved=keys_changed > 0))
+    return counts
+
+
+def _copy_table(source: AnyDatabase, target: AnyDatabase, table: Table) -> Copied:
+    columns = [column for column in _columns(source, table.name) if column in set(_columns(target, table.name))]
+    rows = changed = 0
+    for batch in _read(source, table, columns):
+        rows += len(batch)
+        changed += _write(target, table, columns, batch)
+    return Copied(table.name, rows, changed)
+
+
+def _read(database: AnyDatabase, table: Table, columns: list[str]) -> Iterator[list[tuple[Any, ...]]]:
+    """The table's rows, a batch at a time (usage: paged by its key, so no batch holds a year)."""
+    select = f"SELECT {', '.join(columns)} FROM {table.name}"  # noqa: S608
+    if not table.paged:
+        yield database.run(lambda connection: list(connection.execute(f"{select} ORDER BY {table.order}").fetchall()))
+        return
+    mark = _mark(database)
+    after: tuple[Any, ...] | None = None
+    positions = [columns.index(column) for column in table.key]
+    while True:
+        where = "" if after is None else f" WHERE ({', '.join(table.key)}) > ({', '.join([mark] * len(table.key))})"
+        query = f"{select}{where} ORDER BY {table.order} LIMIT {BATCH}"
+
+        def page(connection: Any, query: str = query, after: tuple[Any, ...] | None = after) -> list[tuple[Any, ...]]:
+            return list(connection.execute(query, after or ()).fetchall())
+
+        batch = database.run(page)
+        if not batch:
+            return
+        yield batch
+        if len(batch) < BATCH:
+            return
+        after = tuple(batch[-1][position] for position in positions)
+
+
+def _write(database: AnyDatabase, table: Table, columns: list[str], rows: list[tuple[Any, ...]]) -> int:
+    """Upsert ``rows``; returns how many were new or different."""
+    if not rows:
+        return 0
+    mark = _mark(database)
+    others = [column for column in columns if column not in table.key]
+    differs = "IS NOT" if isinstance(database, Database) else "IS DISTINCT FROM"
+    target = ", ".join(f"{table.name}.{column}" for column in others)
+    incoming = ", ".join(f"excluded.{column}" for column in others)
+    statement = (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) "  # noqa: S608
+        f"ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET "
+        + ", ".join(f"{column} = excluded.{column}" for column in others)
+        + f" WHERE ({target}) {differs} ({incoming})"
+    )
+
+    def upsert(connection: Any) -> int:
+        with _transaction(database, connection):
+            cursor = connection.cursor()
+            try:
+                # Summed over the rows: an update skipped for an equal row counts none.
+                cursor.executemany(statement, rows)
+                return int(cursor.rowcount)
+            finally:
+                cursor.close()
+
+    changed: int = database.run(upsert)
+    return changed
+
+
+def _copy_counter(source: AnyDatabase, target: AnyDatabase, *, moved: bool) -> Copied:
+    """The keys' change counter: at least the source's, and one more when keys changed (running
+    gateways poll it; on PostgreSQL they are also told)."""
+    select = "SELECT value FROM meta WHERE name = 'keys_version'"
+    theirs = source.run(lambda connection: _value(connection, select))
+    mark = _mark(target)
+
+    def update(connection: Any) -> int:
+        with _transaction(target, connection):
+            ours = _value(connection, select)
+            wanted = max(ours, theirs) + (1 if moved else 0)
+            if wanted != ours:
+                connection.execute(f"UPDATE meta SET value = {mark} WHERE name = 'keys_version'", (wanted,))  # noqa: S608
+            if moved and not isinstance(target, Database):
+                connection.execute("SELECT pg_notify(%s, '')", (KEYS_CHANNEL,))
+            return int(wanted != ours)
+
+    return Copied("meta", 1, target.run(update))
+
+
+def _columns(database: AnyDatabase, table: str) -> list[str]:
+    if isinstance(database, Database):
+        rows = database.run(lambda connection: connection.execute(f"PRAGMA table_info({table})").fetchall())
+        return [str(row[1]) for row in rows]
+    rows = database.run(
+        lambda connection: connection.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position",
+            (table,),
+        ).fetchall()
+    )
+    return [str(row[0]) for row in rows if row[0] not in _OWN_COLUMNS]
+
+
+def _value(connection: Any, select: str) -> int:
+    row = connection.execute(select).fetchone()
+    return int(row[0])
+
+
+def _mark(database: AnyDatabase) -> str:
+    return "?" if isinstance(database, Database) else "%s"
+
+
+def _transaction(database: AnyDatabase, connection: Any) -> Any:
+    return transaction(connection) if isinstance(database, Database) else connection.transaction()
