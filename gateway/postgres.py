@@ -207,7 +207,7 @@ class PostgresDatabase:
                     async for message in connection.notifies():
                         notice(message.payload)
             except psycopg.Error as error:
-                reason = self._scrub(str(error).strip() or type(error).__name__)
+                reason = self._reason(error)
                 if failure is None:
                     log.warning(
                         "change notices from the database %s stopped (%s): polling every refresh until they are back",

@@ -148,7 +148,9 @@ def database_check(database: AnyDatabase) -> Check:
             if answer == "ok":
                 log.warning("database %s is writable again", name)
             else:
-                log.error("database %s: %s", name, answer)
+                log.log(
+                    logging.WARNING if answer.startswith("degraded") else logging.ERROR, "database %s: %s", name, answer
+                )
             failure = None if answer == "ok" else answer
         return answer
 
