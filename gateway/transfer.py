@@ -3,8 +3,10 @@ several replicas, or back): keys (their digests: secrets were never stored), Oll
 usage and the metadata, row for row, at the schema both are migrated to.
 
 Idempotent: a row is written only when the target's differs (an upsert whose update is skipped
-for an equal row), and usage rows are set to the source's counts, never added to them, so a
-second run changes nothing and reports 0 changed. Rows only in the target are left alone. When
+for an equal row), so a second run changes nothing and reports 0 written. A usage count becomes
+the larger of the two, never their sum: copying twice counts nothing twice, and never lowers a
+count the target has grown since. Otherwise the source wins. Rows only in the target are left
+alone. When
 keys changed, the target's change counter moves (and, on PostgreSQL, a notice goes out), so
 gateways already running on the target load them. Must not know the stores' record types.
 """
@@ -29,13 +31,21 @@ class Table:
     key: tuple[str, ...]  # the primary key: conflicts, and the order usage is read in
     order: str  # how rows are read (public keys: in the order they were added)
     paged: bool = False
+    # Columns that keep the larger of the target's and the source's value.
+    larger: tuple[str, ...] = ()
 
 
 # In the order their references need. The keys' change counter (meta) is handled on its own.
 TABLES = (
     Table("keys", ("id",), "id"),
     Table("ollama_keys", ("blob",), "added_at, blob"),
-    Table("usage", ("day", "key_id", "model"), "day, key_id, model", paged=True),
+    Table(
+        "usage",
+        ("day", "key_id", "model"),
+        "day, key_id, model",
+        paged=True,
+        larger=("requests", "prompt_tokens", "completion_tokens", "errors"),
+    ),
 )
 # Columns one backend keeps for itself (PostgreSQL's insertion order of public keys).
 _OWN_COLUMNS = {"position"}
@@ -96,14 +106,21 @@ def _write(database: AnyDatabase, table: Table, columns: list[str], rows: list[t
         return 0
     mark = _mark(database)
     others = [column for column in columns if column not in table.key]
-    differs = "IS NOT" if isinstance(database, Database) else "IS DISTINCT FROM"
-    target = ", ".join(f"{table.name}.{column}" for column in others)
-    incoming = ", ".join(f"excluded.{column}" for column in others)
+    sqlite = isinstance(database, Database)
+    differs = "IS NOT" if sqlite else "IS DISTINCT FROM"
+    larger = "MAX" if sqlite else "GREATEST"
+    values = {
+        column: f"{larger}({table.name}.{column}, excluded.{column})"
+        if column in table.larger
+        else f"excluded.{column}"
+        for column in others
+    }
+    current = ", ".join(f"{table.name}.{column}" for column in others)
     statement = (
         f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) "  # noqa: S608
         f"ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET "
-        + ", ".join(f"{column} = excluded.{column}" for column in others)
-        + f" WHERE ({target}) {differs} ({incoming})"
+        + ", ".join(f"{column} = {value}" for column, value in values.items())
+        + f" WHERE ({current}) {differs} ({', '.join(values.values())})"
     )
 
     def upsert(connection: Any) -> int:

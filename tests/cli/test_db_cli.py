@@ -107,6 +107,12 @@ def test_copy_moves_an_install_to_postgresql_idempotently(
         for by in ("key", "model", "day"):
             assert after.report(by=by) == before.report(by=by)
         assert after.daily(by="model") == before.daily(by="model")
+        # The target served more since: copying again lowers nothing and adds nothing.
+        grown = UsageKey("2026-01-01", "id-alice", "alice", "llama3:8b")
+        after.add({grown: UsageCounts(5, 0, 0, 0)})
+        code, out, _ = copy(source, postgres_url, capsys)
+        assert (code, out.splitlines()[2]) == (0, f"usage: {usage_rows} read, 0 written")
+        assert after.report(by="day", until="2026-01-01") == [("2026-01-01", UsageCounts(4 + 5, 40, 12, 4))]
     finally:
         before.close()
         after.close()
