@@ -107,12 +107,16 @@ class PostgresKeyStore:
         if not last_used:
             return
 
+        ids, times = zip(*sorted(last_used.items()), strict=True)
+
         def write(connection: Connection) -> None:
-            with connection.cursor() as cursor:
-                cursor.executemany(
-                    "UPDATE keys SET last_used_at = GREATEST(COALESCE(last_used_at, 0), %s) WHERE id = %s",
-                    [(when, key_id) for key_id, when in sorted(last_used.items())],
-                )
+            # One statement for the batch; only ever later (another replica may have written a
+            # later time), and a row whose time stays is not written at all.
+            connection.execute(
+                "UPDATE keys SET last_used_at = used.at FROM unnest(%s::text[], %s::float8[]) AS used (id, at) "
+                "WHERE keys.id = used.id AND (keys.last_used_at IS NULL OR keys.last_used_at < used.at)",
+                (list(ids), list(times)),
+            )
 
         self._database.run(write)
 

@@ -1,6 +1,7 @@
 """Token usage in PostgreSQL, written by every replica: each flush adds its counts to the rows as
-atomic increments (``INSERT … ON CONFLICT DO UPDATE SET x = x + excluded.x``), so concurrent
-flushes from several replicas sum exactly; and the report queries, as in SQLite."""
+atomic increments (``INSERT … ON CONFLICT DO UPDATE SET x = x + excluded.x``, one statement, so
+one transaction), so concurrent flushes from several replicas sum exactly; and the report
+queries, as in SQLite."""
 
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ if TYPE_CHECKING:
     Connection = psycopg.Connection[Any]
 
 _GROUP_COLUMN = {"key": "key_name", "model": "model", "day": "day"}
+# One statement for a whole batch (arrays unnested into rows): a round trip per flush, not per
+# row. The rows go in key order on every replica, so two flushes touching the same rows wait for
+# each other instead of deadlocking.
 _UPSERT = (
     "INSERT INTO usage (day, key_id, key_name, model, requests, prompt_tokens, completion_tokens, errors) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (day, key_id, model) DO UPDATE SET "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+    "ON CONFLICT (day, key_id, model) DO UPDATE SET "
     "requests = usage.requests + excluded.requests, "
     "prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens, "
     "completion_tokens = usage.completion_tokens + excluded.completion_tokens, "
@@ -36,17 +42,19 @@ class PostgresUsageStore:
     def add(self, rows: Mapping[UsageKey, UsageCounts]) -> None:
         if not rows:
             return
-        # Rows in one order on every replica: two flushes touching the same rows wait for each
-        # other instead of deadlocking.
         ordered = sorted(rows.items(), key=lambda item: (item[0].day, item[0].key_id, item[0].model))
-        values = [
-            (key.day, key.key_id, key.key_name, key.model, c.requests, c.prompt_tokens, c.completion_tokens, c.errors)
-            for key, c in ordered
-        ]
+        columns = list(
+            zip(
+                *(
+                    (k.day, k.key_id, k.key_name, k.model, c.requests, c.prompt_tokens, c.completion_tokens, c.errors)
+                    for k, c in ordered
+                ),
+                strict=True,
+            )
+        )
 
         def upsert(connection: Connection) -> None:
-            with connection.transaction(), connection.cursor() as cursor:
-                cursor.executemany(_UPSERT, values)
+            connection.execute(_UPSERT, [list(column) for column in columns])
 
         self._database.run(upsert)
 
