@@ -174,7 +174,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         await database.call(database.open)
         await keyring.start()
         # Shared with other replicas: their key changes are announced, acted on here at once.
-        notices = KeyNotices(lambda _ids: keyring.catch_up())
+        notices = KeyNotices(lambda ids: keyring.catch_up() if ids is None else keyring.notice(ids))
         listening = (
             asyncio.get_running_loop().create_task(
                 database.listen(KEYS_CHANNEL, notices.notice, reconnected=notices.reconnected)

@@ -156,7 +156,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     # 5: Ollama public keys, each belonging to one key at most (the blob is the identity).
-    # PostgreSQL has no rowid: its ``position`` keeps the order keys were added in.
+    # PostgreSQL has no rowid: a column of that name keeps the order keys were added in.
     Migration(
         """
         CREATE TABLE ollama_keys (
@@ -173,17 +173,66 @@ MIGRATIONS: tuple[Migration, ...] = (
             key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
             comment TEXT NOT NULL,
             added_at DOUBLE PRECISION NOT NULL,
-            position BIGSERIAL NOT NULL
+            rowid BIGSERIAL NOT NULL
         );
         CREATE INDEX ollama_keys_key ON ollama_keys (key_id);
         """,
     ),
+    # 6: a change feed. Every write to a key (from the gateway, the CLI, or by hand) stamps its row
+    # with the counter's new value, moved inside the write's transaction, so stamps commit in their
+    # order; a deleted key leaves its id and stamp behind. The keyring then reads only the rows
+    # stamped since it last looked. Recording last use is not a change. PostgreSQL's triggers also
+    # announce the changed key's id on the channel ``gateway_keys`` (delivered at commit), so
+    # every replica listening looks at once.
+    Migration(
+        """
+        ALTER TABLE keys ADD COLUMN change INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX keys_change ON keys (change);
+        CREATE TABLE removed_keys (id TEXT PRIMARY KEY, change INTEGER NOT NULL);
+        CREATE INDEX removed_keys_change ON removed_keys (change);
+        CREATE TRIGGER keys_created AFTER INSERT ON keys BEGIN
+            UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
+            UPDATE keys SET change = (SELECT value FROM meta WHERE name = 'keys_version') WHERE id = NEW.id;
+        END;
+        CREATE TRIGGER keys_changed AFTER UPDATE ON keys
+        WHEN NEW.change IS OLD.change AND NEW.last_used_at IS OLD.last_used_at BEGIN
+            UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
+            UPDATE keys SET change = (SELECT value FROM meta WHERE name = 'keys_version') WHERE id = NEW.id;
+        END;
+        CREATE TRIGGER keys_removed AFTER DELETE ON keys BEGIN
+            UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
+            INSERT OR REPLACE INTO removed_keys (id, change)
+                VALUES (OLD.id, (SELECT value FROM meta WHERE name = 'keys_version'));
+        END;
+        """,
+        """
+        ALTER TABLE keys ADD COLUMN change BIGINT NOT NULL DEFAULT 0;
+        CREATE INDEX keys_change ON keys (change);
+        CREATE TABLE removed_keys (id TEXT PRIMARY KEY, change BIGINT NOT NULL);
+        CREATE INDEX removed_keys_change ON removed_keys (change);
+        CREATE FUNCTION keys_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE name = 'keys_version' RETURNING value INTO NEW.change;
+            PERFORM pg_notify('gateway_keys', NEW.id);
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER keys_created BEFORE INSERT ON keys FOR EACH ROW EXECUTE FUNCTION keys_stamp();
+        CREATE TRIGGER keys_changed BEFORE UPDATE ON keys FOR EACH ROW
+            WHEN (NEW.change IS NOT DISTINCT FROM OLD.change AND NEW.last_used_at IS NOT DISTINCT FROM OLD.last_used_at)
+            EXECUTE FUNCTION keys_stamp();
+        CREATE FUNCTION keys_unstamp() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE stamp BIGINT;
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE name = 'keys_version' RETURNING value INTO stamp;
+            INSERT INTO removed_keys (id, change) VALUES (OLD.id, stamp)
+                ON CONFLICT (id) DO UPDATE SET change = excluded.change;
+            PERFORM pg_notify('gateway_keys', OLD.id);
+            RETURN OLD;
+        END $$;
+        CREATE TRIGGER keys_removed AFTER DELETE ON keys FOR EACH ROW EXECUTE FUNCTION keys_unstamp();
+        """,
+    ),
 )
-
-
-def statements(script: str) -> list[str]:
-    """A migration's statements, one by one (none of them holds a ``;`` of its own)."""
-    return [statement.strip() for statement in script.split(";") if statement.strip()]
 
 
 def check_schema(version: int) -> None:
@@ -437,6 +486,17 @@ def migrate(connection: sqlite3.Connection) -> None:
         version: int = connection.execute("PRAGMA user_version").fetchone()[0]
         check_schema(version)
         for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in statements(migration.sqlite):
+            for statement in _statements(migration.sqlite):
                 connection.execute(statement)
             connection.execute(f"PRAGMA user_version={number}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """A script's statements; a trigger's body (``BEGIN ... END``) holds semicolons of its own."""
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                yield statement
+            statement = ""

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from gateway.database import MIGRATIONS, DatabaseClosed, DatabaseError, DatabaseUnusable, check_schema, statements
+from gateway.database import MIGRATIONS, DatabaseClosed, DatabaseError, DatabaseUnusable, check_schema
 from gateway.errors import DatabaseFailed, DatabaseUnavailable
 
 if TYPE_CHECKING:
@@ -286,8 +286,9 @@ class PostgresDatabase:
             version = 0 if row is None else int(row[0])
             check_schema(version)
             for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements(migration.postgres):
-                    connection.execute(statement)
+                # The whole script at once (no parameters: the simple protocol runs several
+                # statements, and a function's body keeps its own semicolons).
+                connection.execute(migration.postgres)
                 connection.execute("UPDATE schema_version SET version = %s", (number,))
             if version < len(MIGRATIONS):
                 log.info("migrated the database %s to schema %d", self.where, len(MIGRATIONS))

@@ -6,9 +6,9 @@ Idempotent: a row is written only when the target's differs (an upsert whose upd
 for an equal row), so a second run changes nothing and reports 0 written. A usage count becomes
 the larger of the two, never their sum: copying twice counts nothing twice, and never lowers a
 count the target has grown since. Otherwise the source wins. Rows only in the target are left
-alone. When
-keys changed, the target's change counter moves (and, on PostgreSQL, a notice goes out), so
-gateways already running on the target load them. Must not know the stores' record types.
+alone. Keys
+written are stamped by the target's own triggers (and announced, on PostgreSQL), so gateways
+already running on the target load them. Must not know the stores' record types.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 from gateway.database import Database, transaction
 from gateway.databases import AnyDatabase
-from gateway.postgres import KEYS_CHANNEL
 
 # Usage rows read and written per transaction.
 BATCH = 5000
@@ -47,8 +46,9 @@ TABLES = (
         larger=("requests", "prompt_tokens", "completion_tokens", "errors"),
     ),
 )
-# Columns one backend keeps for itself (PostgreSQL's insertion order of public keys).
-_OWN_COLUMNS = {"position"}
+# Columns each database keeps for itself: PostgreSQL's insertion order of public keys, and the
+# keys' change stamps (the target's triggers stamp what the copy writes, and announce it).
+_OWN_COLUMNS = {"rowid", "change"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +61,7 @@ class Copied:
 def copy_database(source: AnyDatabase, target: AnyDatabase) -> list[Copied]:
     """Copy every table; returns a count per table (and the change counter as ``meta``)."""
     counts = [_copy_table(source, target, table) for table in TABLES]
-    keys_changed = sum(count.changed for count in counts if count.table in ("keys", "ollama_keys"))
-    counts.append(_copy_counter(source, target, moved=keys_changed > 0))
+    counts.append(_copy_counter(source, target))
     return counts
 
 
@@ -137,9 +136,8 @@ def _write(database: AnyDatabase, table: Table, columns: list[str], rows: list[t
     return changed
 
 
-def _copy_counter(source: AnyDatabase, target: AnyDatabase, *, moved: bool) -> Copied:
-    """The keys' change counter: at least the source's, and one more when keys changed (running
-    gateways poll it; on PostgreSQL they are also told)."""
+def _copy_counter(source: AnyDatabase, target: AnyDatabase) -> Copied:
+    """The keys' change counter: at least the source's (it only ever grows)."""
     select = "SELECT value FROM meta WHERE name = 'keys_version'"
     theirs = source.run(lambda connection: _value(connection, select))
     mark = _mark(target)
@@ -147,11 +145,9 @@ def _copy_counter(source: AnyDatabase, target: AnyDatabase, *, moved: bool) -> C
     def update(connection: Any) -> int:
         with _transaction(target, connection):
             ours = _value(connection, select)
-            wanted = max(ours, theirs) + (1 if moved else 0)
+            wanted = max(ours, theirs)
             if wanted != ours:
                 connection.execute(f"UPDATE meta SET value = {mark} WHERE name = 'keys_version'", (wanted,))  # noqa: S608
-            if moved and not isinstance(target, Database):
-                connection.execute("SELECT pg_notify(%s, '')", (KEYS_CHANNEL,))
             return int(wanted != ours)
 
     return Copied("meta", 1, target.run(update))
@@ -160,7 +156,7 @@ def _copy_counter(source: AnyDatabase, target: AnyDatabase, *, moved: bool) -> C
 def _columns(database: AnyDatabase, table: str) -> list[str]:
     if isinstance(database, Database):
         rows = database.run(lambda connection: connection.execute(f"PRAGMA table_info({table})").fetchall())
-        return [str(row[1]) for row in rows]
+        return [str(row[1]) for row in rows if row[1] not in _OWN_COLUMNS]
     rows = database.run(
         lambda connection: connection.execute(
             "SELECT column_name FROM information_schema.columns "

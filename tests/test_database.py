@@ -21,7 +21,7 @@ from gateway.errors import DatabaseFailed, DatabaseUnavailable
 from gateway.keys.keyring import Keyring
 from gateway.keys.management import KeyAdmin
 from gateway.keys.sqlite import SqliteKeyStore
-from gateway.keys.store import KeyRecord, KeyStoreError, open_keystore
+from gateway.keys.store import DuplicateKey, KeyChanges, KeyRecord, open_keystore
 from gateway.routes.endpoints import DATABASE_PROBE_TIMEOUT, database_check
 from gateway.usage.store import SqliteUsageStore, UsageCounts, UsageKey
 from tests.conftest import issue_key
@@ -75,11 +75,8 @@ class _BlockingKeyStore:
         self.writes: list[dict[str, float]] = []
         self._blocked_once = False
 
-    def version(self) -> Hashable:
-        return 1
-
-    def load(self) -> list[KeyRecord]:
-        return []
+    def changes(self, cursor: Hashable | None) -> KeyChanges:
+        return KeyChanges(1, [], full=True)
 
     def record_use(self, last_used: Mapping[str, float]) -> None:
         self.running += 1
@@ -185,7 +182,7 @@ def test_sqlite_errors_leave_the_database_as_the_gateways_own(database_url: str,
         # A refusal of the store itself is not the database's failure: it passes as it is.
         issue_key(database_url, "alice")
         refused = _attempt(lambda: keys.create(KeyRecord(id="", name="alice", digest="", created_at=0.0)))
-        assert (type(refused), str(refused)) == (KeyStoreError, "a key named 'alice' already exists")
+        assert (type(refused), str(refused)) == (DuplicateKey, "a key named 'alice' already exists")
     finally:
         database.close()
 
@@ -201,7 +198,7 @@ def test_a_replaced_file_is_reopened_and_read_anew(database_url: str, tmp_path: 
     usage = SqliteUsageStore(database)
     issue_key(database_url, "alice")
     issue_key(database_url, "bob")
-    before = keys.version()
+    before = keys.changes(None).cursor
     assert {record.name: record.revoked for record in keys.load()} == {"alice": False, "bob": False}
     # A backup in which bob is revoked, moved into place.
     backup = tmp_path / "backup.db"
@@ -210,7 +207,7 @@ def test_a_replaced_file_is_reopened_and_read_anew(database_url: str, tmp_path: 
     KeyAdmin(other).revoke(other.get("bob").id)
     other.close()
     os.replace(backup, path)
-    assert keys.version() != before
+    assert keys.changes(before).full
     assert {record.name: record.revoked for record in keys.load()} == {"alice": False, "bob": True}
     usage.add({ROW: UsageCounts(1, 2, 3, 0)})
     database.close()

@@ -45,7 +45,7 @@ def new(name: str, **fields: Any) -> KeyRecord:
 
 
 def test_a_created_key_reads_back_whole_and_moves_the_version(keys: Any) -> None:
-    before = keys.version()
+    before = keys.changes(None).cursor
     record = new(
         "alice",
         scopes=frozenset({Scope.INFERENCE, Scope.ADMIN}),
@@ -56,7 +56,8 @@ def test_a_created_key_reads_back_whole_and_moves_the_version(keys: Any) -> None
     )
     stored, secret = keys.create(record)
     assert secret
-    assert keys.version() != before
+    changed = keys.changes(before)
+    assert (changed.records, changed.removed, changed.full) == ([stored], [], False)
     assert keys.get("alice") == stored
     assert keys.load() == [stored]
     assert stored.ollama_keys == (ollama_key(1, "laptop"), ollama_key(2))
@@ -76,7 +77,7 @@ def test_names_are_unique_and_unknown_ones_are_refused(keys: Any) -> None:
 
 def test_modify_rewrites_the_policy_and_keeps_the_identity(keys: Any) -> None:
     stored, _ = keys.create(new("alice", ollama_keys=(ollama_key(1),)))
-    version = keys.version()
+    cursor = keys.changes(None).cursor
     before, after = keys.modify(
         stored.id,
         lambda record: replace(
@@ -87,7 +88,7 @@ def test_modify_rewrites_the_policy_and_keeps_the_identity(keys: Any) -> None:
     assert (after.name, after.revoked, after.models) == ("alice", True, ("a",))
     # Public keys read back in the order they were added (the kept one first).
     assert keys.get("alice") == replace(after, ollama_keys=(ollama_key(1), ollama_key(2, "new")))
-    assert keys.version() != version
+    assert keys.changes(cursor).records == [keys.get("alice")]
 
 
 def test_a_public_key_belongs_to_one_key_only(keys: Any) -> None:

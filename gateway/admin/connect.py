@@ -50,10 +50,8 @@ def connect_router(
 
 
 def _owner(store: ManagedKeyStore, public: OllamaKey) -> dict[str, str] | None:
-    for record in KeyAdmin(store).list():
-        if any(key.blob == public.blob for key in record.ollama_keys):
-            return {"id": record.id, "name": record.name}
-    return None
+    record = KeyAdmin(store).owner_of(public)
+    return None if record is None else {"id": record.id, "name": record.name}
 
 
 def _described(public: OllamaKey, request: AccessRequest | None, owner: dict[str, str] | None) -> dict[str, Any]:

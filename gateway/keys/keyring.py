@@ -1,13 +1,17 @@
 """The server's in-memory view of the key store.
 
 Lookups on the request path are a dict access: no database call, nothing that can block the
-event loop. A background task polls the store's change counter (moved by every write: the CLI's,
-the admin API's, another replica's) and reloads when it moves, so created, changed, revoked and
-rotated keys take effect within about one refresh interval. A key the server does not recognise
-(new, or rotated a moment ago) makes it look at the change counter before refusing (one shared
-look at most every ``MISS_RECHECK`` seconds), so a key works the moment the CLI has printed it;
-the admin API makes the same call after each write, so a change acts on this server before its
-answer goes out.
+event loop. A background task asks the store what changed since its cursor (written by the CLI,
+the admin API, another replica) and applies just that, so created, changed, revoked and rotated
+keys take effect within about one refresh interval at a cost proportional to the change, not to
+the number of keys: the read runs on the store's executor, and applying it on the event loop
+touches only the keys it names. A full read (at start, or when the store cannot vouch for the
+cursor: a replaced database file) builds the new maps off the event loop and swaps them in.
+A key the server does not recognise (new, or rotated a moment ago) makes it look at the store
+before refusing (one shared look at most every ``MISS_RECHECK`` seconds), so a key works the
+moment the CLI has printed it; the admin API makes the same call after each write, so a change
+acts on this server before its answer goes out. A change notice from the store (``notice``: a
+PostgreSQL ``NOTIFY`` carrying key ids) goes through the same look; polling heals a lost one.
 Last-use times are collected in memory and written in batches.
 
 Store work runs on the ``executor`` given (the database's own thread in the server). Closing stops
@@ -22,12 +26,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import TypeVar
 
 from gateway.errors import DatabaseFailed
-from gateway.keys.store import KeyRecord, KeyStore
+from gateway.keys.store import KeyChanges, KeyRecord, KeyStore
 
 # Unknown key ids trigger at most one store check per this many seconds, whoever sends them.
 MISS_RECHECK = 0.1
@@ -38,6 +43,15 @@ _STORE_ERRORS = (DatabaseFailed, ValueError)
 log = logging.getLogger("gateway.keys")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Update:
+    """A read of the store, made ready off the event loop: for a full read, the maps to swap in."""
+
+    changes: KeyChanges
+    keys: dict[str, KeyRecord] | None = None
+    owners: dict[bytes, str] | None = None
 
 
 class Keyring:
@@ -55,7 +69,7 @@ class Keyring:
         self._keys: dict[str, KeyRecord] = {}
         # An Ollama public key's SSH blob -> the id of the key it belongs to.
         self._owners: dict[bytes, str] = {}
-        self._version: Hashable = None
+        self._cursor: Hashable | None = None  # the store's, from the last read applied
         self._used: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -113,9 +127,21 @@ class Keyring:
         # One check at a time, shared by the poller and every request that asks meanwhile.
         if self._refreshing is None:
             self._looks += 1
-            self._refreshing = asyncio.get_running_loop().create_task(self._in_thread(self._refresh))
+            self._refreshing = asyncio.get_running_loop().create_task(self._look())
             self._refreshing.add_done_callback(self._refresh_done)
         await asyncio.shield(self._refreshing)
+
+    async def notice(self, key_ids: Collection[str]) -> None:
+        """The store says these keys changed (a change notice, sent once the change committed).
+
+        Answered as a request with an unknown key is: a shared look at the store that begins
+        after this call, reading every change since the cursor (the ids themselves are not
+        trusted to be complete: notices can be lost or merged, which the poller heals)."""
+        if key_ids:
+            await self.catch_up()
+
+    async def _look(self) -> None:
+        self._apply(await self._in_thread(self._refresh))
 
     def _refresh_done(self, task: asyncio.Task[None]) -> None:
         self._refreshing = None
@@ -127,7 +153,7 @@ class Keyring:
 
     async def start(self) -> None:
         self._store = await self._in_thread(self._open_store)
-        await self._in_thread(self._reload)
+        self._apply(await self._in_thread(self._read))
         self._stopping.clear()
         self._task = asyncio.get_running_loop().create_task(self._poll())
 
@@ -175,20 +201,41 @@ class Keyring:
     async def _in_thread(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
-    def _refresh(self) -> None:
+    def _refresh(self) -> _Update:
+        """A look at the store (in the store's thread)."""
         self._reads += 1  # before the read: a change committed before this line is seen
-        if self._opened().version() != self._version:
-            self._reload()
+        return self._read()
 
-    def _reload(self) -> None:
-        store = self._opened()
-        version = store.version()
-        records = store.load()
-        keys = {record.id: record for record in records}
-        owners = {public.blob: record.id for record in records for public in record.ollama_keys}
-        # One assignment each, read together by the event loop (a swap, never a half-built map).
-        self._keys, self._owners = keys, owners
-        self._version = version
+    def _read(self) -> _Update:
+        """What changed since the cursor, ready to apply."""
+        changes = self._opened().changes(self._cursor)
+        if not changes.full:
+            return _Update(changes)
+        keys = {record.id: record for record in changes.records}
+        owners = {public.blob: record.id for record in changes.records for public in record.ollama_keys}
+        return _Update(changes, keys, owners)
+
+    def _apply(self, update: _Update) -> None:
+        """On the event loop: a swap of whole maps, or the changed keys one by one."""
+        if update.keys is not None and update.owners is not None:
+            self._keys, self._owners = update.keys, update.owners
+        else:
+            for key_id in update.changes.removed:
+                self._forget(key_id)
+            for record in update.changes.records:
+                self._forget(record.id)
+                self._keys[record.id] = record
+                for public in record.ollama_keys:
+                    self._owners[public.blob] = record.id
+        self._cursor = update.changes.cursor
+
+    def _forget(self, key_id: str) -> None:
+        old = self._keys.pop(key_id, None)
+        if old is not None:
+            for public in old.ollama_keys:
+                # Unless the public key has moved to another key (applied before this one).
+                if self._owners.get(public.blob) == key_id:
+                    del self._owners[public.blob]
 
     def _opened(self) -> KeyStore:
         if self._store is None:

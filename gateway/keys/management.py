@@ -25,6 +25,7 @@ from gateway.keys.store import (
     LIMIT_KINDS,
     LIMIT_NAMES,
     UNLIMITED,
+    DuplicateKey,
     KeyRecord,
     KeyStoreError,
     LimitKind,
@@ -53,10 +54,6 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 class InvalidKeyRequest(KeyStoreError):
     """The input names an impossible value (a limit, an expiry, a glob, a name)."""
-
-
-class DuplicateKey(KeyStoreError):
-    """A key with that name exists already."""
 
 
 class UnusableKey(KeyStoreError):
@@ -309,8 +306,7 @@ class KeyAdmin:
         check_name(name)
         base = KeyRecord(id="", name=name, digest="", created_at=0.0, scopes=DEFAULT_SCOPES)
         record = apply(change, base)
-        if any(existing.name == name for existing in self._store.load()):
-            raise DuplicateKey(f"a key named {name!r} already exists")
+        # A name taken is refused by the store's unique index (DuplicateKey): no listing needed.
         stored, secret = self._store.create(record)
         return Outcome(stored, ["name", *changes(base, record)], secret)
 
@@ -324,10 +320,11 @@ class KeyAdmin:
             raise UnknownKey(f"no key named {name!r}") from None
 
     def by_id(self, key_id: str) -> KeyRecord:
-        for record in self._store.load():
-            if record.id == key_id:
-                return record
-        raise UnknownKey(f"no key with id {key_id!r}")
+        return self._store.by_id(key_id)
+
+    def owner_of(self, public: OllamaKey) -> KeyRecord | None:
+        """The key an Ollama public key belongs to."""
+        return self._store.owner_of(public.blob)
 
     def update(self, key_id: str, change: KeyChange) -> Outcome:
         return self._modify(key_id, lambda record: apply(change, _unrevoked(record)))

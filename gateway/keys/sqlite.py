@@ -1,17 +1,37 @@
-"""API keys in the embedded SQLite database."""
+"""API keys in the embedded SQLite database.
+
+Every operation on one key is a handful of indexed statements whatever the number of keys: a name
+is unique by the table's index, a key is found by its id or name, and the keyring's change feed
+reads the rows stamped since its cursor (the stamps are written by the triggers of migration 6 in
+``database.py``). Only ``load`` (a listing) and a full ``changes`` read every key.
+
+The statements below are SQLite's, and PostgreSQL's too: its key store (``postgres.py``) runs the
+same helpers on a connection that takes ``?`` placeholders (``Statements``).
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
+from functools import lru_cache
+from typing import Any, Protocol
 
 from gateway.database import Database, transaction
 from gateway.keys import apikey
 from gateway.keys.ollamakey import OllamaKey
-from gateway.keys.store import LIMIT_NAMES, KeyRecord, KeyStoreError, Limits, Scope, UnknownKey
+from gateway.keys.store import (
+    LIMIT_NAMES,
+    DuplicateKey,
+    KeyChanges,
+    KeyRecord,
+    KeyStoreError,
+    Limits,
+    Scope,
+    UnknownKey,
+)
 
 # Every column of a row, the limits last, each named as its limit (the schema itself is written
 # out in database.py's migrations: a new limit needs one adding its column).
@@ -21,6 +41,29 @@ _INSERT = f"INSERT INTO keys ({_COLUMNS}) VALUES ({', '.join('?' * (len(_FIELDS)
 # What a write to an existing key may change: its secret's digest and its policy.
 _CHANGEABLE = ("digest", "expires_at", "revoked", "scopes", "models", *LIMIT_NAMES)
 _UPDATE = f"UPDATE keys SET {', '.join(f'{column} = ?' for column in _CHANGEABLE)} WHERE id = ?"  # noqa: S608
+
+
+class Statements(Protocol):
+    """What the helpers below need of a connection: SQL with ``?`` placeholders, run."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any: ...
+
+
+# Most keys share their scopes, models and limits (the defaults, or a team's policy): each distinct
+# value is built once and shared, rather than held by every key (a frozenset alone is 216 bytes).
+@lru_cache(maxsize=1024)
+def _scopes(text: str) -> frozenset[Scope]:
+    return frozenset(Scope(item) for item in json.loads(text))
+
+
+@lru_cache(maxsize=1024)
+def _models(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+@lru_cache(maxsize=1024)
+def _limits(*values: int | None) -> Limits:
+    return Limits(*values)
 
 
 def _record(row: tuple[object, ...], ollama_keys: tuple[OllamaKey, ...] = ()) -> KeyRecord:
@@ -33,19 +76,18 @@ def _record(row: tuple[object, ...], ollama_keys: tuple[OllamaKey, ...] = ()) ->
         last_used_at=None if last_used is None else float(last_used),  # type: ignore[arg-type]
         expires_at=None if expires is None else float(expires),  # type: ignore[arg-type]
         revoked=bool(revoked),
-        scopes=frozenset(Scope(item) for item in json.loads(str(scopes))),
-        models=tuple(json.loads(str(models))),
-        limits=Limits(*row[len(_FIELDS) :]),  # type: ignore[arg-type]
+        scopes=_scopes(str(scopes)),
+        models=_models(str(models)),
+        limits=_limits(*row[len(_FIELDS) :]),
         ollama_keys=ollama_keys,
     )
 
 
-def _ollama_keys(connection: sqlite3.Connection, key_id: str | None = None) -> dict[str, tuple[OllamaKey, ...]]:
-    """Each key's public keys, in the order they were added (one key's, or everyone's)."""
-    query = "SELECT key_id, blob, comment FROM ollama_keys"
+def _ollama_keys(connection: Statements, where: str = "", *args: object) -> dict[str, tuple[OllamaKey, ...]]:
+    """Each key's public keys, in the order they were added (of the keys ``where`` picks)."""
     rows = connection.execute(
-        query + (" WHERE key_id = ? ORDER BY added_at, rowid" if key_id else " ORDER BY added_at, rowid"),
-        (key_id,) if key_id else (),
+        f"SELECT key_id, blob, comment FROM ollama_keys {where} ORDER BY added_at, rowid",  # noqa: S608
+        args,
     ).fetchall()
     found: dict[str, list[OllamaKey]] = {}
     for owner, blob, comment in rows:
@@ -53,8 +95,20 @@ def _ollama_keys(connection: sqlite3.Connection, key_id: str | None = None) -> d
     return {owner: tuple(items) for owner, items in found.items()}
 
 
+def _records(connection: Statements, where: str, *args: object) -> list[KeyRecord]:
+    """The keys ``where`` picks (a clause on ``keys``), with their public keys."""
+    public = _ollama_keys(connection, f"WHERE key_id IN (SELECT id FROM keys {where})", *args)  # noqa: S608
+    rows = connection.execute(f"SELECT {_COLUMNS} FROM keys {where}", args)  # noqa: S608
+    return [_record(row, public.get(str(row[0]), ())) for row in rows]
+
+
+def _one(connection: Statements, where: str, *args: object) -> KeyRecord | None:
+    found = _records(connection, where, *args)
+    return found[0] if found else None
+
+
 def _write_ollama_keys(
-    connection: sqlite3.Connection, key_id: str, before: tuple[OllamaKey, ...], after: tuple[OllamaKey, ...]
+    connection: Statements, key_id: str, before: tuple[OllamaKey, ...], after: tuple[OllamaKey, ...]
 ) -> None:
     kept = {key.blob for key in after}
     for key in before:
@@ -90,43 +144,65 @@ class SqliteKeyStore:
             self._database.close()
 
     # Read side (the server).
-    def version(self) -> tuple[int, int]:
-        """The file opened (a replaced file is a new generation) and its change counter."""
+    def changes(self, cursor: Hashable | None) -> KeyChanges:
+        """The keys written or deleted since ``cursor`` (see ``KeyStore``). The cursor is the file
+        opened (a replaced file is a new generation) and the change counter as this read saw it."""
 
-        def read(connection: sqlite3.Connection) -> tuple[int, int]:
-            row = connection.execute("SELECT value FROM meta WHERE name = 'keys_version'").fetchone()
-            return self._database.generation, int(row[0])
+        def read(connection: sqlite3.Connection) -> KeyChanges:
+            generation = self._database.generation
+            # One snapshot for the counter and the rows: the counter first, so a row committed
+            # once the read began carries a higher stamp than the cursor returned.
+            connection.execute("BEGIN")
+            try:
+                counter = int(connection.execute("SELECT value FROM meta WHERE name = 'keys_version'").fetchone()[0])
+                new_cursor = (generation, counter)
+                if not isinstance(cursor, tuple) or cursor[0] != generation or cursor[1] > counter:
+                    return KeyChanges(new_cursor, _records(connection, ""), full=True)
+                since = cursor[1]
+                removed = connection.execute("SELECT id FROM removed_keys WHERE change > ?", (since,))
+                return KeyChanges(
+                    new_cursor, _records(connection, "WHERE change > ?", since), [str(row[0]) for row in removed]
+                )
+            finally:
+                if connection.in_transaction:  # (a failed read may have ended it)
+                    connection.execute("COMMIT")
 
         return self._database.run(read)
 
     def load(self) -> list[KeyRecord]:
-        def read(connection: sqlite3.Connection) -> list[KeyRecord]:
-            rows = connection.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY name").fetchall()  # noqa: S608
-            public = _ollama_keys(connection)
-            return [_record(row, public.get(str(row[0]), ())) for row in rows]
-
-        return self._database.run(read)
+        """Every key, by name (the listings)."""
+        return self._database.run(lambda connection: _records(connection, "ORDER BY name"))
 
     def record_use(self, last_used: Mapping[str, float]) -> None:
         if not last_used:
             return
         self._database.run(
             lambda connection: connection.executemany(
-                "UPDATE keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
-                [(when, key_id) for key_id, when in last_used.items()],
+                # Only ever later (another replica may have written a later time), and a row whose
+                # time stays is not written at all: a write that kept the time would count as a
+                # change of the key (the trigger tells last use from a change by that column).
+                "UPDATE keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+                [(when, key_id, when) for key_id, when in last_used.items()],
             )
         )
 
     # Management side (the CLI and the admin API).
     def get(self, name: str) -> KeyRecord:
-        def read(connection: sqlite3.Connection) -> KeyRecord | None:
-            row = connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE name = ?", (name,)).fetchone()  # noqa: S608
-            return None if row is None else _record(row, _ollama_keys(connection, str(row[0])).get(str(row[0]), ()))
-
-        record = self._database.run(read)
+        record = self._database.run(lambda connection: _one(connection, "WHERE name = ?", name))
         if record is None:
             raise UnknownKey(f"no key named {name!r}")
         return record
+
+    def by_id(self, key_id: str) -> KeyRecord:
+        record = self._database.run(lambda connection: _one(connection, "WHERE id = ?", key_id))
+        if record is None:
+            raise UnknownKey(f"no key with id {key_id!r}")
+        return record
+
+    def owner_of(self, blob: bytes) -> KeyRecord | None:
+        """The key an Ollama public key (its SSH blob) belongs to."""
+        where = "WHERE id = (SELECT key_id FROM ollama_keys WHERE blob = ?)"
+        return self._database.run(lambda connection: _one(connection, where, blob))
 
     def create(self, record: KeyRecord) -> tuple[KeyRecord, str]:
         """Store a new key with ``record``'s policy; returns it and the secret (shown once)."""
@@ -140,10 +216,9 @@ class SqliteKeyStore:
                     with transaction(connection):
                         connection.execute(_INSERT, _row(stored))
                         _write_ollama_keys(connection, stored.id, (), stored.ollama_keys)
-                        _changed(connection)
                 except sqlite3.IntegrityError as error:
                     if "keys.name" in str(error):
-                        raise KeyStoreError(f"a key named {record.name!r} already exists") from None
+                        raise DuplicateKey(f"a key named {record.name!r} already exists") from None
                     return False
                 return True
 
@@ -159,23 +234,16 @@ class SqliteKeyStore:
 
         def rewrite(connection: sqlite3.Connection) -> tuple[KeyRecord, KeyRecord]:
             with transaction(connection):
-                row = connection.execute(f"SELECT {_COLUMNS} FROM keys WHERE id = ?", (key_id,)).fetchone()  # noqa: S608
-                if row is None:
+                before = _one(connection, "WHERE id = ?", key_id)
+                if before is None:
                     raise UnknownKey(f"no key with id {key_id!r}")
-                before = _record(row, _ollama_keys(connection, key_id).get(key_id, ()))
                 after = replace(change(before), id=before.id, name=before.name, created_at=before.created_at)
                 connection.execute(_UPDATE, (after.digest, *_row(after)[5:], after.id))
                 if after.ollama_keys != before.ollama_keys:
                     _write_ollama_keys(connection, key_id, before.ollama_keys, after.ollama_keys)
-                _changed(connection)
             return before, after
 
         return self._database.run(rewrite)
-
-
-def _changed(connection: sqlite3.Connection) -> None:
-    # What the keyring polls: any change to any key moves it.
-    connection.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
 
 
 def _row(record: KeyRecord) -> tuple[object, ...]:

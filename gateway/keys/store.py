@@ -4,7 +4,7 @@ manage them."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
@@ -98,12 +98,53 @@ class UnknownKey(KeyStoreError):
     """No key has that name (or id)."""
 
 
-class KeyStore(Protocol):
-    def version(self) -> Hashable:
-        """Changes whenever a key is created, changed, revoked or rotated, or the store itself is
-        replaced (compared for equality only)."""
+class DuplicateKey(KeyStoreError):
+    """A key with that name exists already (the store's unique index says so)."""
 
-    def load(self) -> list[KeyRecord]: ...
+
+@dataclass(frozen=True, slots=True)
+class KeyChanges:
+    """What changed in a store since a cursor (``KeyStore.changes``).
+
+    ``full``: ``records`` is every key and replaces what the reader holds (a first read, a replaced
+    store, a cursor the store cannot trust); otherwise ``records`` are the keys created or changed
+    since the cursor (each as it is now, once) and ``removed`` the ids of keys deleted since it.
+    ``cursor`` is opaque to the reader: it only ever hands it back to the same store.
+    """
+
+    cursor: Hashable
+    records: Sequence[KeyRecord]
+    removed: Sequence[str] = ()
+    full: bool = False
+
+
+class KeyStore(Protocol):
+    """What the server's keyring needs from a store: a change feed, and a place for last-use times.
+
+    The change feed's contract, for every backend:
+
+    * ``changes(None)`` is a full read. ``changes(cursor)`` returns every key created, changed
+      (secret, policy, revocation, Ollama keys) or removed after the read that returned ``cursor``,
+      and no more than a constant amount of work besides: reading an unchanged store of any size
+      costs one indexed look. Last-use times are not changes.
+    * Nothing committed is ever skipped. A key's change is stamped with a number from one sequence
+      that only grows, allocated while the write holds a lock it keeps until it commits (SQLite:
+      the counter row updated inside ``BEGIN IMMEDIATE``; PostgreSQL: ``UPDATE ... RETURNING`` on
+      one counter row, never a bare sequence, whose numbers commit out of order), so stamps commit
+      in their order. A read takes the counter and the rows stamped above the cursor in one
+      snapshot; the counter it saw is the new cursor, so a row committed during the read has a
+      higher stamp and is in the next answer.
+    * A cursor the store cannot vouch for (another database or file, a counter that went back:
+      a restored backup) gets a full read (``full=True``), never a partial one.
+    * The same key may come back in two answers in a row (a read may see rows stamped above the
+      counter it took): applying a record is idempotent.
+
+    Change notices (PostgreSQL's ``NOTIFY`` after commit, carrying the changed key ids) are hints
+    on top of this: the keyring answers one with the same ``changes(cursor)`` read, and keeps
+    polling, which heals a notice that was lost.
+    """
+
+    def changes(self, cursor: Hashable | None) -> KeyChanges: ...
 
     def record_use(self, last_used: Mapping[str, float]) -> None: ...
 

@@ -7,7 +7,7 @@ import asyncio
 import datetime as dt
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import replace
 
 import pytest
@@ -31,7 +31,7 @@ from gateway.keys.management import (
     parse_weight,
     when,
 )
-from gateway.keys.store import DEFAULT_SCOPES, UNLIMITED, KeyRecord, Limits, Scope, open_keystore
+from gateway.keys.store import DEFAULT_SCOPES, UNLIMITED, KeyChanges, KeyRecord, Limits, Scope, open_keystore
 from gateway.observe.accesslog import AuditLog
 from gateway.usage.report import MAX_DAYS, MAX_SERIES, InvalidUsageQuery, UsageQuery, daily
 from gateway.usage.store import UsageCounts, UsageKey, open_usage_store
@@ -207,8 +207,8 @@ def test_a_change_is_read_and_written_in_one_transaction(database_url: str) -> N
 
 
 class _SlowStore:
-    """A key store whose next change-counter read, once ``hold`` is set, returns the value it saw
-    only after ``release``: a look at the store that began before a write and ends after it."""
+    """A key store whose next read, once ``hold`` is set, answers with what it saw only after
+    ``release``: a look at the store that began before a write and ends after it."""
 
     def __init__(self) -> None:
         self.counter = 0
@@ -217,16 +217,13 @@ class _SlowStore:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def version(self) -> int:
-        seen = self.counter
+    def changes(self, cursor: Hashable | None) -> KeyChanges:
+        seen = KeyChanges(self.counter, list(self.records), full=True)
         if self.hold:
             self.hold = False
             self.entered.set()
             assert self.release.wait(10)
         return seen
-
-    def load(self) -> list[KeyRecord]:
-        return list(self.records)
 
     def record_use(self, last_used: Mapping[str, float]) -> None:
         pass

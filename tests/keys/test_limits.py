@@ -58,4 +58,5 @@ def test_the_keys_table_has_a_column_for_every_limit(tmp_path: Path) -> None:
     finally:
         database.close()
     names = [column[1] for column in columns]
-    assert names[-len(LIMIT_NAMES) :] == list(LIMIT_NAMES)
+    # In their order (columns added later, such as the change stamp, may follow them).
+    assert [name for name in names if name in LIMIT_NAMES] == list(LIMIT_NAMES)

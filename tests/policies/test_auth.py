@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from gateway.errors import AuthThrottled, Unauthorized
-from gateway.keys.keyring import MISS_RECHECK, Keyring
+from gateway.keys.keyring import MISS_RECHECK, Keyring, _Update
 from gateway.keys.management import KeyAdmin
 from gateway.keys.store import Scope, open_keystore
 from gateway.policies.auth import Authenticator, RequestHead
@@ -141,9 +141,9 @@ def test_new_and_rotated_keys_work_at_once(
 class _CountingKeyring(Keyring):
     looks = 0  # looks at the store's change counter
 
-    def _refresh(self) -> None:
+    def _refresh(self) -> _Update:
         self.looks += 1
-        super()._refresh()
+        return super()._refresh()
 
 
 async def test_unknown_key_ids_share_one_look_at_the_store_per_interval(database_url: str) -> None:
