@@ -56,6 +56,17 @@ LISTEN_RETRY_CAP = 5.0
 log = logging.getLogger("gateway.database")
 
 
+class Qmarks:
+    """A psycopg connection running statements written with SQLite's ``?`` placeholders, so the
+    stores share their SQL between the backends (it holds no other ``?`` and no ``%``)."""
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self.connection.execute(sql.replace("?", "%s"), parameters)
+
+
 def is_postgres(database_url: str) -> bool:
     return database_url.startswith(SCHEMES)
 

@@ -34,17 +34,16 @@ class Table:
     larger: tuple[str, ...] = ()
 
 
+_COUNTS = ("requests", "prompt_tokens", "completion_tokens", "errors")
+
 # In the order their references need. The keys' change counter (meta) is handled on its own.
 TABLES = (
     Table("keys", ("id",), "id"),
     Table("ollama_keys", ("blob",), "added_at, blob"),
-    Table(
-        "usage",
-        ("day", "key_id", "model"),
-        "day, key_id, model",
-        paged=True,
-        larger=("requests", "prompt_tokens", "completion_tokens", "errors"),
-    ),
+    Table("usage", ("day", "key_id", "model"), "day, key_id, model", paged=True, larger=_COUNTS),
+    # The roll-ups the reports read (a copy of the sums: cheaper than summing ``usage`` again).
+    Table("usage_key_days", ("key_name", "day"), "key_name, day", paged=True, larger=_COUNTS),
+    Table("usage_model_days", ("day", "model"), "day, model", paged=True, larger=_COUNTS),
 )
 # Columns each database keeps for itself: PostgreSQL's insertion order of public keys, and the
 # keys' change stamps (the target's triggers stamp what the copy writes, and announce it).

@@ -141,11 +141,14 @@ def test_usage_adds_up_and_reports_by_key_model_and_day(usage: Any) -> None:
     assert usage.report(by="model") == [("m1", UsageCounts(7, 55, 25, 5)), ("m2", UsageCounts(1, 1, 1, 0))]
     assert usage.report(by="day", since="2026-01-02") == [("2026-01-02", UsageCounts(5, 41, 1, 4))]
     assert usage.report(by="model", until="2026-01-01", key_name="alice") == [("m1", UsageCounts(3, 15, 25, 1))]
-    assert usage.daily(by="key") == [
-        ("2026-01-01", "alice", UsageCounts(3, 15, 25, 1)),
-        ("2026-01-02", "alice", UsageCounts(1, 1, 1, 0)),
-        ("2026-01-02", "bob", UsageCounts(4, 40, 0, 4)),
-    ]
+    chart = usage.daily_tokens(by="key", max_days=10, max_series=5)
+    assert (chart.days, chart.truncated, chart.named, sorted(chart.cells), chart.totals) == (
+        ["2026-01-01", "2026-01-02"],
+        False,
+        ["alice", "bob"],
+        [("2026-01-01", "alice", 40), ("2026-01-02", "alice", 2), ("2026-01-02", "bob", 40)],
+        None,
+    )
 
 
 def test_usage_flushed_by_two_writers_at_once_sums_exactly(any_database_url: str) -> None:

@@ -17,23 +17,12 @@ from typing import TYPE_CHECKING, Any
 from gateway.keys import apikey
 from gateway.keys.sqlite import _INSERT, _UPDATE, _one, _records, _row, _write_ollama_keys
 from gateway.keys.store import DuplicateKey, KeyChanges, KeyRecord, KeyStoreError, UnknownKey
-from gateway.postgres import PostgresDatabase
+from gateway.postgres import PostgresDatabase, Qmarks
 
 if TYPE_CHECKING:
     import psycopg
 
     Connection = psycopg.Connection[Any]
-
-
-class _Qmarks:
-    """A psycopg connection taking the shared statements' ``?`` placeholders (they hold no other
-    ``?`` nor any ``%``)."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-
-    def execute(self, sql: str, parameters: Any = (), /) -> Any:
-        return self._connection.execute(sql.replace("?", "%s"), parameters)
 
 
 class PostgresKeyStore:
@@ -47,8 +36,8 @@ class PostgresKeyStore:
         if self._owned:
             self._database.close()
 
-    def _read(self, work: Callable[[_Qmarks], Any]) -> Any:
-        return self._database.run(lambda connection: work(_Qmarks(connection)))
+    def _read(self, work: Callable[[Qmarks], Any]) -> Any:
+        return self._database.run(lambda connection: work(Qmarks(connection)))
 
     # Read side (the server).
     def changes(self, cursor: Hashable | None) -> KeyChanges:
@@ -56,7 +45,7 @@ class PostgresKeyStore:
         stamped above the cursor, from one snapshot (REPEATABLE READ)."""
 
         def read(connection: Connection) -> KeyChanges:
-            statements = _Qmarks(connection)
+            statements = Qmarks(connection)
             with connection.transaction():
                 connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 row = connection.execute("SELECT value FROM meta WHERE name = 'keys_version'").fetchone()
@@ -119,7 +108,7 @@ class PostgresKeyStore:
 
             def insert(connection: Connection, stored: KeyRecord = stored) -> bool:
                 """False when the id drawn is taken (an id collision: draw again)."""
-                statements = _Qmarks(connection)
+                statements = Qmarks(connection)
                 with connection.transaction():
                     if statements.execute(_INSERT + " ON CONFLICT DO NOTHING RETURNING id", _row(stored)).fetchone():
                         _write_ollama_keys(statements, stored.id, (), stored.ollama_keys)
@@ -137,7 +126,7 @@ class PostgresKeyStore:
         concurrent writer on any replica waits rather than has its change overwritten."""
 
         def rewrite(connection: Connection) -> tuple[KeyRecord, KeyRecord]:
-            statements = _Qmarks(connection)
+            statements = Qmarks(connection)
             with connection.transaction():
                 connection.execute("SELECT 1 FROM keys WHERE id = %s FOR UPDATE", (key_id,))
                 before = _one(statements, "WHERE id = ?", key_id)

@@ -1,117 +1,90 @@
-"""Token usage in PostgreSQL, written by every replica: each flush adds its counts to the rows as
-atomic increments (``INSERT … ON CONFLICT DO UPDATE SET x = x + excluded.x``, one statement, so
-one transaction), so concurrent flushes from several replicas sum exactly; and the report
-queries, as in SQLite."""
+"""Token usage in PostgreSQL, written by every replica: each flush adds its counts to ``usage``
+and to the two roll-ups as atomic increments (``INSERT … ON CONFLICT DO UPDATE SET x = x +
+excluded.x``), one statement per table in one transaction, so concurrent flushes from several
+replicas sum exactly. The report queries are SQLite's store's (``store.py``), run through a
+connection taking their placeholders, sorted by code point and read from one snapshot."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from gateway.postgres import PostgresDatabase
-from gateway.usage.store import Grouping, UsageCounts, UsageKey
+from gateway.postgres import PostgresDatabase, Qmarks
+from gateway.usage.store import SqliteUsageStore, UsageCounts, UsageKey, rollups
 
 if TYPE_CHECKING:
     import psycopg
 
     Connection = psycopg.Connection[Any]
 
-_GROUP_COLUMN = {"key": "key_name", "model": "model", "day": "day"}
-# One statement for a whole batch (arrays unnested into rows): a round trip per flush, not per
-# row. The rows go in key order on every replica, so two flushes touching the same rows wait for
-# each other instead of deadlocking.
-_UPSERT = (
-    "INSERT INTO usage (day, key_id, key_name, model, requests, prompt_tokens, completion_tokens, errors) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) "
-    "ON CONFLICT (day, key_id, model) DO UPDATE SET "
-    "requests = usage.requests + excluded.requests, "
-    "prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens, "
-    "completion_tokens = usage.completion_tokens + excluded.completion_tokens, "
-    "errors = usage.errors + excluded.errors, key_name = excluded.key_name"
-)
+T = TypeVar("T")
+_COUNTS = ("requests", "prompt_tokens", "completion_tokens", "errors")
 
 
-class PostgresUsageStore:
+def _upsert(table: str, identity: tuple[str, ...], latest: tuple[str, ...] = ()) -> str:
+    """A whole batch for ``table`` in one statement (column arrays unnested into rows), each row's
+    counts added to the stored row with the same ``identity``."""
+    columns = (*identity, *latest, *_COUNTS)
+    arrays = ", ".join([*("%s::text[]" for _ in (*identity, *latest)), *("%s::bigint[]" for _ in _COUNTS)])
+    updates = [
+        *(f"{column} = {table}.{column} + excluded.{column}" for column in _COUNTS),
+        *(f"{column} = excluded.{column}" for column in latest),
+    ]
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "  # noqa: S608
+        f"ON CONFLICT ({', '.join(identity)}) DO UPDATE SET {', '.join(updates)}"
+    )
+
+
+_ADD_USAGE = _upsert("usage", ("day", "key_id", "model"), ("key_name",))
+_ADD_KEY_DAY = _upsert("usage_key_days", ("key_name", "day"))
+_ADD_MODEL_DAY = _upsert("usage_model_days", ("day", "model"))
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows (sorted: every replica locks rows in one order, so two flushes wait, never deadlock)
+    as one list per column."""
+    return [list(column) for column in zip(*sorted(rows), strict=True)]
+
+
+class PostgresUsageStore(SqliteUsageStore):
     """Usage in ``database``; closes it on ``close`` only when ``owned`` (the CLI's own)."""
 
     def __init__(self, database: PostgresDatabase, *, owned: bool = False) -> None:
-        self._database = database
+        self._postgres = database
         self._owned = owned
 
     def add(self, rows: Mapping[UsageKey, UsageCounts]) -> None:
         if not rows:
             return
-        ordered = sorted(rows.items(), key=lambda item: (item[0].day, item[0].key_id, item[0].model))
-        columns = list(
-            zip(
-                *(
-                    (k.day, k.key_id, k.key_name, k.model, c.requests, c.prompt_tokens, c.completion_tokens, c.errors)
-                    for k, c in ordered
-                ),
-                strict=True,
-            )
-        )
+        per_key_day, per_model_day = rollups(rows)
+        batches = [
+            (_ADD_USAGE, _columns([(k.day, k.key_id, k.model, k.key_name, *c.row()) for k, c in rows.items()])),
+            (_ADD_KEY_DAY, _columns([(*group, *c.row()) for group, c in per_key_day.items()])),
+            (_ADD_MODEL_DAY, _columns([(*group, *c.row()) for group, c in per_model_day.items()])),
+        ]
 
         def upsert(connection: Connection) -> None:
-            connection.execute(_UPSERT, [list(column) for column in columns])
+            with connection.transaction():
+                for statement, columns in batches:
+                    connection.execute(statement, columns)
 
-        self._database.run(upsert)
+        self._postgres.run(upsert)
 
-    def report(
-        self,
-        *,
-        by: Grouping,
-        since: str | None = None,
-        until: str | None = None,
-        key_name: str | None = None,
-    ) -> list[tuple[str, UsageCounts]]:
-        """Totals grouped by key name, model or day; ``since``/``until`` are inclusive days."""
-        where, parameters = _where(since, until, key_name)
-        column = _GROUP_COLUMN[by]
-        rows = self._database.run(
-            lambda connection: connection.execute(
-                f"SELECT {column}, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(errors) "  # noqa: S608
-                f'FROM usage {where} GROUP BY {column} ORDER BY {column} COLLATE "C"',
-                parameters,
-            ).fetchall()
-        )
-        return [(str(group), _counts(counts)) for group, *counts in rows]
+    def _run(self, work: Callable[[Any], T]) -> T:
+        return self._postgres.run(lambda connection: work(Qmarks(connection)))
 
-    def daily(
-        self,
-        *,
-        by: Literal["key", "model"],
-        since: str | None = None,
-        until: str | None = None,
-        key_name: str | None = None,
-    ) -> list[tuple[str, str, UsageCounts]]:
-        """Totals per (day, key name or model), for a chart of days stacked by key or model."""
-        where, parameters = _where(since, until, key_name)
-        column = _GROUP_COLUMN[by]
-        rows = self._database.run(
-            lambda connection: connection.execute(
-                f"SELECT day, {column}, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), "  # noqa: S608
-                f'SUM(errors) FROM usage {where} GROUP BY day, {column} ORDER BY day, {column} COLLATE "C"',
-                parameters,
-            ).fetchall()
-        )
-        return [(str(day), str(group), _counts(counts)) for day, group, *counts in rows]
+    def _by(self, column: str) -> str:
+        return f'{column} COLLATE "C"'
+
+    @contextlib.contextmanager
+    def _snapshot(self, connection: Any) -> Iterator[None]:
+        # The chart's queries see the same rows, whatever the other replicas write meanwhile.
+        with connection.connection.transaction():
+            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield
 
     def close(self) -> None:
         if self._owned:
-            self._database.close()
-
-
-def _counts(sums: list[Any]) -> UsageCounts:
-    # SUM of a BIGINT is a NUMERIC in PostgreSQL: whole numbers, as ints.
-    return UsageCounts(*(int(value) for value in sums))
-
-
-def _where(since: str | None, until: str | None, key_name: str | None) -> tuple[str, list[str]]:
-    clauses, parameters = [], []
-    for clause, value in (("day >= %s", since), ("day <= %s", until), ("key_name = %s", key_name)):
-        if value is not None:
-            clauses.append(clause)
-            parameters.append(value)
-    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), parameters
+            self._postgres.close()

@@ -125,24 +125,26 @@ def daily(store: ReportStore, query: UsageQuery, stack: Stacking) -> dict[str, A
 
     Bounded: the last ``MAX_DAYS`` days of the range (``truncated`` says so), and the
     ``MAX_SERIES - 1`` largest series with the rest summed as one, ``{"name": null, "other": true}``.
+    The database sums and ranks; what is read here is at most ``MAX_DAYS`` x ``MAX_SERIES`` cells.
     """
-    rows = store.daily(by=stack, since=query.since, until=query.until, key_name=query.key)
-    all_days = sorted({row_day for row_day, _, _ in rows})
-    days = all_days[-MAX_DAYS:]
-    index = {row_day: position for position, row_day in enumerate(days)}
-    series: dict[str, list[int]] = {}
-    for row_day, group, counts in rows:
-        if row_day in index:
-            tokens = series.setdefault(group, [0] * len(days))
-            tokens[index[row_day]] += counts.prompt_tokens + counts.completion_tokens
-    named = sorted(series.items())
-    other: list[int] | None = None
-    if len(named) > MAX_SERIES:
-        largest = sorted(named, key=lambda item: -sum(item[1]))[: MAX_SERIES - 1]
-        kept = {name for name, _ in largest}
-        other = [sum(values) for values in zip(*(tokens for name, tokens in named if name not in kept), strict=True)]
-        named = [(name, tokens) for name, tokens in named if name in kept]
-    listed: list[dict[str, Any]] = [{"name": name or None, "tokens": tokens} for name, tokens in named]
-    if other is not None:
+    chart = store.daily_tokens(
+        by=stack,
+        since=query.since,
+        until=query.until,
+        key_name=query.key,
+        max_days=MAX_DAYS,
+        max_series=MAX_SERIES,
+    )
+    index = {row_day: position for position, row_day in enumerate(chart.days)}
+    series = {name: [0] * len(chart.days) for name in chart.named}
+    for row_day, group, tokens in chart.cells:
+        series[group][index[row_day]] = tokens
+    listed: list[dict[str, Any]] = [{"name": name or None, "tokens": series[name]} for name in chart.named]
+    if chart.totals is not None:
+        other = [0] * len(chart.days)
+        for row_day, tokens in chart.totals:
+            other[index[row_day]] = tokens
+        for tokens_of_series in series.values():
+            other = [total - named for total, named in zip(other, tokens_of_series, strict=True)]
         listed.append({"name": None, "other": True, "tokens": other})
-    return {"stack": stack, "days": days, "truncated": len(all_days) > len(days), "series": listed}
+    return {"stack": stack, "days": chart.days, "truncated": chart.truncated, "series": listed}

@@ -14,6 +14,7 @@ from gateway.keys import apikey
 from gateway.keys.ollamakey import OllamaKey
 from gateway.keys.store import KeyRecord, Limits, open_keystore
 from gateway.postgres import redacted
+from gateway.usage.report import UsageQuery, daily
 from gateway.usage.store import UsageCounts, UsageKey, open_usage_store
 from tests.postgres_server import PostgresServer
 
@@ -76,12 +77,14 @@ def test_copy_moves_an_install_to_postgresql_idempotently(
     monkeypatch.chdir(tmp_path)
     source = f"sqlite:///{tmp_path / 'gateway.db'}"
     secrets = populate(source)
-    usage_rows = USAGE_DAYS * 2 * 2
+    usage_rows = USAGE_DAYS * 2 * 2  # days x keys x models
+    key_days = model_days = USAGE_DAYS * 2
 
     assert copy(source, postgres_url, capsys) == (
         0,
         f"keys: 3 read, 3 written\nollama_keys: 2 read, 2 written\nusage: {usage_rows} read, {usage_rows} written\n"
-        "meta: 1 read, 1 written\n",
+        f"usage_key_days: {key_days} read, {key_days} written\n"
+        f"usage_model_days: {model_days} read, {model_days} written\nmeta: 1 read, 1 written\n",
         f"ollama-gateway: database {tmp_path / 'gateway.db'}\nollama-gateway: database {redacted(postgres_url)}\n",
     )
     # Run twice, same result: nothing differs, nothing is written.
@@ -89,6 +92,7 @@ def test_copy_moves_an_install_to_postgresql_idempotently(
     assert (code, out) == (
         0,
         f"keys: 3 read, 0 written\nollama_keys: 2 read, 0 written\nusage: {usage_rows} read, 0 written\n"
+        f"usage_key_days: {key_days} read, 0 written\nusage_model_days: {model_days} read, 0 written\n"
         "meta: 1 read, 0 written\n",
     )
     assert shared_postgres.password not in out + err
@@ -106,7 +110,7 @@ def test_copy_moves_an_install_to_postgresql_idempotently(
     try:
         for by in ("key", "model", "day"):
             assert after.report(by=by) == before.report(by=by)
-        assert after.daily(by="model") == before.daily(by="model")
+        assert daily(after, UsageQuery(), "model") == daily(before, UsageQuery(), "model")
         # The target served more since: copying again lowers nothing and adds nothing.
         grown = UsageKey("2026-01-01", "id-alice", "alice", "llama3:8b")
         after.add({grown: UsageCounts(5, 0, 0, 0)})
