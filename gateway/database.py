@@ -291,6 +291,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             FROM usage GROUP BY day, model;
         """,
     ),
+    # 8: the usage batches PostgreSQL has committed, a day's worth: a replica whose connection broke
+    # while a flush committed looks its batch up here before writing it again, so a commit whose
+    # answer was lost is not counted twice. SQLite's commits are local: it has no such doubt.
+    Migration(
+        "",
+        """
+        CREATE TABLE usage_batches (id TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL);
+        CREATE INDEX usage_batches_at ON usage_batches (at);
+        """,
+    ),
 )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,11 @@ from gateway.database import MIGRATIONS, DatabaseError
 from gateway.errors import DatabaseUnavailable
 from gateway.postgres import EXTRA_MISSING, PostgresDatabase, redacted
 from gateway.settings import masked
+from gateway.usage.accounting import UsageLedger
+from gateway.usage.postgres import PostgresUsageStore
+from gateway.usage.store import UsageCounts
 from tests.postgres_server import PostgresServer
+from tests.records import make_record
 from tests.test_stores import run_together
 
 pytestmark = pytest.mark.timeout(30)
@@ -114,3 +119,35 @@ def test_without_the_driver_a_postgresql_url_fails_in_one_line_naming_the_extra(
     with pytest.raises(DatabaseError, match=r"install the gateway with its postgres extra"):
         PostgresDatabase("postgresql://gw@db/gateway")
     assert "\n" not in EXTRA_MISSING
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "not-committed"])
+async def test_a_flush_whose_outcome_was_lost_is_counted_once(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    """The connection breaks as a flush commits: the ledger cannot tell whether it went in, keeps
+    the counts and flushes them again with what came since. Either way, each request counts once."""
+    database = PostgresDatabase(postgres_url)
+    store = PostgresUsageStore(database)
+    ledger = UsageLedger(lambda: store, flush_interval=3600)
+    await ledger.start()
+    try:
+        ledger(make_record(prompt_tokens=10, completion_tokens=1))
+        ledger(make_record(prompt_tokens=20, completion_tokens=2))
+        real = database.run
+
+        def lost(work: Any, **options: Any) -> Any:
+            if committed:
+                real(work, **options)
+            raise DatabaseUnavailable("server closed the connection unexpectedly")
+
+        monkeypatch.setattr(database, "run", lost)
+        await ledger.flush()
+        monkeypatch.undo()
+        ledger(make_record(prompt_tokens=40, completion_tokens=4))
+        await ledger.flush()
+        assert store.report(by="key") == [("alice", UsageCounts(3, 70, 7, 0))]
+        assert store.report(by="model") == [("llama3.2", UsageCounts(3, 70, 7, 0))]
+    finally:
+        await ledger.close()
+        database.close()
