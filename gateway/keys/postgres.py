@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.keys import apikey
-from gateway.keys.sqlite import _INSERT, _UPDATE, _one, _records, _row, _write_ollama_keys
-from gateway.keys.store import DuplicateKey, KeyChanges, KeyRecord, KeyStoreError, UnknownKey
+from gateway.keys.sqlite import _INSERT, SqliteKeyStore, _records, _rewrite, _row, _write_ollama_keys
+from gateway.keys.store import DuplicateKey, KeyChanges, KeyRecord, KeyStoreError
 from gateway.postgres import PostgresDatabase, Qmarks
 
 if TYPE_CHECKING:
@@ -24,20 +24,26 @@ if TYPE_CHECKING:
 
     Connection = psycopg.Connection[Any]
 
+T = TypeVar("T")
 
-class PostgresKeyStore:
-    """Keys in ``database``; closes it on ``close`` only when ``owned`` (the CLI's own)."""
+
+class PostgresKeyStore(SqliteKeyStore):
+    """Keys in ``database``; closes it on ``close`` only when ``owned`` (the CLI's own). The
+    reads by name, id and public key and the listing are the SQLite store's, run here."""
 
     def __init__(self, database: PostgresDatabase, *, owned: bool = False) -> None:
-        self._database = database
+        self._postgres = database
         self._owned = owned
 
     def close(self) -> None:
         if self._owned:
-            self._database.close()
+            self._postgres.close()
 
-    def _read(self, work: Callable[[Qmarks], Any]) -> Any:
-        return self._database.run(lambda connection: work(Qmarks(connection)))
+    # Names in the order SQLite and Python give them (by code point).
+    _by_name = 'ORDER BY name COLLATE "C"'
+
+    def _run(self, work: Callable[[Any], T]) -> T:
+        return self._postgres.run(lambda connection: work(Qmarks(connection)))
 
     # Read side (the server).
     def changes(self, cursor: Hashable | None) -> KeyChanges:
@@ -51,8 +57,8 @@ class PostgresKeyStore:
                 row = connection.execute("SELECT value FROM meta WHERE name = 'keys_version'").fetchone()
                 assert row is not None
                 counter = int(row[0])
-                new_cursor = (self._database.generation, counter)
-                if not isinstance(cursor, tuple) or cursor[0] != self._database.generation or cursor[1] > counter:
+                new_cursor = (self._postgres.generation, counter)
+                if not isinstance(cursor, tuple) or cursor[0] != self._postgres.generation or cursor[1] > counter:
                     return KeyChanges(new_cursor, _records(statements, ""), full=True)
                 since = cursor[1]
                 removed = connection.execute("SELECT id FROM removed_keys WHERE change > %s", (since,)).fetchall()
@@ -60,12 +66,7 @@ class PostgresKeyStore:
                     new_cursor, _records(statements, "WHERE change > ?", since), [str(row[0]) for row in removed]
                 )
 
-        return self._database.run(read)
-
-    def load(self) -> list[KeyRecord]:
-        """Every key, by name (the listings), ordered as SQLite orders them (by code point)."""
-        records: list[KeyRecord] = self._read(lambda statements: _records(statements, 'ORDER BY name COLLATE "C"'))
-        return records
+        return self._postgres.run(read)
 
     def record_use(self, last_used: Mapping[str, float]) -> None:
         if not last_used:
@@ -73,7 +74,7 @@ class PostgresKeyStore:
         ids, times = zip(*sorted(last_used.items()), strict=True)
         # One statement for the batch; only ever later (another replica may have written a later
         # time), and a row whose time stays is not written at all (it would count as a change).
-        self._database.run(
+        self._postgres.run(
             lambda connection: connection.execute(
                 "UPDATE keys SET last_used_at = used.at FROM unnest(%s::text[], %s::float8[]) AS used (id, at) "
                 "WHERE keys.id = used.id AND (keys.last_used_at IS NULL OR keys.last_used_at < used.at)",
@@ -82,24 +83,6 @@ class PostgresKeyStore:
         )
 
     # Management side (the CLI and the admin API).
-    def get(self, name: str) -> KeyRecord:
-        record: KeyRecord | None = self._read(lambda statements: _one(statements, "WHERE name = ?", name))
-        if record is None:
-            raise UnknownKey(f"no key named {name!r}")
-        return record
-
-    def by_id(self, key_id: str) -> KeyRecord:
-        record: KeyRecord | None = self._read(lambda statements: _one(statements, "WHERE id = ?", key_id))
-        if record is None:
-            raise UnknownKey(f"no key with id {key_id!r}")
-        return record
-
-    def owner_of(self, blob: bytes) -> KeyRecord | None:
-        """The key an Ollama public key (its SSH blob) belongs to."""
-        where = "WHERE id = (SELECT key_id FROM ollama_keys WHERE blob = ?)"
-        record: KeyRecord | None = self._read(lambda statements: _one(statements, where, blob))
-        return record
-
     def create(self, record: KeyRecord) -> tuple[KeyRecord, str]:
         """Store a new key with ``record``'s policy; returns it and the secret (shown once)."""
         for _ in range(5):
@@ -117,7 +100,7 @@ class PostgresKeyStore:
                         raise DuplicateKey(f"a key named {record.name!r} already exists")
                     return False
 
-            if self._database.run(insert):
+            if self._postgres.run(insert):
                 return stored, new.secret
         raise KeyStoreError("could not allocate a key id")
 
@@ -126,16 +109,8 @@ class PostgresKeyStore:
         concurrent writer on any replica waits rather than has its change overwritten."""
 
         def rewrite(connection: Connection) -> tuple[KeyRecord, KeyRecord]:
-            statements = Qmarks(connection)
             with connection.transaction():
                 connection.execute("SELECT 1 FROM keys WHERE id = %s FOR UPDATE", (key_id,))
-                before = _one(statements, "WHERE id = ?", key_id)
-                if before is None:
-                    raise UnknownKey(f"no key with id {key_id!r}")
-                after = replace(change(before), id=before.id, name=before.name, created_at=before.created_at)
-                statements.execute(_UPDATE, (after.digest, *_row(after)[5:], after.id))
-                if after.ollama_keys != before.ollama_keys:
-                    _write_ollama_keys(statements, key_id, before.ollama_keys, after.ollama_keys)
-            return before, after
+                return _rewrite(Qmarks(connection), key_id, change)
 
-        return self._database.run(rewrite)
+        return self._postgres.run(rewrite)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from gateway.database import Database, transaction
 from gateway.keys import apikey
@@ -41,6 +41,9 @@ _INSERT = f"INSERT INTO keys ({_COLUMNS}) VALUES ({', '.join('?' * (len(_FIELDS)
 # What a write to an existing key may change: its secret's digest and its policy.
 _CHANGEABLE = ("digest", "expires_at", "revoked", "scopes", "models", *LIMIT_NAMES)
 _UPDATE = f"UPDATE keys SET {', '.join(f'{column} = ?' for column in _CHANGEABLE)} WHERE id = ?"  # noqa: S608
+
+
+T = TypeVar("T")
 
 
 class Statements(Protocol):
@@ -171,7 +174,7 @@ class SqliteKeyStore:
 
     def load(self) -> list[KeyRecord]:
         """Every key, by name (the listings)."""
-        return self._database.run(lambda connection: _records(connection, "ORDER BY name"))
+        return self._run(lambda connection: _records(connection, self._by_name))
 
     def record_use(self, last_used: Mapping[str, float]) -> None:
         if not last_used:
@@ -188,13 +191,13 @@ class SqliteKeyStore:
 
     # Management side (the CLI and the admin API).
     def get(self, name: str) -> KeyRecord:
-        record = self._database.run(lambda connection: _one(connection, "WHERE name = ?", name))
+        record = self._run(lambda connection: _one(connection, "WHERE name = ?", name))
         if record is None:
             raise UnknownKey(f"no key named {name!r}")
         return record
 
     def by_id(self, key_id: str) -> KeyRecord:
-        record = self._database.run(lambda connection: _one(connection, "WHERE id = ?", key_id))
+        record = self._run(lambda connection: _one(connection, "WHERE id = ?", key_id))
         if record is None:
             raise UnknownKey(f"no key with id {key_id!r}")
         return record
@@ -202,7 +205,15 @@ class SqliteKeyStore:
     def owner_of(self, blob: bytes) -> KeyRecord | None:
         """The key an Ollama public key (its SSH blob) belongs to."""
         where = "WHERE id = (SELECT key_id FROM ollama_keys WHERE blob = ?)"
-        return self._database.run(lambda connection: _one(connection, where, blob))
+        return self._run(lambda connection: _one(connection, where, blob))
+
+    # What differs on PostgreSQL (keys/postgres.py overrides these; changes, record_use, create
+    # and modify too).
+    _by_name = "ORDER BY name"
+
+    def _run(self, work: Callable[[Statements], T]) -> T:
+        """``work`` with a connection taking ``?`` placeholders."""
+        return self._database.run(work)
 
     def create(self, record: KeyRecord) -> tuple[KeyRecord, str]:
         """Store a new key with ``record``'s policy; returns it and the secret (shown once)."""
@@ -234,16 +245,23 @@ class SqliteKeyStore:
 
         def rewrite(connection: sqlite3.Connection) -> tuple[KeyRecord, KeyRecord]:
             with transaction(connection):
-                before = _one(connection, "WHERE id = ?", key_id)
-                if before is None:
-                    raise UnknownKey(f"no key with id {key_id!r}")
-                after = replace(change(before), id=before.id, name=before.name, created_at=before.created_at)
-                connection.execute(_UPDATE, (after.digest, *_row(after)[5:], after.id))
-                if after.ollama_keys != before.ollama_keys:
-                    _write_ollama_keys(connection, key_id, before.ollama_keys, after.ollama_keys)
-            return before, after
+                return _rewrite(connection, key_id, change)
 
         return self._database.run(rewrite)
+
+
+def _rewrite(
+    connection: Statements, key_id: str, change: Callable[[KeyRecord], KeyRecord]
+) -> tuple[KeyRecord, KeyRecord]:
+    """``modify``'s read, change and write, inside the caller's transaction."""
+    before = _one(connection, "WHERE id = ?", key_id)
+    if before is None:
+        raise UnknownKey(f"no key with id {key_id!r}")
+    after = replace(change(before), id=before.id, name=before.name, created_at=before.created_at)
+    connection.execute(_UPDATE, (after.digest, *_row(after)[5:], after.id))
+    if after.ollama_keys != before.ollama_keys:
+        _write_ollama_keys(connection, key_id, before.ollama_keys, after.ollama_keys)
+    return before, after
 
 
 def _row(record: KeyRecord) -> tuple[object, ...]:
