@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import scale, scalereport
 from bench.fleet import MAX_UPSTREAMS
-from bench.plan import FULL, QUICK, SOAK, SOAK_QUICK
+from bench.plan import FULL, QUICK, SCALE, SCALE_QUICK, SOAK, SOAK_QUICK
 from bench.report import markdown
 from bench.runner import Options, run
 from bench.soakreport import incomplete as soak_incomplete
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="smoke size: seconds, not minutes")
     parser.add_argument("--soak", action="store_true", help="run the soak (against the gateway only), not a-d")
+    parser.add_argument(
+        "--scale", action="store_true", help="run the scale scenario (keys, models, usage rows, upstreams, streams)"
+    )
     parser.add_argument("--soak-minutes", type=float, help="soak length (default 10; 0.15 with --quick)")
     parser.add_argument("--soak-streams", type=int, help="streams kept open (default 200; 10 with --quick)")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/<UTC time>.json)")
@@ -78,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> None:
     if args.repeat is not None and not 1 <= args.repeat <= 20:
         raise SystemExit("--repeat must be between 1 and 20")
+    if args.scale and (args.soak or args.scenarios is not None or args.upstreams != (1,)):
+        raise SystemExit("--scale runs alone: no --soak, --scenarios or --upstreams")
     if args.soak and args.upstreams != (1,):
         raise SystemExit("--soak runs with one upstream: no --upstreams")
     if not args.soak:
@@ -92,9 +98,37 @@ def _check(args: argparse.Namespace) -> None:
         raise SystemExit("--soak-streams must be between 1 and 5000")
 
 
+def _outputs(out: Path, report: dict[str, object], text: str) -> None:
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    print(
+        f"bench: wrote {out}, {out.with_suffix('.md')} and the processes' output in {out.with_suffix('.log')}",
+        file=sys.stderr,
+    )
+
+
+def _scale(args: argparse.Namespace, out: Path, command: str) -> int:
+    plan = (SCALE_QUICK if args.quick else SCALE).with_repeat(args.repeat)
+    minutes = args.max_minutes if args.max_minutes is not None else (2 if args.quick else 15)
+    signal.alarm(int(minutes * 60) + 120)
+    report = scale.report(plan, args.pin, out.with_suffix(".log"), dict(args.gateway_env), minutes * 60, command)
+    signal.alarm(0)
+    _outputs(out, report, scalereport.markdown(report))
+    if report["error"]:
+        print(f"bench: scale scenario incomplete: {report['error']}", file=sys.stderr)
+    return 1 if report["error"] else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check(args)
+    command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    out: Path = args.out or RESULTS / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".log").unlink(missing_ok=True)
+    if args.scale:
+        return _scale(args, out, command)
     plan = (QUICK if args.quick else FULL).with_repeat(args.repeat)
     soak = (SOAK_QUICK if args.quick else SOAK).with_size(args.soak_minutes, args.soak_streams) if args.soak else None
     if args.max_minutes is not None:
@@ -103,34 +137,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         minutes = soak.minutes + (1 if args.quick else 5)
     else:
         minutes = 3 if args.quick else 45
-    out: Path = args.out or RESULTS / (datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ".json")
     options = Options(
         plan=plan,
         scenarios=() if soak else args.scenarios or ("a", "b", "c", "d"),
         pin=args.pin,
         max_seconds=minutes * 60,
         quick=args.quick,
-        command=shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]),
+        command=command,
         log=out.with_suffix(".log"),
         gateway_env=dict(args.gateway_env),
         soak=soak,
         upstreams=args.upstreams,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".log").unlink(missing_ok=True)
     # Backstop for the in-loop cap: SIGALRM ends the process even if the loop is stuck, and the
     # children follow (they die with their parent).
     signal.alarm(int(options.max_seconds) + 300)
     report = run(options)
     signal.alarm(0)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    out.with_suffix(".md").write_text(text)
-    print(text)
-    print(
-        f"bench: wrote {out}, {out.with_suffix('.md')} and the processes' output in {out.with_suffix('.log')}",
-        file=sys.stderr,
-    )
+    _outputs(out, report, markdown(report))
     incomplete = [key for key, scenario in report["scenarios"].items() if scenario["error"]]
     if "soak" in report and soak_incomplete(report["soak"]):
         incomplete.append("soak")

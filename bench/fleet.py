@@ -61,15 +61,17 @@ def _name(index: int) -> str:
 
 @contextmanager
 def running_upstreams(
-    count: int, workdir: Path, pinning: Pinning, lifetime: float, log: Path | None
+    count: int, workdir: Path, pinning: Pinning, lifetime: float, log: Path | None, *, models: int = 1, name: str = ""
 ) -> Iterator[list[UpstreamProcess]]:
-    """``count`` fast upstreams, each stopped by its PID however the block ends."""
+    """``count`` fast upstreams, each stopped by its PID however the block ends; each lists
+    ``models`` models; ``name`` prefixes their names in the log."""
     env = {**os.environ, "PYTHONPATH": python_path()}
     argv = [*pinning.prefix(pinning.load_cpu), sys.executable, "-m", "bench.upstream", "--lifetime", str(lifetime)]
+    argv += ["--models", str(models)]
     with ExitStack() as stack:
         started: list[Child] = []
         for index in range(count):
-            child = Child("upstream" if index == 0 else f"upstream-{index + 1}", argv, env, workdir, log)
+            child = Child(f"{name}upstream" + (f"-{index + 1}" if index else ""), argv, env, workdir, log)
             stack.callback(child.stop)
             started.append(child)
         # Started together, then awaited: their imports overlap.

@@ -17,10 +17,11 @@ import re
 import secrets
 import shlex
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from bench.children import Child
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 READY = "Uvicorn running on"
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 60.0
+DATABASE = "bench.db"
 
 # Limits far above anything the benchmark sends: configured and checked, never reached.
 KEY_LIMITS = ("--rpm", "10000000", "--tpm", "10000000000", "--tpd", "10000000000", "--concurrency", "100000")
@@ -78,7 +80,7 @@ def _environment(upstream: Mapping[str, str], workdir: Path, extra: Mapping[str,
             **upstream,
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_LOG_LEVEL": "info",
-            "GATEWAY_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
+            "GATEWAY_DATABASE_URL": f"sqlite:///{workdir / DATABASE}",
             "GATEWAY_SHUTDOWN_GRACE": "2",
             **LIMITS,
             **extra,
@@ -142,6 +144,8 @@ class GatewayServer:
         extra: Mapping[str, str],
         log: Path | None,
         name: str = "gateway",
+        *,
+        like: GatewayServer | None = None,
     ):
         self.name = name
         self._workdir = workdir / name
@@ -149,9 +153,21 @@ class GatewayServer:
         self._pinning = pinning
         self._log = log
         self._env = _environment(upstream, self._workdir, extra)
-        self.commands = _commands(self._env, self._workdir)
-        self.version = _cli(self._env, self._workdir, "--version").stdout.strip()
-        self.key, self.key_note = _create_key(self._env, self._workdir)  # the key is a secret: never reported
+        if like is None:
+            self.commands = _commands(self._env, self._workdir)
+            self.version = _cli(self._env, self._workdir, "--version").stdout.strip()
+            self.key, self.key_note = _create_key(self._env, self._workdir)  # the key is a secret: never reported
+        else:
+            # Another configuration of the same gateway: a copy of ``like``'s database (SQLite's
+            # online backup: consistent while ``like`` runs), so the same key, without three more
+            # CLI runs (a second each).
+            with (
+                closing(sqlite3.connect(like._workdir / DATABASE)) as source,
+                closing(sqlite3.connect(self._workdir / DATABASE)) as copy,
+            ):
+                source.backup(copy)
+            self.commands, self.version = like.commands, like.version
+            self.key, self.key_note = like.key, like.key_note
         self._child: Child | None = None
         self.port = 0
         self.starts = 0
@@ -203,8 +219,9 @@ def running_gateway(
     extra: Mapping[str, str],
     log: Path | None,
     name: str = "gateway",
+    like: GatewayServer | None = None,
 ) -> Iterator[GatewayServer]:
-    server = GatewayServer(upstream, workdir, pinning, extra, log, name)
+    server = GatewayServer(upstream, workdir, pinning, extra, log, name, like=like)
     try:
         server.start()
         yield server

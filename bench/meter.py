@@ -55,8 +55,13 @@ class Meter:
         watch: int | None = None,
         every: float = 0.05,
         steal: Mapping[str, str] | None = None,
+        *,
+        precise: bool = False,
     ) -> None:
         self._pids = dict(pids)
+        # The scheduler's nanosecond account of the live threads (``precise``), for windows whose
+        # CPU is a few ticks; otherwise /proc/<pid>/stat, which keeps ended threads' time too.
+        self._read_cpu = _task_cpu_ms if precise else _cpu_ms
         self._steal_lines = dict(steal or {})
         self._steal: dict[str, float] = {}
         self._watch = watch
@@ -76,7 +81,7 @@ class Meter:
             self._hwm_reset = procstat.reset_peak(self._watch)
             self._rss_before = self._rss_peak = procstat.rss_kb(self._watch)
             self._sampler = asyncio.get_running_loop().create_task(self._sample(self._watch))
-        self._cpu = {role: _cpu_ms(pids) for role, pids in self._pids.items()}
+        self._cpu = {role: self._read_cpu(pids) for role, pids in self._pids.items()}
         self._faults = {role: _faults(pids) for role, pids in self._pids.items()}
         self._machine = procstat.machine_busy_ms()
         self._steal = procstat.steal_ms()
@@ -87,7 +92,7 @@ class Meter:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         seconds = time.perf_counter() - self._started
-        cpu = {role: _cpu_ms(pids) - self._cpu[role] for role, pids in self._pids.items()}
+        cpu = {role: self._read_cpu(pids) - self._cpu[role] for role, pids in self._pids.items()}
         faults = {role: _faults(pids) - self._faults[role] for role, pids in self._pids.items()}
         others = procstat.machine_busy_ms() - self._machine - sum(cpu.values())
         steal_now = procstat.steal_ms()
@@ -117,6 +122,10 @@ class Meter:
 
 def _cpu_ms(pids: Sequence[int]) -> float:
     return sum(procstat.cpu_ms(pid) for pid in pids)
+
+
+def _task_cpu_ms(pids: Sequence[int]) -> float:
+    return sum(procstat.task_cpu_ns(pid) for pid in pids) / 1e6
 
 
 def _faults(pids: Sequence[int]) -> int:

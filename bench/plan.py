@@ -108,3 +108,72 @@ SOAK_QUICK = SoakPlan(
     sample_every=0.5,
     bucket=3.0,
 )
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """``--scale``: how the gateway's cost grows with what it holds and serves, each size on a
+    freshly started gateway, the sizes interleaved in each repetition."""
+
+    repeat: int = 3
+    # keys in the store; a third of this many seconds with no change, then this many with changes as
+    # often as the refreshes allow (the gateway's CPU above idle is the refreshes'), then
+    # ``key_window`` seconds of paced requests while a key changes once a second; creates through
+    # KeyAdmin
+    key_counts: tuple[int, ...] = (10, 10_000, 100_000)
+    key_quiet_window: float = 4.5
+    key_window: float = 3.0
+    key_creates: int = 3
+    # paced requests beside key changes: clients, each sending one small chat every ``paced_every`` s
+    paced_clients: int = 4
+    paced_every: float = 0.02
+    # models the upstream lists; GET /api/tags in a closed loop for this long, per key
+    model_counts: tuple[int, ...] = (10, 1000)
+    listing_seconds: float = 1.5
+    listing_concurrency: int = 4
+    # usage rows (250 keys x 10 models at most, as many days as it takes); sequential calls per endpoint
+    usage_rows: tuple[int, ...] = (1_000, 1_000_000)
+    usage_calls: int = 2
+    # upstreams behind the gateway; small chats at this concurrency for this long
+    upstream_counts: tuple[int, ...] = (1, 3, 10)
+    upstream_seconds: float = 1.5
+    upstream_concurrency: int = 16
+    # concurrent streams, as scenario (b)
+    stream_counts: tuple[int, ...] = (100, 500, 1000)
+    stream_tokens: int = 30
+    token_interval: float = 0.1
+    stream_ramp: float = 1.0
+    warm_seconds: float = 0.3
+    settle: float = 0.3
+    # every measurement on a freshly started gateway, alone; otherwise every configuration is
+    # started at once and kept for the whole run (seconds matter more at smoke size)
+    fresh_gateway: bool = True
+
+    def with_repeat(self, repeat: int | None) -> ScalePlan:
+        return self if repeat is None else replace(self, repeat=repeat)
+
+
+SCALE = ScalePlan()
+SCALE_QUICK = ScalePlan(
+    repeat=1,
+    key_counts=(10, 200),
+    key_quiet_window=0.5,
+    key_window=0.5,
+    key_creates=1,
+    paced_clients=2,
+    model_counts=(2, 50),
+    listing_seconds=0.3,
+    listing_concurrency=2,
+    usage_rows=(100, 2_000),
+    usage_calls=1,
+    upstream_counts=(1, 2),
+    upstream_seconds=0.3,
+    upstream_concurrency=2,
+    stream_counts=(4, 8),
+    stream_tokens=5,
+    token_interval=0.02,
+    stream_ramp=0.02,
+    warm_seconds=0.1,
+    settle=0.05,
+    fresh_gateway=False,
+)

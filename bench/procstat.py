@@ -77,3 +77,17 @@ def steal_ms() -> dict[str, float]:
     machine it is what stretches latency tails while every process here looks idle.
     """
     return {line[0].decode(): int(line[8]) * _TICK_MS for line in _stat_lines()}
+
+
+def task_cpu_ns(pid: int) -> int:
+    """CPU time of every live thread of the process, in nanoseconds (``/proc/<pid>/task/*/schedstat``,
+    the scheduler's own account): for costs well under the 10 ms tick, such as one key refresh.
+    A thread that ends inside a window takes its time with it, so only long-lived threads count."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as stat:
+                total += int(stat.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended since listed
+    return total

@@ -95,8 +95,10 @@ def run(options: Options) -> dict[str, Any]:
         for count in counts:
             name = side(count, counts)
             settings = gateway_settings(upstreams[:count])
+            # Further sides start from a copy of the first's database: the same key, no more CLI runs.
+            first = next(iter(servers.values()), None)
             servers[name] = stack.enter_context(
-                running_gateway(settings, Path(tmp), pinning, options.gateway_env, options.log, name)
+                running_gateway(settings, Path(tmp), pinning, options.gateway_env, options.log, name, first)
             )
         server = servers[side(counts[0], counts)]
         port = upstreams[0].port

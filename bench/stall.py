@@ -38,6 +38,7 @@ TAIL = 0.5
 class Attack:
     path: str
     body: bytes
+    method: str = "POST"  # GET: a request whose answer is the slow part (the scale scenario's usage queries)
 
 
 @functools.lru_cache(maxsize=4)
@@ -101,7 +102,7 @@ async def stall(target: Target, attack: Attack, meter: Meter, cap: float) -> Sta
     connections = [await Connection.open(target.host, target.port, OPEN_TIMEOUT) for _ in range(3)]
     streamed, polled, attacked = connections
     # The request bytes are built before the window: building 50 MB is the harness's cost.
-    attack_request = target.request("POST", attack.path, attack.body)
+    attack_request = target.request(attack.method, attack.path, attack.body)
     stream = _Stream()
     polls: list[tuple[int, int]] = []
     stop = asyncio.Event()

@@ -7,7 +7,8 @@ Routes:
 - ``GET /api/version``
 - ``GET /api/tags`` and ``GET /api/ps``: the one model the benchmark asks for (``bench:latest``),
   installed and loaded, so that a gateway fronting several of these routes to them (it routes a
-  request naming a model to a server whose ``/api/tags`` lists it)
+  request naming a model to a server whose ``/api/tags`` lists it); with ``--models N``,
+  ``/api/tags`` lists N - 1 more (``model-0000:latest``, ...), a fleet with many fine-tunes
 - ``POST /api/chat`` and ``POST /v1/chat/completions``: a small JSON answer, or with
   ``stream:true`` a stream of stamped tokens (see stamps.py). Tokens come from
   ``options.num_predict`` / ``max_tokens``; ``bench.interval_ms`` spaces them and ``bench.tag``
@@ -64,9 +65,27 @@ _MODEL = (
     b'"details":{"parent_model":"","format":"gguf","family":"bench","families":["bench"],'
     b'"parameter_size":"1B","quantization_level":"Q4_K_M"}'
 )
-_TAGS_REPLY = b'{"models":[{' + _MODEL + b',"modified_at":"2026-01-01T00:00:00Z"}]}'
 _PS_REPLY = b'{"models":[{' + _MODEL + b',"expires_at":"2099-01-01T00:00:00Z","size_vram":1,"context_length":4096}]}'
-_LISTINGS = {b"/api/version": _VERSION_REPLY, b"/api/tags": _TAGS_REPLY, b"/api/ps": _PS_REPLY}
+
+
+def _other_model(number: int) -> bytes:
+    """One more installed model, shaped as the one the requests name (the scale scenario's listings)."""
+    name = b"model-%04d:latest" % number
+    return (
+        b'{"name":"%s","model":"%s","size":%d,"digest":"%064x","details":{"parent_model":"","format":"gguf",'
+        b'"family":"llama","families":["llama"],"parameter_size":"8B","quantization_level":"Q4_K_M"},'
+        b'"modified_at":"2026-01-01T00:00:00Z"}' % (name, name, 4_000_000_000 + number, number)
+    )
+
+
+def listings(models: int) -> dict[bytes, bytes]:
+    """The GET routes' answers; ``/api/tags`` lists ``models`` models, ``bench:latest`` first."""
+    installed = [b"{" + _MODEL + b',"modified_at":"2026-01-01T00:00:00Z"}']
+    installed += [_other_model(number) for number in range(max(models, 1) - 1)]
+    tags = b'{"models":[' + b",".join(installed) + b"]}"
+    return {b"/api/version": _VERSION_REPLY, b"/api/tags": tags, b"/api/ps": _PS_REPLY}
+
+
 _STREAM_TYPES = {Format.NDJSON: b"application/x-ndjson", Format.SSE: b"text/event-stream"}
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
@@ -107,8 +126,9 @@ class _Stream:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, closures: Closures) -> None:
+    def __init__(self, closures: Closures, answers: dict[bytes, bytes]) -> None:
         self._closures = closures
+        self._answers = answers
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
@@ -158,8 +178,8 @@ class _Connection(asyncio.Protocol):
             self._chat(path == b"/api/chat")
         elif method == b"POST" and self._blob:
             self._write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
-        elif method == b"GET" and path in _LISTINGS:
-            self._write(_response(b"200 OK", b"application/json; charset=utf-8", _LISTINGS[path]))
+        elif method == b"GET" and path in self._answers:
+            self._write(_response(b"200 OK", b"application/json; charset=utf-8", self._answers[path]))
         elif method == b"GET" and path == b"/_bench/closed":
             seen, self._closures.seen = self._closures.seen, {}
             self._write(_response(b"200 OK", b"application/json", json.dumps(seen).encode()))
@@ -246,10 +266,11 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
-async def serve(host: str, port: int, lifetime: float) -> None:
+async def serve(host: str, port: int, lifetime: float, models: int = 1) -> None:
     loop = asyncio.get_running_loop()
     closures = Closures()
-    server = await loop.create_server(lambda: _Connection(closures), host, port, backlog=4096)
+    answers = listings(models)
+    server = await loop.create_server(lambda: _Connection(closures, answers), host, port, backlog=4096)
     bound = server.sockets[0].getsockname()
     print(f"{READY} {bound[0]}:{bound[1]}", flush=True)
     stop = asyncio.Event()
@@ -266,11 +287,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--lifetime", type=float, default=3600.0, help="exit after this many seconds at most")
+    parser.add_argument("--models", type=int, default=1, help="models /api/tags lists (bench:latest and others)")
     args = parser.parse_args(argv)
     # The same malloc thresholds as the gateway: without them this process can fault in fresh
     # pages for most of the body it reads, and a slow upstream flatters the gateway's ratio.
     keep_large_blocks()
-    uvloop.run(serve(args.host, args.port, args.lifetime))
+    uvloop.run(serve(args.host, args.port, args.lifetime, args.models))
 
 
 if __name__ == "__main__":

@@ -169,13 +169,15 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     if settings.redis_url:
         checks["redis"] = limiter_check(limiter)
 
+    listening = asyncio.Event()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
         await database.call(database.open)
         await keyring.start()
         # Shared with other replicas: their key changes are announced, acted on here at once.
         notices = KeyNotices(lambda ids: keyring.catch_up() if ids is None else keyring.notice(ids))
-        listening = (
+        changes_heard = (
             asyncio.get_running_loop().create_task(
                 database.listen(KEYS_CHANNEL, notices.notice, reconnected=notices.reconnected)
             )
@@ -188,6 +190,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         # In the background: a slow upstream must not hold up the listener.
         report = asyncio.get_running_loop().create_task(
             report_start(
+                listening,
                 fleet,
                 keyring,
                 database=describe(database),
@@ -198,10 +201,10 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         try:
             yield {CONNECTION_GUARD: connections}
         finally:
-            for task in (report, listening):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(task for task in (report, listening) if task is not None), return_exceptions=True)
+            background = [task for task in (report, changes_heard) if task is not None]
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await notices.close()
             # Requests have drained by now: write the last usage counts, then close. Each part is
             # closed even when one before it fails: a broken database must not leave sockets open.
@@ -239,7 +242,13 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         if not settings.admin_address:
             api.mount("/admin", admin)
     return Gateway(
-        api, forwarded, metrics, metrics_app, admin if settings.admin_address else None, close_usage=ledger.close
+        api,
+        forwarded,
+        metrics,
+        metrics_app,
+        admin if settings.admin_address else None,
+        close_usage=ledger.close,
+        listening=listening,
     )
 
 

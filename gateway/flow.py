@@ -23,6 +23,14 @@ from gateway.proxy.relay import BodyTransform
 from gateway.proxy.upstream import Outbound, Upstream, UpstreamResponse
 
 
+class Rewrite(Protocol):
+    """Rewrites a whole (small) answer before the client sees any of it, so that it goes out with
+    its exact length, and a failure while reading it is still an error status (a listing filtered
+    per key)."""
+
+    async def answer(self, response: UpstreamResponse) -> UpstreamResponse: ...
+
+
 class Destination(Protocol):
     """Where a flow's request goes, as the routing policy chose it. The forwarder sends it to
     ``upstream`` and asks between attempts whether it goes once more, elsewhere: the policy
@@ -83,7 +91,9 @@ class Flow:
     destination: Destination | None = None
     upstream_name: str | None = None
     failed_over_from: str | None = None
-    # Rewrites of the response body, applied in this order (a filtered listing, a stripped frame).
+    # The answer rewritten whole before it is relayed (a filtered listing); then, rewrites of the
+    # response body as it streams, applied in this order (a stripped frame).
+    rewrite: Rewrite | None = None
     transforms: list[BodyTransform] = field(default_factory=list)
     # Extra response headers policies want the client to see.
     response_headers: Headers = field(default_factory=list)

@@ -27,6 +27,9 @@ class QuickServer(uvicorn.Server):
         self._stopping = asyncio.Event()
         await super().startup(sockets)
         self.loop = asyncio.get_running_loop()
+        listening = getattr(self.config.app, "listening", None)
+        if self.started and isinstance(listening, asyncio.Event):
+            listening.set()  # the gateway's start-up lines wait for it, as GatewayServer sets it
         self.ready.set()
 
     async def main_loop(self) -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from gateway.app import create_app
 from gateway.routes.dispatch import Gateway
@@ -40,11 +41,12 @@ class RunningGateway:
 
 
 @contextmanager
-def gateway_thread(settings: Settings) -> Iterator[RunningGateway]:
-    """The gateway app served by uvicorn (its protocol as in production) on a free loopback port."""
+def gateway_thread(settings: Settings, wrap: Callable[[ASGIApp], ASGIApp] | None = None) -> Iterator[RunningGateway]:
+    """The gateway app served by uvicorn (its protocol as in production) on a free loopback port;
+    ``wrap``: an ASGI middleware to serve it through."""
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        app if wrap is None else wrap(app),
         host="127.0.0.1",
         port=0,
         http=GatewayHttpProtocol,

@@ -19,9 +19,18 @@ import pytest
 
 from bench import procstat
 from bench.goals import check
+from bench.plan import SCALE_QUICK
+from bench.scalereport import NOISE_FLOOR, ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
 RSS_GOAL = "soak: gateway RSS at the end <= 1.10 x after the first minute"
+SCALE_SIZES = {
+    "keys": SCALE_QUICK.key_counts,
+    "models": SCALE_QUICK.model_counts,
+    "usage": SCALE_QUICK.usage_rows,
+    "upstreams": SCALE_QUICK.upstream_counts,
+    "streams": SCALE_QUICK.stream_counts,
+}
 
 
 def _numeric(spread: Any) -> bool:
@@ -122,6 +131,57 @@ def test_quick_large_body_scenario_reports_both_stalls(tmp_path: Path) -> None:
             assert figures["healthz_polls"]["min"] > 0
         assert case["gateway"]["attack_status"]["min"] in (200, 400)
         assert set(case["vs_direct"]) == {"stream_stall_ms_added", "healthz_max_ms_added"}
+
+
+@pytest.mark.timeout(90)
+def test_quick_scale_scenario_reports_every_size(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    argv = ["--scale", "--quick", "--no-pin", "--max-minutes", "1.25", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv], cwd=ROOT, capture_output=True, text=True, timeout=85, check=False
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["error"] is None
+
+    # Every size of every thing that grows, on the gateway; the direct references beside them.
+    sides = {(run["group"], run["size"], run["side"]) for run in report["runs"]}
+    assert sides == {
+        *((group, size, "gateway") for group, sizes in SCALE_SIZES.items() for size in sizes),
+        ("keys", 10, "direct"),
+        ("models", 2, "direct"),
+        ("models", 50, "direct"),
+    }
+    rows = {(entry["group"], entry["size"], entry["figure"]): entry for entry in report["figures"]}
+    expected = {
+        (group, size, figure) for group, sizes in SCALE_SIZES.items() for size in sizes for figure, *_ in ROWS[group]
+    }
+    assert set(rows) == expected
+    for key, entry in rows.items():
+        assert _numeric(entry["value"]), key
+    for group, sizes in SCALE_SIZES.items():
+        for figure, _, against in ROWS[group]:
+            if "size" in against:
+                # Every size has its ratio; the smallest against itself is exactly 1 (or, within
+                # the noise, at most 1: the ratio is then to the noise floor).
+                ratios = [rows[(group, size, figure)]["vs_smallest"]["of_medians"] for size in sizes]
+                assert all(math.isfinite(ratio) for ratio in ratios), (group, figure)
+                assert ratios[0] == 1.0 or (figure in NOISE_FLOOR and ratios[0] <= 1.0), (group, figure)
+            if "direct" in against:
+                assert all(math.isfinite(rows[(group, size, figure)]["over_direct"]["of_medians"]) for size in sizes)
+    # The stores were filled to the sizes named.
+    notes = "; ".join(report["meta"]["notes"])
+    for count in SCALE_QUICK.key_counts:
+        assert f"{count:,} keys written" in notes
+    for count in SCALE_QUICK.usage_rows:
+        assert f"{count:,} usage rows written" in notes
+    for failed in ("requests_failed", "tags_failed", "globs_tags_failed", "request_failed"):
+        assert all(rows[key]["value"]["max"] == 0 for key in rows if key[2] == failed), failed
+    for lost in ("ndjson_chunks_lost", "sse_chunks_lost"):
+        assert all(rows[key]["value"]["max"] == 0 for key in rows if key[2] == lost), lost
+    table = out.with_suffix(".md").read_text()
+    assert table.startswith("# ollama-gateway scale benchmark")
+    assert table.count("\n| keys in the store | 200 |") == len(ROWS["keys"])
 
 
 def _ratio(of_medians: float) -> dict[str, Any]:

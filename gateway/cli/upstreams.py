@@ -59,7 +59,8 @@ async def _collect(settings: Settings, gateway: str) -> tuple[list[dict[str, obj
         probe_timeout=settings.connect_timeout + 5,
     )
     try:
-        _, (counts, note) = await asyncio.gather(fleet.refresh_now(), _gateway_view(gateway))
+        solo = specs[0].name if len(specs) == 1 else None
+        _, (counts, note) = await asyncio.gather(fleet.refresh_now(), _gateway_view(gateway, solo))
     finally:
         await fleet.close()
     rows: list[dict[str, object]] = []
@@ -81,17 +82,17 @@ async def _collect(settings: Settings, gateway: str) -> tuple[list[dict[str, obj
     return rows, note
 
 
-async def _gateway_view(url: str) -> tuple[dict[str, dict[str, object]], str]:
+async def _gateway_view(url: str, solo: str | None) -> tuple[dict[str, dict[str, object]], str]:
+    """Each server's load as the running gateway counts it (``solo``: the name of the one server
+    a gateway in front of one server counts, unnamed, in ``/readyz``'s ``upstream``)."""
     try:
         async with httpx.AsyncClient(timeout=5) as client:
             answer = (await client.get(url.rstrip("/") + "/readyz")).json()
-        upstreams = answer.get("upstreams", {})
-        if not isinstance(upstreams, dict):
+        upstreams = answer.get("upstreams") or ({solo: answer["upstream"]} if solo and "upstream" in answer else {})
+        if not isinstance(upstreams, dict) or not all(isinstance(load, dict) for load in upstreams.values()):
             raise TypeError
-    except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+    except (httpx.HTTPError, ValueError, AttributeError, TypeError, KeyError):
         return {}, f"(in flight, queued: the gateway at {url} did not answer /readyz)"
-    if not upstreams:
-        return {}, "(in flight, queued: a gateway in front of one server counts them in /metrics only)"
     return upstreams, ""
 
 

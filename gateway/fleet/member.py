@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from gateway.fleet.config import MemberSpec
 from gateway.fleet.queue import FairQueue
-from gateway.ollama.models import InvalidModelName, parse_model
+from gateway.ollama.listjson import entry_name, read
+from gateway.ollama.models import listed_model, parse_model
 from gateway.proxy.upstream import Upstream
 
 
@@ -104,17 +105,18 @@ class Member:
 def model_keys(listing: bytes) -> frozenset[str]:
     """Normalised names in an ``/api/tags`` or ``/api/ps`` answer; anything unreadable is skipped."""
     try:
-        entries = json.loads(listing).get("models")
-    except (ValueError, AttributeError, RecursionError):
+        answer = read(listing)
+    except (ValueError, RecursionError):
         raise ValueError("not a model listing") from None
+    if not isinstance(answer, dict):
+        raise ValueError("not a model listing")
+    entries = answer.get("models")
     keys: set[str] = set()
     for entry in entries if isinstance(entries, list) else ():
-        name = entry.get("model") or entry.get("name") if isinstance(entry, dict) else None
-        if isinstance(name, str):
-            try:
-                keys.add(str(parse_model(name)))
-            except InvalidModelName:
-                continue
+        name = entry_name(entry, "model")
+        model = listed_model(name) if name is not None else None
+        if model is not None:
+            keys.add(str(model))
     return frozenset(keys)
 
 

@@ -41,13 +41,17 @@ def own_command() -> str:
     return f"{shlex.quote(sys.executable)} -m gateway"
 
 
-async def report_start(fleet: Fleet, keyring: Keyring, *, database: Path | str, setting: str, wait: float) -> None:
-    """The start-up lines; then, for one server that did not answer, a line once it does (a fleet's
-    watchers say that for each of its servers). ``setting``: the variable that names the servers."""
-    log.info("keys and usage are in the database %s", database)
+async def report_start(
+    listening: asyncio.Event, fleet: Fleet, keyring: Keyring, *, database: Path | str, setting: str, wait: float
+) -> None:
+    """The start-up lines, once the server listens (``listening``), in this order: the database,
+    each server, the first-key hint; then, for one server that did not answer, a line once it does
+    (a fleet's watchers say that for each of its servers). ``setting``: the variable that names
+    the servers."""
     # One server goes unnamed (``Fleet.solo``): its name is only its address.
     named = fleet.solo is None
-    lines = await asyncio.gather(
+    # Asked meanwhile, so that waiting for the listener costs nothing.
+    asked = asyncio.gather(
         *(
             _upstream_line(
                 member.client, f"{member.name} ({member.spec.url})" if named else member.spec.url, setting, wait
@@ -55,6 +59,12 @@ async def report_start(fleet: Fleet, keyring: Keyring, *, database: Path | str, 
             for member in fleet.members
         )
     )
+    try:
+        await listening.wait()
+        log.info("keys and usage are in the database %s", database)
+        lines = await asked
+    finally:
+        asked.cancel()  # stopped before the listener was up: ask no more
     for line in lines:
         log.log(*line)
     if not keyring.has_usable_key():

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 # More than a count (key, separator, digits) can span, so one that straddles two chunks is found.
 _CARRY = 64
-_COUNT_MARKERS = (b'_count"', b'_tokens"')
 _COUNT = re.compile(
     rb'(?<!\\)"(prompt_eval_count|eval_count|prompt_tokens|completion_tokens|input_tokens|output_tokens)":\s*'
     # The lookahead keeps a number cut by a chunk boundary from being read before it is whole.
@@ -88,7 +87,7 @@ class UsageReader:
             self._frames += (self._carry[-1:] + data).count(b"\n\n")
         else:
             self._frames += data.count(b"\n")
-        if any(marker in window for marker in _COUNT_MARKERS):
+        if b'_count"' in window or b'_tokens"' in window:  # _COUNT's keys all end so
             for match in _COUNT.finditer(window):
                 seen = (base + match.start(), int(match.group(2)))
                 if match.group(1) in _PROMPT_KEYS:
@@ -105,11 +104,11 @@ class UsageReader:
     def _native_markers(self, window: bytes, base: int, data: bytes) -> None:
         # Plain searches suffice: inside a JSON string the quotes would be escaped (\"done\":).
         done = window.rfind(b'"done":true')
-        if done >= 0:
-            self._done_at = max(self._done_at, base + done)
+        if done >= 0 and base + done > self._done_at:
+            self._done_at = base + done
         not_done = window.rfind(b'"done":false')
-        if not_done >= 0:
-            self._not_done_at = max(self._not_done_at, base + not_done)
+        if not_done >= 0 and base + not_done > self._not_done_at:
+            self._not_done_at = base + not_done
         if b'{"error":' in window:
             for match in _NDJSON_ERROR.finditer(window):
                 self._error_at = max(self._error_at, base + match.start() + 1)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from gateway.errors import BadRequest, Forbidden
 from gateway.flow import Flow
-from gateway.keys.principal import Principal
 from gateway.keys.store import Scope
 from gateway.ollama.models import InvalidModelName, ModelName, allowed, parse_model
 from gateway.ollama.surfaces import ModelSource, RouteClass
-from gateway.policies.listing import ListingFilter
+from gateway.policies.listing import ListingFilter, ListingMemo
 from gateway.proxy.inbound import Inbound
 
 _SCOPE_FOR = {RouteClass.INFERENCE: Scope.INFERENCE, RouteClass.READ: Scope.READ, RouteClass.ADMIN: Scope.ADMIN}
@@ -48,13 +47,18 @@ class ModelPolicy:
 
     def __init__(self, *, allow_cloud: bool) -> None:
         self._allow_cloud = allow_cloud
+        self._listings = ListingMemo()
 
     async def admit(self, flow: Flow, inbound: Inbound) -> None:
         principal = flow.caller()
         route = flow.route
         restricted = bool(principal.patterns) or not self._allow_cloud
         if route.listing and restricted:
-            flow.transforms.append(ListingFilter(lambda name: self._may_use(principal, name)))
+            listing = ListingFilter(self._listings, principal.patterns, allow_cloud=self._allow_cloud)
+            if flow.method == "HEAD":
+                flow.transforms.append(listing)
+            else:
+                flow.rewrite = listing
         if route.json_body and flow.body is None:
             # The model must come from the body: checking without it would allow any model.
             raise RuntimeError(f"{route.name}: model permissions checked before the body was read")
@@ -77,9 +81,6 @@ class ModelPolicy:
 
     def finish(self, flow: Flow, admitted: None) -> None:
         pass
-
-    def _may_use(self, principal: Principal, name: ModelName) -> bool:
-        return (self._allow_cloud or not name.is_cloud) and allowed(name, principal.patterns)
 
     def _names(self, flow: Flow) -> list[ModelName]:
         source = flow.route.model_source

@@ -33,7 +33,7 @@ from gateway.errors import (
 )
 from gateway.fleet import Fleet, Member
 from gateway.fleet.fanout import FanOut
-from gateway.fleet.listings import Answer, FleetListing
+from gateway.fleet.listings import Answer, FleetListing, Merges
 from gateway.fleet.queue import Ticket
 from gateway.flow import Flow
 from gateway.ollama.models import parse_model
@@ -48,6 +48,7 @@ _HELD_LIMIT = 65536
 class RoutingPolicy:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
+        self._merges = Merges()
 
     async def admit(self, flow: Flow, inbound: Inbound) -> Placement:
         fleet = self.fleet
@@ -58,7 +59,7 @@ class RoutingPolicy:
         if route.per_server:
             return await self._per_server(flow, header(flow.headers, UPSTREAM_HEADER))
         if route.fleetwide.merged and flow.method == "GET":
-            return self._everywhere(flow, FleetListing(fleet, route), ())
+            return self._everywhere(flow, FleetListing(fleet, route, self._merges), ())
         if flow.model is None:
             member = fleet.least_busy()
             if member is None:

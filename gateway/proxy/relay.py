@@ -9,6 +9,11 @@ propagate as ``GatewayError`` for the caller to render; after it, a stream ends 
 frame in its own dialect, and a fixed-length body is cut (the client sees it truncated). The same
 holds for an exchange ended from outside (the gateway shutting down): its task is cancelled, and
 the ``Stop`` it was given names the error that cancellation stands for.
+
+A stream's pieces are relayed as they arrive: where the response can push them (``Pushing``) and
+the server offers a ``BodyWriter``, each piece goes from the upstream connection's read callback
+straight to the client's connection, with no task switch or ASGI message in between; otherwise,
+and whenever the client reads slower than the stream comes, through ``body()`` and ``send``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from starlette.types import Send
 from gateway.errors import Dialect, GatewayError, render_in_stream
 from gateway.proxy.headers import STREAM_HEADERS, Headers, client_response_headers, header, is_stream
 from gateway.proxy.inbound import Inbound
-from gateway.proxy.upstream import UpstreamResponse
+from gateway.proxy.upstream import Pushing, UpstreamResponse
+
+# The scope extension under which the gateway's own server offers its ``BodyWriter``.
+WRITER_EXTENSION = "gateway.body_writer"
 
 
 class Observer(Protocol):
@@ -43,11 +51,27 @@ class Stop(Protocol):
 
 
 class BodyTransform(Protocol):
-    """Rewrites a response body on its way out (e.g. a listing filtered per key)."""
+    """Rewrites a response body on its way out (e.g. a stream's added usage frame removed)."""
 
     def feed(self, data: bytes) -> bytes: ...
 
     def end(self) -> bytes: ...
+
+
+class BodyWriter(Protocol):
+    """The server's own way to write a chunked response's body to the client at once, from any
+    callback (an extension of the gateway's server; the relay uses ``send`` without it)."""
+
+    def serves(self, send: Send) -> bool:
+        """Whether ``send`` is the server's own: a writer must not bypass a wrapper around it."""
+
+    def writable(self) -> bool:
+        """Whether ``write`` may be called now; False while the client's buffer is full, or when the
+        response is not a chunked one in progress: such pieces go through ``send``."""
+
+    def write(self, data: bytes) -> None:
+        """One piece of the body, framed and written (dropped if the client has gone, as ``send``
+        drops it)."""
 
 
 class Chain:
@@ -70,6 +94,36 @@ class Chain:
         return tail
 
 
+class _Passage:
+    """What every relayed piece goes through: the observer, the transform, the count of bytes sent;
+    called with a pushed piece, it also writes it (or refuses it, to go through ``send``)."""
+
+    __slots__ = ("_observer", "_transform", "size", "writer")
+
+    def __init__(self, observer: Observer, transform: BodyTransform | None) -> None:
+        self._observer = observer
+        self._transform = transform
+        self.writer: BodyWriter | None = None
+        self.size = 0
+
+    def __call__(self, data: bytes) -> bool:
+        writer = self.writer
+        if writer is None or not writer.writable():
+            return False
+        data = self.passed(data)
+        if data:
+            writer.write(data)
+        return True
+
+    def passed(self, data: bytes) -> bytes:
+        """What of ``data`` goes to the client (after the observer saw it)."""
+        self._observer.chunk(data)
+        if self._transform is not None:
+            data = self._transform.feed(data)
+        self.size += len(data)
+        return data
+
+
 class ResponseAborted(Exception):
     """Raised after a fixed-length body broke off: the server must drop the connection."""
 
@@ -84,8 +138,9 @@ async def relay(
     observer: Observer,
     stop: Stop,
     transform: BodyTransform | None = None,
+    writer: BodyWriter | None = None,
 ) -> None:
-    size = 0
+    passage = _Passage(observer, transform)
     try:
         headers = client_response_headers(response.headers)
         content_type = header(headers, b"content-type")
@@ -99,15 +154,14 @@ async def relay(
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         tail = b""
         stream_type = content_type if streaming else None
+        if streaming and writer is not None and isinstance(response, Pushing) and writer.serves(send):
+            passage.writer = writer
+            response.push(passage)
         try:
             async for data in response.body():
-                observer.chunk(data)
-                if transform is not None:
-                    data = transform.feed(data)
-                    if not data:
-                        continue
-                size += len(data)
-                await send({"type": "http.response.body", "body": data, "more_body": True})
+                data = passage.passed(data)
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
         except GatewayError as error:
             tail = _broken_off(error, observer, inbound, stream_type, dialect)
         except asyncio.CancelledError:
@@ -118,11 +172,14 @@ async def relay(
         else:
             if transform is not None:
                 tail = transform.end()
+        finally:
+            if isinstance(response, Pushing):
+                response.push(None)
         inbound.stop()
-        size += len(tail)
+        passage.size += len(tail)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     finally:
-        observer.sent(size)
+        observer.sent(passage.size)
         await response.aclose()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
@@ -30,6 +31,7 @@ class Gateway:
         admin_app: ASGIApp | None = None,
         *,
         close_usage: Callable[[], Awaitable[None]] | None = None,
+        listening: asyncio.Event | None = None,
     ) -> None:
         self.api = api
         self.forwarded = forwarded
@@ -41,6 +43,9 @@ class Gateway:
         # Writes the usage counted so far and closes its store. The lifespan's shutdown does it;
         # the server calls this when a forced exit skips that shutdown.
         self.close_usage = close_usage
+        # Set by the server once its sockets listen: the start-up lines wait for it, so that they
+        # come after the server's own "running on" line rather than among its lines.
+        self.listening = listening or asyncio.Event()
         self._api = WithRequestId(api)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

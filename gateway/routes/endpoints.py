@@ -53,9 +53,12 @@ def health_router(checks: dict[str, Check], fleet: Fleet | None = None) -> APIRo
         detail = dict(zip(names, results, strict=True))
         ready = all(value == "ok" or value.startswith("degraded") for value in detail.values())
         answer: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": detail}
-        if fleet is not None and fleet.solo is None:
-            # Public, like the rest of /readyz: states and load only, no model names. (One server
-            # is not listed: its name is its address, which a stranger has no need to learn.)
+        if fleet is not None and fleet.solo is not None:
+            # One server goes unnamed (its name is its address, which a stranger has no need to
+            # learn): its load only, which `ollama-gateway upstreams` shows beside it.
+            answer["upstream"] = {"in_flight": fleet.solo.in_flight, "queued": fleet.solo.queued}
+        elif fleet is not None:
+            # Public, like the rest of /readyz: states and load only, no model names.
             answer["upstreams"] = {
                 member.name: {
                     "state": member.state.value,

@@ -26,7 +26,7 @@ from gateway.ollama.surfaces import classify, unchecked
 from gateway.proxy.clientaddr import ClientResolver
 from gateway.proxy.headers import Headers, header, upstream_request_headers
 from gateway.proxy.inbound import ClientDisconnected, Inbound
-from gateway.proxy.relay import Chain, relay
+from gateway.proxy.relay import WRITER_EXTENSION, Chain, relay
 from gateway.proxy.upstream import Outbound, UpstreamResponse
 from gateway.routes.cors import Cors
 from gateway.routes.drain import Drain, Stop
@@ -127,8 +127,11 @@ class ForwardedRoutes:
                 raise RuntimeError(f"{route.name}: no policy chose where the request goes")
             flow.forwarded_at = time.perf_counter()
             extra_headers = [(b"x-request-id", rid), _overhead_header(flow), *flow.response_headers]
+            response = await _answer(flow, destination, outbound)
+            if flow.rewrite is not None:
+                response = await flow.rewrite.answer(response)
             await relay(
-                await _answer(flow, destination, outbound),
+                response,
                 inbound,
                 send,
                 dialect=route.dialect,
@@ -136,6 +139,7 @@ class ForwardedRoutes:
                 observer=flow,
                 stop=stop,
                 transform=Chain(flow.transforms) if flow.transforms else None,
+                writer=scope.get("extensions", {}).get(WRITER_EXTENSION),
             )
         except GatewayError as error:
             flow.fail(error)

@@ -31,12 +31,16 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.errors import ConnectionsExhausted, Dialect, GatewayError, HeadersTooLarge, render
 from gateway.observe.connections import STATE_KEY, ConnectionGuard
+from gateway.proxy.relay import WRITER_EXTENSION
+from gateway.runtime.bodywriter import CycleWriter
 
 # SHA-256 of inspect.getsource() of the uvicorn code this module was checked against (0.54.0).
 CHECKED_UVICORN_SOURCES = {
     "HttpToolsProtocol.on_body": "dba9c32aeba35b6ae10722f86232d44d93fda42d97711244eeaa51c0a1f3e1c9",
     "HttpToolsProtocol.data_received": "010a7ae59a5d3b1a5e7326ce246878568629d126a076d8af5ba10cab040fae43",
     "RequestResponseCycle.receive": "8124ae006be71184810da91d586b97c4b3b9ae43e28984bc94f81e26d20af3e6",
+    # What bodywriter.py writes in its place for a chunked body.
+    "RequestResponseCycle.send": "abdd8601b326a8da972436918d3a954e1ef39c6bf0cd9e1c1954c2e798d0bb9c",
 }
 
 # Like Apache's LimitRequestFields; nginx's default buffers take 32 KiB of head (4 x 8 KiB).
@@ -121,6 +125,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:
+            # This request's cycle (none is made for an upgrade): the relay may write its stream's
+            # pieces straight to the connection.
+            self.scope.setdefault("extensions", {})[WRITER_EXTENSION] = CycleWriter(cycle)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._ended_in_read = True

@@ -51,6 +51,8 @@ def app_from_environment() -> Gateway:
     settings = Settings()
     configure_logging(settings.log_level)
     app = create_app(settings)
+    # uvicorn's own server signals nothing once it listens: its start-up lines come as they come.
+    app.listening.set()
     prepare_process()
     return app
 

@@ -38,6 +38,11 @@ class GatewayServer(uvicorn.Server):
         self._app = app
         self._grace = grace
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._app.listening.set()
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         drain = self._app.forwarded.drain
         deadline = asyncio.get_running_loop().call_later(self._grace, drain.start)

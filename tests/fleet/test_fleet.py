@@ -540,4 +540,9 @@ def test_a_fleet_of_one_answers_as_its_server_alone(gateway: RunningGateway, fak
     ]
     assert all(name != "x-gateway-upstream" for name, _ in fake.requests[2].headers)
     ready = httpx.get(url + "/readyz", timeout=WAIT).json()
-    assert ready == {"status": "ready", "checks": {"upstream": "ok", "database": "ok"}}
+    # Its load is shown, never its name (its address).
+    assert ready == {
+        "status": "ready",
+        "checks": {"upstream": "ok", "database": "ok"},
+        "upstream": {"in_flight": 0, "queued": 0},
+    }

@@ -3,24 +3,31 @@ make the first key; and a readable access log on a terminal, JSON everywhere els
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 import os
 import pty
 import select
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from uvicorn.lifespan.on import LifespanOn
 
+from gateway.app import create_app
 from gateway.keys.keyring import Keyring
 from gateway.keys.management import KeyAdmin
 from gateway.keys.store import open_keystore
 from gateway.observe.accesslog import chosen_format
-from tests.conftest import issue_key
+from gateway.runtime.server import uvicorn_config
+from gateway.runtime.shutdown import GatewayServer
+from tests.conftest import gateway_settings, issue_key
 from tests.fake_ollama import FakeOllama
 from tests.servers import ROOT, free_port, gateway_process, stop_process
 
@@ -182,3 +189,57 @@ def test_serve_on_a_terminal_logs_text_lines(fake: FakeOllama, database_url: str
     finally:
         stop_process(process)
         os.close(primary)
+
+
+def test_the_start_up_lines_come_after_the_server_listens_in_order(
+    fake: FakeOllama, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ollama answering before the socket is bound (a quick server, a slow bind) must not put the
+    gateway's lines among uvicorn's: they come after "running on", the database first."""
+    settings = gateway_settings(upstream_url=fake.url, database_url=database_url, host="127.0.0.1", port=free_port())
+    app = create_app(settings)
+    server = GatewayServer(uvicorn_config(settings, app), app, grace=1)
+    lines: list[str] = []
+    said = _Said(lines)
+    real_startup = LifespanOn.startup
+
+    async def slow_bind(self: LifespanOn) -> None:
+        # The application has started; Ollama is asked and answers before the socket is bound.
+        await real_startup(self)
+        await asyncio.to_thread(fake.wait_for_request)
+        # A line that comes now comes too early: give it its chance (it must not come).
+        await asyncio.to_thread(said.wait_for, "forwarding to", 1.0, must=False)
+
+    monkeypatch.setattr(LifespanOn, "startup", slow_bind)
+    loggers = [logging.getLogger("uvicorn.error"), logging.getLogger("gateway")]
+    for logger in loggers:
+        logger.addHandler(said)
+        monkeypatch.setattr(logger, "level", logging.INFO)
+    thread = threading.Thread(target=server.run, daemon=True)
+    try:
+        thread.start()
+        said.wait_for("no API key exists yet", 10.0)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        for logger in loggers:
+            logger.removeHandler(said)
+    starts = ("Uvicorn running on", "keys and usage are in the database", f"forwarding to {fake.url}", "no API key")
+    assert [start for line in lines for start in starts if line.startswith(start)] == list(starts)
+
+
+class _Said(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+        self._said = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._said:
+            self.lines.append(record.getMessage())
+            self._said.notify_all()
+
+    def wait_for(self, start: str, timeout: float, *, must: bool = True) -> None:
+        with self._said:
+            if not self._said.wait_for(lambda: any(line.startswith(start) for line in self.lines), timeout) and must:
+                raise TimeoutError(f"no line starting {start!r} in {self.lines}")

@@ -625,3 +625,60 @@ def test_the_reuse_check_works_past_select_s_1024_descriptors() -> None:
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the condition never held")
+
+
+def test_a_pushed_piece_never_overtakes_the_one_the_reader_holds() -> None:
+    """Pieces go to the sink only while the reader waits for one: a piece that arrives while it is
+    still busy with the last one (a relay waiting for its client) queues behind it."""
+
+    async def scenario() -> None:
+        second, last = asyncio.Event(), asyncio.Event()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: Server) -> None:
+            await read_request(reader, state)
+            writer.write(STREAM_HEAD + b"2\r\na\n\r\n")
+            await second.wait()
+            writer.write(b"2\r\nb\n\r\n")
+            await last.wait()
+            writer.write(b"2\r\nc\n\r\n0\r\n\r\n")
+            await writer.drain()
+
+        async with serving(handler) as state:
+            client = upstream(state)
+            response = await client.send(Outbound("POST", "/api/chat", [], b"{}"))
+            pushed: list[bytes] = []
+            taking = False
+
+            def sink(data: bytes) -> bool:
+                if taking:
+                    pushed.append(data)
+                return taking
+
+            response.push(sink)
+            body = response.body()
+            assert await anext(body) == b"a\n"  # refused by the sink: through body()
+            taking = True
+            second.set()
+            before = response.received
+            await _until(lambda: response.received > before)
+            assert pushed == []  # the reader still holds "a": "b" waits its turn
+            assert await anext(body) == b"b\n"
+            last.set()
+            # The reader waits now: "c" goes to the sink, and the body ends.
+            assert [piece async for piece in body] == []
+            assert pushed == [b"c\n"]
+            await response.aclose()
+            await client.aclose()
+
+    run(scenario)

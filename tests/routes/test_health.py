@@ -17,7 +17,9 @@ from tests.servers import RunningGateway, free_port
 
 pytestmark = pytest.mark.timeout(30)
 
-READY = {"status": "ready", "checks": {"upstream": "ok", "database": "ok"}}
+# One server's load, unnamed (``ollama-gateway upstreams`` shows it beside the server).
+IDLE = {"in_flight": 0, "queued": 0}
+READY = {"status": "ready", "checks": {"upstream": "ok", "database": "ok"}, "upstream": IDLE}
 
 
 class VersionServer:
@@ -94,7 +96,7 @@ def test_readyz_follows_the_upstream(
     gone = httpx.get(gateway.url + "/readyz")
     assert (gone.status_code, gone.json()) == (
         503,
-        {"status": "not ready", "checks": {"upstream": "unavailable", "database": "ok"}},
+        {"status": "not ready", "checks": {"upstream": "unavailable", "database": "ok"}, "upstream": IDLE},
     )
     # Alive all the same: liveness must not restart a gateway whose upstream is down.
     assert httpx.get(gateway.url + "/healthz").status_code == 200

@@ -161,12 +161,13 @@ def test_the_served_gateway_uses_it(database_url: str) -> None:
 
 
 def test_the_uvicorn_code_the_protocol_replaces_is_the_code_it_was_checked_against() -> None:
-    """A new uvicorn may change on_body, data_received or receive(): this fails until someone has read
-    them."""
+    """A new uvicorn may change on_body, data_received, receive() or send(): this fails until someone
+    has read them."""
     found: dict[str, Callable[..., object]] = {
         "HttpToolsProtocol.on_body": HttpToolsProtocol.on_body,
         "HttpToolsProtocol.data_received": HttpToolsProtocol.data_received,
         "RequestResponseCycle.receive": RequestResponseCycle.receive,
+        "RequestResponseCycle.send": RequestResponseCycle.send,
     }
     digests = {name: hashlib.sha256(inspect.getsource(code).encode()).hexdigest() for name, code in found.items()}
     assert digests == CHECKED_UVICORN_SOURCES, f"uvicorn {uvicorn.__version__} differs from the checked code"

@@ -15,14 +15,14 @@ import asyncio
 import errno
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import httptools
 
 from gateway.errors import UpstreamBroken, UpstreamNotReached, UpstreamUnavailable
 from gateway.proxy.headers import Headers, header
-from gateway.proxy.upstream import Outbound, lost, malformed, misframed, timed_out, unreachable
+from gateway.proxy.upstream import Outbound, Pushing, lost, malformed, misframed, timed_out, unreachable
 from gateway.proxy.upstream.connections import Closed, Connection, Pool
 
 # Bytes of response held for a slow client before the upstream socket stops being read.
@@ -33,8 +33,9 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
-class _Response:
-    """One exchange: the parser's callbacks on one side, the relay's body iterator on the other."""
+class _Response(Pushing):
+    """One exchange: the parser's callbacks on one side, the relay's body iterator (or its sink)
+    on the other."""
 
     def __init__(self, pool: Pool, conn: Connection, method: str, read_timeout: float | None) -> None:
         self._pool = pool
@@ -48,6 +49,7 @@ class _Response:
         self._timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Callable[[bytes], bool] | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._paused = False
@@ -102,6 +104,14 @@ class _Response:
     def on_body(self, body: bytes) -> None:
         if self.complete:
             return
+        sink = self._sink
+        if sink is not None and not self._chunks:
+            waiter = self._waiter
+            # Only while the reader waits for a piece (not while it is still sending the last one,
+            # nor once it has been cancelled): so pieces keep their order, and none goes out after
+            # the relay has stopped.
+            if waiter is not None and not waiter.done() and sink(body):
+                return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self._conn.transport is not None:
@@ -207,6 +217,9 @@ class _Response:
         self._wake()
 
     # The relay's side (the UpstreamResponse protocol).
+    def push(self, sink: Callable[[bytes], bool] | None) -> None:
+        self._sink = sink
+
     async def body(self) -> AsyncIterator[bytes]:
         chunks = self._chunks
         while True:
@@ -250,8 +263,9 @@ class _Response:
         else:
             self._pool.discard(self._conn)
         # Break the cycles an ended exchange would otherwise keep (see __init__; a raised error's
-        # traceback holds the body() frame that holds this object).
+        # traceback holds the body() frame that holds this object; the sink, the relay's frame).
         self._parser = None
+        self._sink = None
         self.error = None
         self.writer = None
 
