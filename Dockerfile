@@ -11,8 +11,8 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, from the lock file alone, so a code change reuses this layer: the runtime
-# dependencies and the redis extra at the exact versions and hashes `make lock` recorded, so an
-# image built twice holds the same packages. Wheels only: nothing is compiled, and no compiler
+# dependencies and the redis and postgres extras at the exact versions and hashes `make lock`
+# recorded, so an image built twice holds the same packages. Wheels only: nothing is compiled, and no compiler
 # is needed in either stage.
 COPY requirements.lock ./
 RUN pip install --require-hashes --only-binary=:all: --no-deps -r requirements.lock

@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Two stamps in one virtualenv: `make run` installs what the gateway needs (and the redis extra);
+# Two stamps in one virtualenv: `make run` installs what the gateway needs (and the redis and
+# postgres extras);
 # `make test` and the other checks add the dev tools (pytest, Playwright, ruff, mypy …) on top.
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
@@ -14,11 +15,11 @@ NGINX := $(VENV)/nginx/usr/sbin/nginx
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[redis]'
+	$(BIN)/python -m pip install --quiet -e '.[redis,postgres]'
 	touch $(RUN_STAMP)
 
 $(STAMP): $(RUN_STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,redis]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,redis,postgres]'
 	touch $(STAMP)
 
 # Ctrl-C stops the gateway cleanly and it exits 130, as a shell reports a command ended by SIGINT:
@@ -29,7 +30,7 @@ run: $(RUN_STAMP)
 
 test: lint typecheck unit
 
-# deptry: every import in the package is a runtime dependency (or the redis extra), so the image and
+# deptry: every import in the package is a runtime dependency (or an extra), so the image and
 # `pip install` hold what it imports (settings in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -82,7 +83,7 @@ bench: $(STAMP)
 # The image installs exactly these versions (hash-checked): run after changing a dependency.
 lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra redis --universal --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra redis --extra postgres --universal --python-version 3.11 \
 		--generate-hashes --quiet -o requirements.lock
 
 clean:

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Lifespan
@@ -15,11 +16,13 @@ from starlette.types import ASGIApp, Lifespan
 from gateway import __version__
 from gateway.admin import AdminSources, LiveTraffic, admin_app
 from gateway.admin.live import asked_now, queue_totals
-from gateway.database import Database
+from gateway.databases import AnyDatabase, describe, open_database
 from gateway.fleet import Fleet
 from gateway.fleet.config import fleet_specs
 from gateway.keys.keyring import Keyring
 from gateway.keys.management import KeyAdmin
+from gateway.keys.notices import KeyNotices
+from gateway.keys.postgres import PostgresKeyStore
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import QUOTA_NAMES
 from gateway.observe.accesslog import AccessLog, AuditLog, chosen_format
@@ -37,6 +40,7 @@ from gateway.policies.permissions import ModelPolicy, RoutePolicy
 from gateway.policies.requestbody import RequestBodyPolicy
 from gateway.policies.routing import RoutingPolicy
 from gateway.policies.usagerequest import StreamUsagePolicy
+from gateway.postgres import KEYS_CHANNEL, PostgresDatabase
 from gateway.proxy.clientaddr import ClientResolver
 from gateway.proxy.upstream import Upstream, open_upstream
 from gateway.routes.cors import Cors
@@ -55,7 +59,12 @@ from gateway.routes.guard import admin_scope
 from gateway.routes.responses import install_error_handlers
 from gateway.settings import Settings
 from gateway.usage.accounting import UsageLedger
+from gateway.usage.postgres import PostgresUsageStore
 from gateway.usage.store import SqliteUsageStore
+
+if TYPE_CHECKING:
+    from gateway.keys.store import ManagedKeyStore
+    from gateway.usage.store import ReportStore
 
 log = logging.getLogger("gateway.keys")
 
@@ -84,10 +93,14 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         refresh_interval=settings.upstream_refresh_interval,
         probe_timeout=min(settings.connect_timeout, READY_TIMEOUT) + READY_TIMEOUT,
     )
-    # One connection for the whole process, on its own thread (see database.py).
-    database = Database(settings.database_url)
-    key_store = SqliteKeyStore(database)
-    usage_store = SqliteUsageStore(database)
+    # SQLite: one connection for the whole process, on its own thread (see database.py);
+    # PostgreSQL: a few, on the database's own threads (see postgres.py).
+    database = open_database(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        statement_timeout=settings.database_statement_timeout,
+    )
+    key_store, usage_store = _stores(database)
     keyring = Keyring(lambda: key_store, refresh_interval=settings.key_refresh_interval, executor=database.executor)
     metrics = Metrics()
     authenticator = Authenticator(
@@ -162,6 +175,15 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
         await database.call(database.open)
         await keyring.start()
+        # Shared with other replicas: their key changes are announced, acted on here at once.
+        notices = KeyNotices(lambda ids: keyring.catch_up() if ids is None else keyring.notice(ids))
+        changes_heard = (
+            asyncio.get_running_loop().create_task(
+                database.listen(KEYS_CHANNEL, notices.notice, reconnected=notices.reconnected)
+            )
+            if isinstance(database, PostgresDatabase)
+            else None
+        )
         await ledger.start()
         await limiter.start()
         await fleet.start()
@@ -171,7 +193,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
                 listening,
                 fleet,
                 keyring,
-                database=database.path,
+                database=describe(database),
                 setting=_servers_setting(settings),
                 wait=min(settings.connect_timeout, READY_TIMEOUT),
             )
@@ -179,8 +201,11 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         try:
             yield {CONNECTION_GUARD: connections}
         finally:
-            report.cancel()
-            await asyncio.gather(report, return_exceptions=True)
+            background = [task for task in (report, changes_heard) if task is not None]
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await notices.close()
             # Requests have drained by now: write the last usage counts, then close. Each part is
             # closed even when one before it fails: a broken database must not leave sockets open.
             async with contextlib.AsyncExitStack() as closing:
@@ -225,6 +250,13 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         close_usage=ledger.close,
         listening=listening,
     )
+
+
+def _stores(database: AnyDatabase) -> tuple[ManagedKeyStore, ReportStore]:
+    """The key and usage stores of the backend chosen."""
+    if isinstance(database, PostgresDatabase):
+        return PostgresKeyStore(database), PostgresUsageStore(database)
+    return SqliteKeyStore(database), SqliteUsageStore(database)
 
 
 def upstream_client(settings: Settings, url: str, *, max_connections: int | None = None) -> Upstream:

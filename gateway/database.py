@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from gateway.errors import DatabaseFailed, DatabaseUnavailable
 
@@ -53,117 +53,264 @@ CLI_BUSY_TIMEOUT = 10.0
 log = logging.getLogger("gateway.database")
 
 # Written out by hand, never derived: a migration is history, and must read tomorrow as it ran
-# today. The keys table has a column per limit of ``gateway.keys.store.Limits``, named as the
-# limit: a new limit is a new migration adding its column (as 3 did for weight).
-MIGRATIONS: tuple[str, ...] = (
+# today. Each is written once per backend, side by side (SQLite's and PostgreSQL's types and
+# syntax differ), and both backends number them from this one list. The keys table has a column
+# per limit of ``gateway.keys.store.Limits``, named as the limit: a new limit is a new migration
+# adding its column (as 3 did for weight).
+
+
+class Migration(NamedTuple):
+    sqlite: str
+    postgres: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: API keys, and a counter the server polls to notice changes made elsewhere (the CLI, another server).
-    """
-    CREATE TABLE keys (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        digest TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        last_used_at REAL,
-        expires_at REAL,
-        revoked INTEGER NOT NULL DEFAULT 0,
-        scopes TEXT NOT NULL,
-        models TEXT NOT NULL,
-        rpm INTEGER,
-        tpm INTEGER,
-        tpd INTEGER,
-        concurrency INTEGER
-    );
-    CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    INSERT INTO meta (name, value) VALUES ('keys_version', 0);
-    """,
+    Migration(
+        """
+        CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            digest TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            last_used_at REAL,
+            expires_at REAL,
+            revoked INTEGER NOT NULL DEFAULT 0,
+            scopes TEXT NOT NULL,
+            models TEXT NOT NULL,
+            rpm INTEGER,
+            tpm INTEGER,
+            tpd INTEGER,
+            concurrency INTEGER
+        );
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta (name, value) VALUES ('keys_version', 0);
+        """,
+        """
+        CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            digest TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            last_used_at DOUBLE PRECISION,
+            expires_at DOUBLE PRECISION,
+            revoked INTEGER NOT NULL DEFAULT 0,
+            scopes TEXT NOT NULL,
+            models TEXT NOT NULL,
+            rpm BIGINT,
+            tpm BIGINT,
+            tpd BIGINT,
+            concurrency BIGINT
+        );
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+        INSERT INTO meta (name, value) VALUES ('keys_version', 0);
+        """,
+    ),
     # 2: token usage per key, model and UTC day.
-    """
-    CREATE TABLE usage (
-        day TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        key_name TEXT NOT NULL,
-        model TEXT NOT NULL,
-        requests INTEGER NOT NULL DEFAULT 0,
-        prompt_tokens INTEGER NOT NULL DEFAULT 0,
-        completion_tokens INTEGER NOT NULL DEFAULT 0,
-        errors INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (day, key_id, model)
-    );
-    CREATE INDEX usage_key ON usage (key_name, day);
-    """,
+    Migration(
+        """
+        CREATE TABLE usage (
+            day TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            key_name TEXT NOT NULL,
+            model TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, key_id, model)
+        );
+        CREATE INDEX usage_key ON usage (key_name, day);
+        """,
+        """
+        CREATE TABLE usage (
+            day TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            key_name TEXT NOT NULL,
+            model TEXT NOT NULL,
+            requests BIGINT NOT NULL DEFAULT 0,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            errors BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, key_id, model)
+        );
+        CREATE INDEX usage_key ON usage (key_name, day);
+        """,
+    ),
     # 3: a key's share of the upstream when requests queue.
-    """
-    ALTER TABLE keys ADD COLUMN weight INTEGER;
-    """,
+    Migration(
+        """
+        ALTER TABLE keys ADD COLUMN weight INTEGER;
+        """,
+        """
+        ALTER TABLE keys ADD COLUMN weight BIGINT;
+        """,
+    ),
     # 4: one row that readiness checks rewrite, to prove a write reaches the disk.
-    """
-    CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
-    """,
+    Migration(
+        """
+        CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
+        """,
+        """
+        CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at DOUBLE PRECISION NOT NULL);
+        """,
+    ),
     # 5: Ollama public keys, each belonging to one key at most (the blob is the identity).
-    """
-    CREATE TABLE ollama_keys (
-        blob BLOB PRIMARY KEY,
-        key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
-        comment TEXT NOT NULL,
-        added_at REAL NOT NULL
-    );
-    CREATE INDEX ollama_keys_key ON ollama_keys (key_id);
-    """,
+    # PostgreSQL has no rowid: a column of that name keeps the order keys were added in.
+    Migration(
+        """
+        CREATE TABLE ollama_keys (
+            blob BLOB PRIMARY KEY,
+            key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+            comment TEXT NOT NULL,
+            added_at REAL NOT NULL
+        );
+        CREATE INDEX ollama_keys_key ON ollama_keys (key_id);
+        """,
+        """
+        CREATE TABLE ollama_keys (
+            blob BYTEA PRIMARY KEY,
+            key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+            comment TEXT NOT NULL,
+            added_at DOUBLE PRECISION NOT NULL,
+            rowid BIGSERIAL NOT NULL
+        );
+        CREATE INDEX ollama_keys_key ON ollama_keys (key_id);
+        """,
+    ),
     # 6: a change feed. Every write to a key (from the gateway, the CLI, or by hand) stamps its row
     # with the counter's new value, moved inside the write's transaction, so stamps commit in their
     # order; a deleted key leaves its id and stamp behind. The keyring then reads only the rows
-    # stamped since it last looked. Recording last use is not a change.
-    """
-    ALTER TABLE keys ADD COLUMN change INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX keys_change ON keys (change);
-    CREATE TABLE removed_keys (id TEXT PRIMARY KEY, change INTEGER NOT NULL);
-    CREATE INDEX removed_keys_change ON removed_keys (change);
-    CREATE TRIGGER keys_created AFTER INSERT ON keys BEGIN
-        UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
-        UPDATE keys SET change = (SELECT value FROM meta WHERE name = 'keys_version') WHERE id = NEW.id;
-    END;
-    CREATE TRIGGER keys_changed AFTER UPDATE ON keys
-    WHEN NEW.change IS OLD.change AND NEW.last_used_at IS OLD.last_used_at BEGIN
-        UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
-        UPDATE keys SET change = (SELECT value FROM meta WHERE name = 'keys_version') WHERE id = NEW.id;
-    END;
-    CREATE TRIGGER keys_removed AFTER DELETE ON keys BEGIN
-        UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
-        INSERT OR REPLACE INTO removed_keys (id, change)
-            VALUES (OLD.id, (SELECT value FROM meta WHERE name = 'keys_version'));
-    END;
-    """,
+    # stamped since it last looked. Recording last use is not a change. PostgreSQL's triggers also
+    # announce the changed key's id on the channel ``gateway_keys`` (delivered at commit), so
+    # every replica listening looks at once.
+    Migration(
+        """
+        ALTER TABLE keys ADD COLUMN change INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX keys_change ON keys (change);
+        CREATE TABLE removed_keys (id TEXT PRIMARY KEY, change INTEGER NOT NULL);
+        CREATE INDEX removed_keys_change ON removed_keys (change);
+        CREATE TRIGGER keys_created AFTER INSERT ON keys BEGIN
+            UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
+            UPDATE keys SET change = (SELECT value FROM meta WHERE name = 'keys_version') WHERE id = NEW.id;
+        END;
+        CREATE TRIGGER keys_changed AFTER UPDATE ON keys
+        WHEN NEW.change IS OLD.change AND NEW.last_used_at IS OLD.last_used_at BEGIN
+            UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
+            UPDATE keys SET change = (SELECT value FROM meta WHERE name = 'keys_version') WHERE id = NEW.id;
+        END;
+        CREATE TRIGGER keys_removed AFTER DELETE ON keys BEGIN
+            UPDATE meta SET value = value + 1 WHERE name = 'keys_version';
+            INSERT OR REPLACE INTO removed_keys (id, change)
+                VALUES (OLD.id, (SELECT value FROM meta WHERE name = 'keys_version'));
+        END;
+        """,
+        """
+        ALTER TABLE keys ADD COLUMN change BIGINT NOT NULL DEFAULT 0;
+        CREATE INDEX keys_change ON keys (change);
+        CREATE TABLE removed_keys (id TEXT PRIMARY KEY, change BIGINT NOT NULL);
+        CREATE INDEX removed_keys_change ON removed_keys (change);
+        CREATE FUNCTION keys_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE name = 'keys_version' RETURNING value INTO NEW.change;
+            PERFORM pg_notify('gateway_keys', NEW.id);
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER keys_created BEFORE INSERT ON keys FOR EACH ROW EXECUTE FUNCTION keys_stamp();
+        CREATE TRIGGER keys_changed BEFORE UPDATE ON keys FOR EACH ROW
+            WHEN (NEW.change IS NOT DISTINCT FROM OLD.change AND NEW.last_used_at IS NOT DISTINCT FROM OLD.last_used_at)
+            EXECUTE FUNCTION keys_stamp();
+        CREATE FUNCTION keys_unstamp() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE stamp BIGINT;
+        BEGIN
+            UPDATE meta SET value = value + 1 WHERE name = 'keys_version' RETURNING value INTO stamp;
+            INSERT INTO removed_keys (id, change) VALUES (OLD.id, stamp)
+                ON CONFLICT (id) DO UPDATE SET change = excluded.change;
+            PERFORM pg_notify('gateway_keys', OLD.id);
+            RETURN OLD;
+        END $$;
+        CREATE TRIGGER keys_removed AFTER DELETE ON keys FOR EACH ROW EXECUTE FUNCTION keys_unstamp();
+        """,
+    ),
     # 7: usage summed per (key name, day) and per (day, model), kept up to date with every batch
     # written to usage, so that a report over a year reads ~10x fewer rows than usage holds; filled
     # here from the rows already written. WITHOUT ROWID (SQLite's): the rows live in their primary
-    # key's order, so a scan reads the sums without a lookup per row (PostgreSQL: drop the clause).
-    """
-    CREATE TABLE usage_key_days (
-        key_name TEXT NOT NULL,
-        day TEXT NOT NULL,
-        requests INTEGER NOT NULL DEFAULT 0,
-        prompt_tokens INTEGER NOT NULL DEFAULT 0,
-        completion_tokens INTEGER NOT NULL DEFAULT 0,
-        errors INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (key_name, day)
-    ) WITHOUT ROWID;
-    CREATE TABLE usage_model_days (
-        day TEXT NOT NULL,
-        model TEXT NOT NULL,
-        requests INTEGER NOT NULL DEFAULT 0,
-        prompt_tokens INTEGER NOT NULL DEFAULT 0,
-        completion_tokens INTEGER NOT NULL DEFAULT 0,
-        errors INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (day, model)
-    ) WITHOUT ROWID;
-    INSERT INTO usage_key_days (key_name, day, requests, prompt_tokens, completion_tokens, errors)
-        SELECT key_name, day, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(errors)
-        FROM usage GROUP BY key_name, day;
-    INSERT INTO usage_model_days (day, model, requests, prompt_tokens, completion_tokens, errors)
-        SELECT day, model, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(errors)
-        FROM usage GROUP BY day, model;
-    """,
+    # key's order, so a scan reads the sums without a lookup per row (PostgreSQL: its heap rows, with
+    # the primary key's index).
+    Migration(
+        """
+        CREATE TABLE usage_key_days (
+            key_name TEXT NOT NULL,
+            day TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (key_name, day)
+        ) WITHOUT ROWID;
+        CREATE TABLE usage_model_days (
+            day TEXT NOT NULL,
+            model TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, model)
+        ) WITHOUT ROWID;
+        INSERT INTO usage_key_days (key_name, day, requests, prompt_tokens, completion_tokens, errors)
+            SELECT key_name, day, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(errors)
+            FROM usage GROUP BY key_name, day;
+        INSERT INTO usage_model_days (day, model, requests, prompt_tokens, completion_tokens, errors)
+            SELECT day, model, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(errors)
+            FROM usage GROUP BY day, model;
+        """,
+        """
+        CREATE TABLE usage_key_days (
+            key_name TEXT NOT NULL,
+            day TEXT NOT NULL,
+            requests BIGINT NOT NULL DEFAULT 0,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            errors BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (key_name, day)
+        );
+        CREATE TABLE usage_model_days (
+            day TEXT NOT NULL,
+            model TEXT NOT NULL,
+            requests BIGINT NOT NULL DEFAULT 0,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            errors BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, model)
+        );
+        INSERT INTO usage_key_days (key_name, day, requests, prompt_tokens, completion_tokens, errors)
+            SELECT key_name, day, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(errors)
+            FROM usage GROUP BY key_name, day;
+        INSERT INTO usage_model_days (day, model, requests, prompt_tokens, completion_tokens, errors)
+            SELECT day, model, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(errors)
+            FROM usage GROUP BY day, model;
+        """,
+    ),
+    # 8: the usage batches PostgreSQL has committed, a day's worth: a replica whose connection broke
+    # while a flush committed looks its batch up here before writing it again, so a commit whose
+    # answer was lost is not counted twice. SQLite's commits are local: it has no such doubt.
+    Migration(
+        "",
+        """
+        CREATE TABLE usage_batches (id TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL);
+        CREATE INDEX usage_batches_at ON usage_batches (at);
+        """,
+    ),
 )
+
+
+def check_schema(version: int) -> None:
+    """A database migrated by a newer gateway is refused: its data may mean what this one cannot read."""
+    if version > len(MIGRATIONS):
+        raise DatabaseError(
+            f"the database's schema is version {version}, newer than this gateway's ({len(MIGRATIONS)}): "
+            "run the newer gateway, or restore a backup taken before it migrated"
+        )
 
 
 class Runner(Protocol):
@@ -406,10 +553,9 @@ class Database:
 def migrate(connection: sqlite3.Connection) -> None:
     with transaction(connection):
         version: int = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise DatabaseError(f"database schema {version} is newer than this gateway ({len(MIGRATIONS)})")
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in _statements(script):
+        check_schema(version)
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in _statements(migration.sqlite):
                 connection.execute(statement)
             connection.execute(f"PRAGMA user_version={number}")
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import difflib
 import ipaddress
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.fleet.config import check_url, parse_list
 from gateway.keys.store import QUOTA_NAMES
+from gateway.postgres import redacted
 
 MiB = 1024 * 1024
 
@@ -57,8 +58,14 @@ class Settings(BaseSettings):
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs or CIDRs, comma-separated).
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
 
-    # Keys and usage live here; the container points it at its data volume.
+    # Keys and usage live here; the container points it at its data volume. sqlite:///<path> for
+    # one machine; postgresql://user:password@host:5432/db (libpq options such as sslmode in the
+    # query) for several replicas sharing one database (the postgres extra).
     database_url: str = "sqlite:///./gateway.db"
+    # PostgreSQL only: connections this process opens at most (plus one listening for changes).
+    database_pool_size: int = Field(default=5, ge=1, le=100)
+    # PostgreSQL only: a statement running longer than this (seconds) is cancelled.
+    database_statement_timeout: float = Field(default=5.0, gt=0, le=300)
     # How often the server notices keys changed elsewhere: the CLI, another replica (seconds).
     key_refresh_interval: float = Field(default=1.0, gt=0, le=5)
     # Failed authentications from one address before it is locked out for the window (seconds).
@@ -142,8 +149,14 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database(cls, value: str) -> str:
+        if value.startswith(("postgresql://", "postgres://")):
+            if not urlsplit(value).hostname and "host=" not in value:
+                raise ValueError("a PostgreSQL URL names its server: postgresql://user:password@host:5432/db")
+            return value
         if not value.startswith("sqlite:///") or value == "sqlite:///":
-            raise ValueError("must be sqlite:///<path> (e.g. sqlite:////data/gateway.db)")
+            raise ValueError(
+                "must be sqlite:///<path> (e.g. sqlite:////data/gateway.db) or postgresql://user:password@host:5432/db"
+            )
         return value
 
     @field_validator("upstream_client", mode="before")
@@ -275,11 +288,7 @@ def unknown_variables(sources: dict[str, list[str]]) -> list[str]:
 
 
 def masked(value: object) -> str:
-    """A setting as ``config`` shows it: a password in a URL (``redis://:secret@host``) hidden."""
+    """A setting as ``config`` shows it: a password in a URL (``redis://:secret@host``, and
+    ``postgresql://…?password=secret``) hidden."""
     text = ",".join(value) if isinstance(value, tuple) else "" if value is None else str(value)
-    parts = urlsplit(text) if "://" in text else None
-    if parts is not None and parts.password is not None:
-        host = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    return text
+    return redacted(text) if "://" in text else text

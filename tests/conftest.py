@@ -15,8 +15,10 @@ import redis
 from gateway.fleet import Fleet, State
 from gateway.keys.store import DEFAULT_SCOPES, KeyRecord, Limits, Scope, open_keystore
 from gateway.policies.routing import RoutingPolicy
+from gateway.postgres import PostgresDatabase
 from gateway.settings import Settings
 from tests.fake_ollama import FakeOllama
+from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
 from tests.servers import RunningGateway, gateway_thread
 from tests.shipped import KINDS, Venv, shipped
@@ -128,6 +130,35 @@ def forget_startup_check(fake: FakeOllama) -> None:
 @pytest.fixture
 def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'gateway.db'}"
+
+
+@pytest.fixture(scope="session")
+def shared_postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, with a database migrated once as every test's template."""
+    with PostgresServer() as server:
+        template = server.new_database()
+        database = PostgresDatabase(server.url(template))
+        try:
+            database.open()
+        finally:
+            database.close()
+        server.template = template
+        yield server
+
+
+@pytest.fixture
+def postgres_url(shared_postgres: PostgresServer) -> str:
+    """A fresh database of its own (migrated) on the session's PostgreSQL server."""
+    return shared_postgres.url(shared_postgres.new_database(shared_postgres.template))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each backend in turn: a new SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gateway.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture

@@ -34,7 +34,8 @@ LAYERS: list[list[str]] = [
     ["keys/"],  # key format, stores, keyring, principal, key management
     ["proxy/"],  # the core: relay, client side, headers, upstream clients
     ["ollama/"],  # Ollama's vocabulary: model names, bodies, the route table, stream usage
-    ["__init__.py", "errors.py", "database.py"],  # the foundation: version, the error tree, SQLite
+    # the foundation: version, the error tree, the databases (SQLite, PostgreSQL, the chooser)
+    ["__init__.py", "errors.py", "database.py", "postgres.py", "databases.py", "transfer.py"],
 ]
 
 # The core relays bytes and knows nothing of keys, limits, logs or accounting: every layer that
@@ -46,12 +47,17 @@ ABOVE_THE_CORE = ["keys/", "fleet/", "flow.py", "policies/", "observe/", "usage/
 BACKENDS = [
     "keys/store.py",
     "keys/sqlite.py",
+    "keys/postgres.py",
+    "keys/notices.py",
     "policies/limits/memory.py",
     "policies/limits/redis.py",
     "policies/limits/scripts.py",
     "fleet/queue.py",
     "usage/store.py",
+    "usage/postgres.py",
     "database.py",
+    "postgres.py",
+    "databases.py",
 ]
 FRAMEWORKS = {"fastapi", "starlette", "uvicorn"}
 

@@ -32,9 +32,9 @@ def _dry_run(target: str) -> str:
 
 def test_make_run_installs_the_runtime_only_and_make_test_the_dev_tools() -> None:
     run = _dry_run("run")
-    assert "pip install --quiet -e '.[redis]'" in run
+    assert "pip install --quiet -e '.[redis,postgres]'" in run
     assert "dev" not in run
-    assert "pip install --quiet -e '.[dev,redis]'" in _dry_run("typecheck")
+    assert "pip install --quiet -e '.[dev,redis,postgres]'" in _dry_run("typecheck")
 
 
 def test_ctrl_c_on_make_run_is_not_an_error(tmp_path: Path) -> None:

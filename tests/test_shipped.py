@@ -83,3 +83,34 @@ def test_every_module_of_the_installed_package_imports(
     assert walked["modules"] == modules
     # Every file ships, the admin page's too (package data).
     assert walked["files"] == files
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_postgresql_url_needs_the_postgres_extra(kind: str, shipped_venvs: dict[str, Venv], tmp_path: Path) -> None:
+    """The image holds the driver (the lock has the postgres extra): it tries the server (nothing
+    listens on port 1). A plain ``pip install`` does not: one line names the extra to install."""
+    venv = shipped_venvs[kind]
+    done = subprocess.run(
+        [str(venv.bin / "ollama-gateway"), "serve"],
+        cwd=tmp_path,
+        env={**venv.environ(), "GATEWAY_DATABASE_URL": "postgresql://gw:s3cret@127.0.0.1:1/gateway"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if kind == "image":
+        assert done.returncode == 2
+        assert done.stderr.startswith(
+            "ollama-gateway: cannot use the database postgresql://gw:***@127.0.0.1:1/gateway: "
+        )
+        assert "Connection refused" in done.stderr
+    else:
+        assert (done.returncode, done.stderr) == (
+            1,
+            "ollama-gateway: error: GATEWAY_DATABASE_URL is a PostgreSQL URL, and the PostgreSQL driver is not "
+            "installed: install the gateway with its postgres extra (pip install 'ollama-gateway[postgres]')\n",
+        )
+    assert done.stderr.count("\n") == 1
+    assert "s3cret" not in done.stdout + done.stderr

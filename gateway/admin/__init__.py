@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp
@@ -27,12 +28,14 @@ from gateway.admin.traffic import LiveTraffic
 from gateway.admin.usage import usage_router
 from gateway.database import Runner
 from gateway.keys.pending import PendingAccess
-from gateway.keys.sqlite import SqliteKeyStore
 from gateway.observe.accesslog import AuditLog
 from gateway.proxy.clientaddr import ClientResolver
 from gateway.routes.guard import Guard
 from gateway.routes.responses import install_error_handlers
-from gateway.usage.store import SqliteUsageStore
+
+if TYPE_CHECKING:
+    from gateway.keys.store import ManagedKeyStore
+    from gateway.usage.store import ReportStore
 
 __all__ = ["AdminSources", "LiveTraffic", "admin_app"]
 
@@ -41,8 +44,8 @@ __all__ = ["AdminSources", "LiveTraffic", "admin_app"]
 class AdminSources:
     """Where the admin surface reads and writes; each is built by ``create_app``."""
 
-    keys: SqliteKeyStore
-    usage: SqliteUsageStore
+    keys: ManagedKeyStore
+    usage: ReportStore
     # Where their blocking work runs (the database's own thread).
     run: Runner
     # Ollama public keys that asked for access (the connect view).

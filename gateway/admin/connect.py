@@ -11,7 +11,7 @@ page's confirmation.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Query
 
@@ -20,12 +20,14 @@ from gateway.keys.management import InvalidKeyRequest, KeyAdmin, when
 from gateway.keys.ollamakey import InvalidOllamaKey, OllamaKey
 from gateway.keys.pending import AccessRequest, PendingAccess
 from gateway.keys.principal import Principal
-from gateway.keys.sqlite import SqliteKeyStore
+
+if TYPE_CHECKING:
+    from gateway.keys.store import ManagedKeyStore
 
 
 def connect_router(
     pending: PendingAccess,
-    store: SqliteKeyStore,
+    store: ManagedKeyStore,
     run_blocking: Runner,
     admin: Callable[..., Awaitable[Principal]],
 ) -> APIRouter:
@@ -47,7 +49,7 @@ def connect_router(
     return router
 
 
-def _owner(store: SqliteKeyStore, public: OllamaKey) -> dict[str, str] | None:
+def _owner(store: ManagedKeyStore, public: OllamaKey) -> dict[str, str] | None:
     record = KeyAdmin(store).owner_of(public)
     return None if record is None else {"id": record.id, "name": record.name}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -36,7 +36,6 @@ from gateway.keys.management import (
     parse_scopes,
 )
 from gateway.keys.principal import Principal
-from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import LIMIT_KINDS, LIMIT_NAMES, KeyStoreError, LimitKind, Scope, UnknownKey
 
 T = TypeVar("T")
@@ -47,6 +46,9 @@ _LIMITS_DESCRIPTION = "; ".join(
     f"{', '.join(name for name, its in LIMIT_KINDS.items() if its is kind)}: {values}"
     for kind, values in _LIMIT_VALUES.items()
 )
+
+if TYPE_CHECKING:
+    from gateway.keys.store import ManagedKeyStore
 KeyId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the key's id (never its secret)")]
 
 
@@ -145,7 +147,7 @@ def _name_of(keys: KeyAdmin, key_id: str) -> str | None:
 
 
 def keys_router(
-    store: SqliteKeyStore,
+    store: ManagedKeyStore,
     run_blocking: Runner,
     admin: Callable[..., Awaitable[Principal]],
     changed: Callable[[], Awaitable[None]],

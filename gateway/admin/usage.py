@@ -8,7 +8,7 @@ message when it is not, is ``gateway.usage.report``'s, as for the CLI.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -28,7 +28,9 @@ from gateway.usage.report import (
     report_format,
     stacking,
 )
-from gateway.usage.store import SqliteUsageStore
+
+if TYPE_CHECKING:
+    from gateway.usage.store import ReportStore
 
 T = TypeVar("T")
 Day = Annotated[str | None, Query(description="YYYY-MM-DD (UTC), inclusive", json_schema_extra={"format": "date"})]
@@ -47,12 +49,10 @@ def _query(by: str, since: str | None, until: str | None, key: str | None) -> Us
     )
 
 
-def usage_router(
-    store: SqliteUsageStore, run_blocking: Runner, admin: Callable[..., Awaitable[Principal]]
-) -> APIRouter:
+def usage_router(store: ReportStore, run_blocking: Runner, admin: Callable[..., Awaitable[Principal]]) -> APIRouter:
     router = APIRouter(prefix="/usage", tags=["usage"], dependencies=[Depends(admin)])
 
-    async def run(operation: Callable[[SqliteUsageStore], T]) -> T:
+    async def run(operation: Callable[[ReportStore], T]) -> T:
         return await run_blocking(lambda: operation(store))
 
     @router.get("", summary="Requests, tokens and errors per key, model or day (as `ollama-gateway usage`)")

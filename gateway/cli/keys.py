@@ -32,6 +32,7 @@ from gateway.keys.management import (
     parse_scopes,
 )
 from gateway.keys.store import DEFAULT_SCOPES, LIMIT_KINDS, LIMIT_NAMES, KeyRecord, LimitKind, Scope, open_keystore
+from gateway.postgres import is_postgres, redacted
 from gateway.settings import Settings
 
 # How each kind of limit reads in --help (every limit gets an option: --rpm, --weight, ...).
@@ -206,7 +207,10 @@ def _change(args: argparse.Namespace) -> KeyChange:
 
 @contextmanager
 def _admin(settings: Settings, *, create: bool = False) -> Iterator[KeyAdmin]:
-    if create:
+    path: Path | str
+    if create and is_postgres(settings.database_url):
+        path, new = redacted(settings.database_url), False
+    elif create:
         path = database_file(settings.database_url)
         new = not path.exists()
     else:

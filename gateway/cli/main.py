@@ -1,4 +1,4 @@
-"""The command line: ``ollama-gateway serve | keys … | usage``."""
+"""The command line: ``ollama-gateway serve | keys … | usage | upstreams | config | db copy``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.cli import config, keys, upstreams, usage
+from gateway.cli import config, db, keys, upstreams, usage
 from gateway.cli.where import NoDatabase
 from gateway.database import DatabaseError, DatabaseUnusable
 from gateway.errors import DatabaseFailed
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_commands(commands)
     upstreams.add_commands(commands)
     config.add_commands(commands)
+    db.add_commands(commands)
     return parser
 
 

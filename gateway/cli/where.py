@@ -1,8 +1,10 @@
-"""Which database file a command uses, named on stderr every time.
+"""Which database a command uses, named on stderr every time (a PostgreSQL URL with its
+password masked).
 
 The default URL is relative to the working directory, so a command run from another folder
 would quietly open (and create) a second, empty database. Only ``keys create`` may create one,
-and says so; every other command refuses where no file exists, and leaves nothing behind.
+and says so; every other command refuses where no file exists, and leaves nothing behind. A
+PostgreSQL database is the operator's to create: the gateway only migrates it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 from gateway.database import sqlite_path
+from gateway.postgres import is_postgres, redacted
 
 
 class NoDatabase(Exception):
@@ -23,8 +26,12 @@ def database_file(database_url: str) -> Path:
     return Path(os.path.abspath(sqlite_path(database_url)))
 
 
-def existing_database(database_url: str) -> Path:
-    """The file, named on stderr; ``NoDatabase`` (nothing created) when it does not exist."""
+def existing_database(database_url: str) -> Path | str:
+    """The file (or the PostgreSQL URL, masked), named on stderr; ``NoDatabase`` (nothing
+    created) when no file exists."""
+    if is_postgres(database_url):
+        say_database(redacted(database_url))
+        return redacted(database_url)
     path = database_file(database_url)
     if not path.is_file():
         raise NoDatabase(
@@ -35,5 +42,5 @@ def existing_database(database_url: str) -> Path:
     return path
 
 
-def say_database(path: Path, *, created: bool = False) -> None:
+def say_database(path: Path | str, *, created: bool = False) -> None:
     print(f"ollama-gateway: {'created a new database at' if created else 'database'} {path}", file=sys.stderr)

@@ -15,12 +15,11 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.errors import shown
 from gateway.keys.apikey import generate
 from gateway.keys.ollamakey import InvalidOllamaKey, OllamaKey
-from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import (
     DEFAULT_SCOPES,
     LIMIT_KINDS,
@@ -35,6 +34,9 @@ from gateway.keys.store import (
     UnknownKey,
 )
 from gateway.ollama.models import InvalidModelName, parse_pattern
+
+if TYPE_CHECKING:
+    from gateway.keys.store import ManagedKeyStore
 
 __all__ = ["DuplicateKey", "InvalidKeyRequest", "KeyAdmin", "KeyChange", "UnknownKey", "UnusableKey"]
 
@@ -295,7 +297,7 @@ class KeyAdmin:
     scope that was just removed).
     """
 
-    def __init__(self, store: SqliteKeyStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: ManagedKeyStore, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
 

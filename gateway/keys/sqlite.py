@@ -4,6 +4,9 @@ Every operation on one key is a handful of indexed statements whatever the numbe
 is unique by the table's index, a key is found by its id or name, and the keyring's change feed
 reads the rows stamped since its cursor (the stamps are written by the triggers of migration 6 in
 ``database.py``). Only ``load`` (a listing) and a full ``changes`` read every key.
+
+The statements below are SQLite's, and PostgreSQL's too: its key store (``postgres.py``) runs the
+same helpers on a connection that takes ``?`` placeholders (``Statements``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 from functools import lru_cache
+from typing import Any, Protocol, TypeVar
 
 from gateway.database import Database, transaction
 from gateway.keys import apikey
@@ -37,6 +41,15 @@ _INSERT = f"INSERT INTO keys ({_COLUMNS}) VALUES ({', '.join('?' * (len(_FIELDS)
 # What a write to an existing key may change: its secret's digest and its policy.
 _CHANGEABLE = ("digest", "expires_at", "revoked", "scopes", "models", *LIMIT_NAMES)
 _UPDATE = f"UPDATE keys SET {', '.join(f'{column} = ?' for column in _CHANGEABLE)} WHERE id = ?"  # noqa: S608
+
+
+T = TypeVar("T")
+
+
+class Statements(Protocol):
+    """What the helpers below need of a connection: SQL with ``?`` placeholders, run."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any: ...
 
 
 # Most keys share their scopes, models and limits (the defaults, or a team's policy): each distinct
@@ -73,7 +86,7 @@ def _record(row: tuple[object, ...], ollama_keys: tuple[OllamaKey, ...] = ()) ->
     )
 
 
-def _ollama_keys(connection: sqlite3.Connection, where: str = "", *args: object) -> dict[str, tuple[OllamaKey, ...]]:
+def _ollama_keys(connection: Statements, where: str = "", *args: object) -> dict[str, tuple[OllamaKey, ...]]:
     """Each key's public keys, in the order they were added (of the keys ``where`` picks)."""
     rows = connection.execute(
         f"SELECT key_id, blob, comment FROM ollama_keys {where} ORDER BY added_at, rowid",  # noqa: S608
@@ -85,20 +98,20 @@ def _ollama_keys(connection: sqlite3.Connection, where: str = "", *args: object)
     return {owner: tuple(items) for owner, items in found.items()}
 
 
-def _records(connection: sqlite3.Connection, where: str, *args: object) -> list[KeyRecord]:
+def _records(connection: Statements, where: str, *args: object) -> list[KeyRecord]:
     """The keys ``where`` picks (a clause on ``keys``), with their public keys."""
     public = _ollama_keys(connection, f"WHERE key_id IN (SELECT id FROM keys {where})", *args)  # noqa: S608
     rows = connection.execute(f"SELECT {_COLUMNS} FROM keys {where}", args)  # noqa: S608
     return [_record(row, public.get(str(row[0]), ())) for row in rows]
 
 
-def _one(connection: sqlite3.Connection, where: str, *args: object) -> KeyRecord | None:
+def _one(connection: Statements, where: str, *args: object) -> KeyRecord | None:
     found = _records(connection, where, *args)
     return found[0] if found else None
 
 
 def _write_ollama_keys(
-    connection: sqlite3.Connection, key_id: str, before: tuple[OllamaKey, ...], after: tuple[OllamaKey, ...]
+    connection: Statements, key_id: str, before: tuple[OllamaKey, ...], after: tuple[OllamaKey, ...]
 ) -> None:
     kept = {key.blob for key in after}
     for key in before:
@@ -161,7 +174,7 @@ class SqliteKeyStore:
 
     def load(self) -> list[KeyRecord]:
         """Every key, by name (the listings)."""
-        return self._database.run(lambda connection: _records(connection, "ORDER BY name"))
+        return self._run(lambda connection: _records(connection, self._by_name))
 
     def record_use(self, last_used: Mapping[str, float]) -> None:
         if not last_used:
@@ -178,13 +191,13 @@ class SqliteKeyStore:
 
     # Management side (the CLI and the admin API).
     def get(self, name: str) -> KeyRecord:
-        record = self._database.run(lambda connection: _one(connection, "WHERE name = ?", name))
+        record = self._run(lambda connection: _one(connection, "WHERE name = ?", name))
         if record is None:
             raise UnknownKey(f"no key named {name!r}")
         return record
 
     def by_id(self, key_id: str) -> KeyRecord:
-        record = self._database.run(lambda connection: _one(connection, "WHERE id = ?", key_id))
+        record = self._run(lambda connection: _one(connection, "WHERE id = ?", key_id))
         if record is None:
             raise UnknownKey(f"no key with id {key_id!r}")
         return record
@@ -192,7 +205,15 @@ class SqliteKeyStore:
     def owner_of(self, blob: bytes) -> KeyRecord | None:
         """The key an Ollama public key (its SSH blob) belongs to."""
         where = "WHERE id = (SELECT key_id FROM ollama_keys WHERE blob = ?)"
-        return self._database.run(lambda connection: _one(connection, where, blob))
+        return self._run(lambda connection: _one(connection, where, blob))
+
+    # What differs on PostgreSQL (keys/postgres.py overrides these; changes, record_use, create
+    # and modify too).
+    _by_name = "ORDER BY name"
+
+    def _run(self, work: Callable[[Statements], T]) -> T:
+        """``work`` with a connection taking ``?`` placeholders."""
+        return self._database.run(work)
 
     def create(self, record: KeyRecord) -> tuple[KeyRecord, str]:
         """Store a new key with ``record``'s policy; returns it and the secret (shown once)."""
@@ -224,16 +245,23 @@ class SqliteKeyStore:
 
         def rewrite(connection: sqlite3.Connection) -> tuple[KeyRecord, KeyRecord]:
             with transaction(connection):
-                before = _one(connection, "WHERE id = ?", key_id)
-                if before is None:
-                    raise UnknownKey(f"no key with id {key_id!r}")
-                after = replace(change(before), id=before.id, name=before.name, created_at=before.created_at)
-                connection.execute(_UPDATE, (after.digest, *_row(after)[5:], after.id))
-                if after.ollama_keys != before.ollama_keys:
-                    _write_ollama_keys(connection, key_id, before.ollama_keys, after.ollama_keys)
-            return before, after
+                return _rewrite(connection, key_id, change)
 
         return self._database.run(rewrite)
+
+
+def _rewrite(
+    connection: Statements, key_id: str, change: Callable[[KeyRecord], KeyRecord]
+) -> tuple[KeyRecord, KeyRecord]:
+    """``modify``'s read, change and write, inside the caller's transaction."""
+    before = _one(connection, "WHERE id = ?", key_id)
+    if before is None:
+        raise UnknownKey(f"no key with id {key_id!r}")
+    after = replace(change(before), id=before.id, name=before.name, created_at=before.created_at)
+    connection.execute(_UPDATE, (after.digest, *_row(after)[5:], after.id))
+    if after.ollama_keys != before.ollama_keys:
+        _write_ollama_keys(connection, key_id, before.ollama_keys, after.ollama_keys)
+    return before, after
 
 
 def _row(record: KeyRecord) -> tuple[object, ...]:

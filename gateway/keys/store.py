@@ -6,12 +6,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 from gateway.keys.ollamakey import OllamaKey
 
 if TYPE_CHECKING:
+    from gateway.keys.postgres import PostgresKeyStore
     from gateway.keys.sqlite import SqliteKeyStore
+
+    # Either backend's store, as the management side (the CLI, the admin API) uses it.
+    ManagedKeyStore: TypeAlias = SqliteKeyStore | PostgresKeyStore
 
 UNLIMITED = -1
 
@@ -147,11 +151,14 @@ class KeyStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_keystore(database_url: str) -> SqliteKeyStore:
+def open_keystore(database_url: str) -> ManagedKeyStore:
     """A key store with a database of its own (the CLI's): closing the store closes it."""
-    from gateway.database import CLI_BUSY_TIMEOUT, Database
+    from gateway.database import Database
+    from gateway.databases import open_cli_database
+    from gateway.keys.postgres import PostgresKeyStore
     from gateway.keys.sqlite import SqliteKeyStore
 
-    database = Database(database_url, busy_timeout=CLI_BUSY_TIMEOUT)
-    database.open()
-    return SqliteKeyStore(database, owned=True)
+    database = open_cli_database(database_url)
+    if isinstance(database, Database):
+        return SqliteKeyStore(database, owned=True)
+    return PostgresKeyStore(database, owned=True)

@@ -42,7 +42,7 @@ def own_command() -> str:
 
 
 async def report_start(
-    listening: asyncio.Event, fleet: Fleet, keyring: Keyring, *, database: Path, setting: str, wait: float
+    listening: asyncio.Event, fleet: Fleet, keyring: Keyring, *, database: Path | str, setting: str, wait: float
 ) -> None:
     """The start-up lines, once the server listens (``listening``), in this order: the database,
     each server, the first-key hint; then, for one server that did not answer, a line once it does

@@ -11,11 +11,13 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from gateway.database import Database, DatabaseGone
-from gateway.errors import DatabaseFailed, GatewayError
+from gateway.database import DatabaseGone
+from gateway.databases import AnyDatabase, describe
+from gateway.errors import DatabaseFailed, DatabaseUnavailable, GatewayError
 from gateway.fleet import Fleet, State
 from gateway.observe.metrics import CONTENT_TYPE, Metrics
 from gateway.policies.limits import Limiter
+from gateway.postgres import PostgresDatabase
 from gateway.proxy.upstream import Upstream, fetch_version
 from gateway.routes.guard import Guard
 
@@ -24,6 +26,9 @@ READY_TIMEOUT = 5.0
 # database's thread. A held lock answers "not writable" within about a second, never holds a probe.
 DATABASE_PROBE_BUSY = 1.0
 DATABASE_PROBE_TIMEOUT = 1.5
+
+# A shared database out of reach: the replica goes on serving what it holds in memory.
+OUTAGE = "degraded: keys served from memory, usage kept in memory until the database is back"
 
 log = logging.getLogger("gateway.database")
 # A readiness check: a coroutine answering "ok", "degraded: <why>" (still serving, e.g. on local
@@ -111,11 +116,17 @@ def fleet_check(fleet: Fleet) -> Check:
     return check
 
 
-def database_check(database: Database) -> Check:
+def database_check(database: AnyDatabase) -> Check:
     """A real write (the heartbeat row), committed, within a bounded wait. Probes that arrive
-    while one is running share it: however often /readyz is asked, one write at a time."""
+    while one is running share it: however often /readyz is asked, one write at a time.
+
+    A shared database (PostgreSQL) that cannot be reached leaves the replica degraded, not
+    unready: it serves the keys it holds and keeps usage in memory, as every replica then must
+    (marking them all unready would stop the whole service for want of its database)."""
     running: asyncio.Task[None] | None = None
     failure: str | None = None
+    shared = isinstance(database, PostgresDatabase)
+    name = describe(database)
 
     async def check() -> str:
         nonlocal running, failure
@@ -128,17 +139,21 @@ def database_check(database: Database) -> Check:
                 await asyncio.shield(running)
         except DatabaseGone:
             answer = "not ready: no database file at its path"
+        except DatabaseUnavailable as error:
+            answer = f"{OUTAGE if shared else 'not writable'}: {error}"
         except DatabaseFailed as error:
             answer = f"not writable: {error}"
         except TimeoutError:
-            answer = "not writable: timed out waiting for the database"
+            answer = f"{OUTAGE if shared else 'not writable'}: timed out waiting for the database"
         else:
             answer = "ok"
         if answer != (failure or "ok"):
             if answer == "ok":
-                log.warning("database %s is writable again", database.path)
+                log.warning("database %s is writable again", name)
             else:
-                log.error("database %s: %s", database.path, answer)
+                log.log(
+                    logging.WARNING if answer.startswith("degraded") else logging.ERROR, "database %s: %s", name, answer
+                )
             failure = None if answer == "ok" else answer
         return answer
 

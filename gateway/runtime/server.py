@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 
 from gateway.app import create_app
-from gateway.database import Database
+from gateway.databases import open_database
 from gateway.fleet.config import fleet_specs
 from gateway.routes.dispatch import Gateway
 from gateway.runtime.http_protocol import GatewayHttpProtocol
@@ -70,7 +70,7 @@ def check_database(settings: Settings) -> None:
     """Open (create, migrate) and write the database before anything listens: a file that cannot
     be used (read-only, not a database, a folder that cannot be made) raises ``DatabaseUnusable``,
     one line naming the path and the reason, instead of failing uvicorn's start-up with a traceback."""
-    database = Database(settings.database_url)
+    database = open_database(settings.database_url, pool_size=1)
     try:
         database.open(writable=True)
     finally:

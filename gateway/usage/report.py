@@ -12,10 +12,13 @@ import datetime as dt
 import io
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 
 from gateway.errors import shown
-from gateway.usage.store import Grouping, SqliteUsageStore, UsageCounts
+from gateway.usage.store import Grouping, UsageCounts
+
+if TYPE_CHECKING:
+    from gateway.usage.store import ReportStore
 
 COLUMNS: Final = ("requests", "prompt_tokens", "completion_tokens", "errors")
 GROUPINGS: Final = get_args(Grouping)
@@ -109,7 +112,7 @@ def _cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def report(store: SqliteUsageStore, query: UsageQuery) -> UsageReport:
+def report(store: ReportStore, query: UsageQuery) -> UsageReport:
     rows = store.report(by=query.by, since=query.since, until=query.until, key_name=query.key)
     total = UsageCounts()
     for _, counts in rows:
@@ -117,7 +120,7 @@ def report(store: SqliteUsageStore, query: UsageQuery) -> UsageReport:
     return UsageReport(query, rows, total)
 
 
-def daily(store: SqliteUsageStore, query: UsageQuery, stack: Stacking) -> dict[str, Any]:
+def daily(store: ReportStore, query: UsageQuery, stack: Stacking) -> dict[str, Any]:
     """Tokens per day for a chart stacked by key or model: ``{days, series: [{name, tokens}]}``.
 
     Bounded: the last ``MAX_DAYS`` days of the range (``truncated`` says so), and the

@@ -1,24 +1,34 @@
 """Token usage in the embedded SQLite database: batched upserts, and the report queries.
 
 Every batch is added to ``usage`` (one row per day, key and model) and, in the same transaction, to
-two roll-ups (database.py, migration 6): per key name and day, and per day and model. A report
+two roll-ups (database.py, migration 7): per key name and day, and per day and model. A report
 reads the smallest table that answers it, and sums in SQL: a year of 250 keys and 10 models is
 ~910,000 rows of ``usage`` but ~91,000 of the first roll-up and ~3,650 of the second. ``usage``
 itself is read only for one key's models (through its (key_name, day) index: that key's rows).
 
 The roll-up per key name adds a batch's counts to the name each row carries: a key's name never
 changes (``keys.name`` is fixed at creation), so that is the name ``usage`` holds for it too.
+
+The report queries are PostgreSQL's too: its store (``postgres.py``) runs them through a
+connection taking their ``?`` placeholders, with its own collation, snapshot and batch write
+(the hooks ``_run``, ``_by``, ``_snapshot`` and ``add``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 
-from gateway.database import CLI_BUSY_TIMEOUT, Database, transaction
+from gateway.database import Database, transaction
+
+if TYPE_CHECKING:
+    from gateway.usage.postgres import PostgresUsageStore
+
+    # Either backend's store, as the reports (the CLI, the admin API) use it.
+    ReportStore: TypeAlias = "SqliteUsageStore | PostgresUsageStore"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,8 @@ def _upsert(table: str, identity: tuple[str, ...], latest: tuple[str, ...] = ())
     )
 
 
+T = TypeVar("T")
+
 _ADD_USAGE = _upsert("usage", ("day", "key_id", "model"), ("key_name",))
 _ADD_KEY_DAY = _upsert("usage_key_days", ("key_name", "day"))
 _ADD_MODEL_DAY = _upsert("usage_model_days", ("day", "model"))
@@ -118,11 +130,7 @@ class SqliteUsageStore:
     def add(self, rows: Mapping[UsageKey, UsageCounts]) -> None:
         if not rows:
             return
-        per_key_day: dict[tuple[str, str], UsageCounts] = {}
-        per_model_day: dict[tuple[str, str], UsageCounts] = {}
-        for key, counts in rows.items():
-            per_key_day.setdefault((key.key_name, key.day), UsageCounts()).add(counts)
-            per_model_day.setdefault((key.day, key.model), UsageCounts()).add(counts)
+        per_key_day, per_model_day = rollups(rows)
 
         def upsert(connection: sqlite3.Connection) -> None:
             with transaction(connection):
@@ -148,12 +156,13 @@ class SqliteUsageStore:
         where, parameters = _where(since, until, key_name)
         sql = (
             f"SELECT {source.column}, {_SUMS} FROM {source.table} {where} "  # noqa: S608
-            f"GROUP BY {source.column} ORDER BY {source.column}"
+            f"GROUP BY {source.column} ORDER BY {self._by(source.column)}"
         )
-        rows: list[tuple[str, int, int, int, int]] = self._database.run(
+        rows: list[tuple[str, int, int, int, int]] = self._run(
             lambda connection: connection.execute(sql, parameters).fetchall()
         )
-        return [(group, UsageCounts(*counts)) for group, *counts in rows]
+        # int(): PostgreSQL's SUM of a BIGINT is a NUMERIC.
+        return [(group, UsageCounts(*map(int, counts))) for group, *counts in rows]
 
     def daily_tokens(
         self,
@@ -175,8 +184,8 @@ class SqliteUsageStore:
         days_from = "usage_key_days" if key_name is not None else "usage_model_days"
         where, parameters = _where(since, until, key_name)
 
-        def query(connection: sqlite3.Connection) -> DailyTokens:
-            with _snapshot(connection):
+        def query(connection: Any) -> DailyTokens:
+            with self._snapshot(connection):
                 found = [
                     row[0]
                     for row in connection.execute(
@@ -192,7 +201,7 @@ class SqliteUsageStore:
                     row[0]
                     for row in connection.execute(
                         f"SELECT {source.column} FROM {source.table} {kept_where} GROUP BY {source.column} "  # noqa: S608
-                        f"ORDER BY {_TOKENS} DESC, {source.column} LIMIT ?",
+                        f"ORDER BY {_TOKENS} DESC, {self._by(source.column)} LIMIT ?",
                         [*kept_parameters, max_series + 1],
                     )
                 ]
@@ -213,20 +222,42 @@ class SqliteUsageStore:
                         f"SELECT day, {_TOKENS} FROM {days_from} {kept_where} GROUP BY day",  # noqa: S608
                         kept_parameters,
                     ).fetchall()
-                return DailyTokens(days, len(found) > max_days, named, cells, totals)
+                return DailyTokens(
+                    days,
+                    len(found) > max_days,
+                    named,
+                    [(day, group, int(tokens)) for day, group, tokens in cells],
+                    None if totals is None else [(day, int(tokens)) for day, tokens in totals],
+                )
 
-        return self._database.run(query)
+        return self._run(query)
+
+    # What differs on PostgreSQL (usage/postgres.py overrides these).
+    def _run(self, work: Callable[[Any], T]) -> T:
+        """``work`` with a connection taking ``?`` placeholders."""
+        return self._database.run(work)
+
+    def _by(self, column: str) -> str:
+        """``column`` in ORDER BY, sorted by code point (as Python sorts)."""
+        return column
+
+    def _snapshot(self, connection: Any) -> contextlib.AbstractContextManager[None]:
+        return _snapshot(connection)
 
     def close(self) -> None:
         if self._owned:
             self._database.close()
 
 
-def open_usage_store(database_url: str) -> SqliteUsageStore:
+def open_usage_store(database_url: str) -> ReportStore:
     """A usage store with a database of its own (the CLI's): closing the store closes it."""
-    database = Database(database_url, busy_timeout=CLI_BUSY_TIMEOUT)
-    database.open()
-    return SqliteUsageStore(database, owned=True)
+    from gateway.databases import open_cli_database
+    from gateway.usage.postgres import PostgresUsageStore
+
+    database = open_cli_database(database_url)
+    if isinstance(database, Database):
+        return SqliteUsageStore(database, owned=True)
+    return PostgresUsageStore(database, owned=True)
 
 
 @contextlib.contextmanager
@@ -238,6 +269,18 @@ def _snapshot(connection: sqlite3.Connection) -> Iterator[None]:
         yield
     finally:
         connection.execute("COMMIT")
+
+
+def rollups(
+    rows: Mapping[UsageKey, UsageCounts],
+) -> tuple[dict[tuple[str, str], UsageCounts], dict[tuple[str, str], UsageCounts]]:
+    """A batch summed per (key name, day) and per (day, model), as the roll-ups hold it."""
+    per_key_day: dict[tuple[str, str], UsageCounts] = {}
+    per_model_day: dict[tuple[str, str], UsageCounts] = {}
+    for key, counts in rows.items():
+        per_key_day.setdefault((key.key_name, key.day), UsageCounts()).add(counts)
+        per_model_day.setdefault((key.day, key.model), UsageCounts()).add(counts)
+    return per_key_day, per_model_day
 
 
 def _where(since: str | None, until: str | None, key_name: str | None) -> tuple[str, list[str]]:

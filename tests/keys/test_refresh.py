@@ -1,6 +1,8 @@
 """The keyring's incremental refresh: it reads only what changed since its cursor, and never misses
 a change (two in a row to one key, one committed while a read is under way, a revocation, a
-rotation, a deletion by hand), and a replaced file or a counter that went back is read in full."""
+rotation, a deletion by hand), and a replaced file or a counter that went back is read in full.
+The change feed's contract holds on both backends (``any_database_url``: SQLite and a real
+PostgreSQL server); the races and the replaced file are SQLite's own."""
 
 from __future__ import annotations
 
@@ -15,13 +17,16 @@ from typing import TypeVar
 import pytest
 
 from gateway.database import Database
+from gateway.databases import AnyDatabase, open_database
 from gateway.errors import Unauthorized
 from gateway.keys.keyring import Keyring
 from gateway.keys.management import KeyAdmin, KeyChange
+from gateway.keys.postgres import PostgresKeyStore
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import open_keystore
 from gateway.policies.auth import Authenticator, RequestHead
 from gateway.policies.lockout import Lockout
+from gateway.postgres import PostgresDatabase
 from gateway.proxy.clientaddr import ClientAddress
 from tests.conftest import issue_key
 from tests.test_database import copy_database
@@ -42,10 +47,14 @@ def _admin(database_url: str) -> Iterator[KeyAdmin]:
         store.close()
 
 
+def _store(database: AnyDatabase) -> SqliteKeyStore | PostgresKeyStore:
+    return PostgresKeyStore(database) if isinstance(database, PostgresDatabase) else SqliteKeyStore(database)
+
+
 @asynccontextmanager
-async def _keyring(database: Database) -> AsyncIterator[Keyring]:
+async def _keyring(database: AnyDatabase) -> AsyncIterator[Keyring]:
     # Never polls during a test: each look is one the test asks for.
-    keyring = Keyring(lambda: SqliteKeyStore(database), refresh_interval=3600)
+    keyring = Keyring(lambda: _store(database), refresh_interval=3600)
     await keyring.start()
     try:
         yield keyring
@@ -54,8 +63,8 @@ async def _keyring(database: Database) -> AsyncIterator[Keyring]:
 
 
 @contextmanager
-def _database(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
+def _database(database_url: str) -> Iterator[AnyDatabase]:
+    database = open_database(database_url)
     database.open()
     try:
         yield database
@@ -76,10 +85,11 @@ def _id(key: str) -> str:
     return key.split("_")[1]
 
 
-async def test_a_read_returns_only_the_keys_changed_since_the_cursor(database_url: str) -> None:
+async def test_a_read_returns_only_the_keys_changed_since_the_cursor(any_database_url: str) -> None:
+    database_url = any_database_url
     keys = [issue_key(database_url, f"key-{number}") for number in range(20)]
     with _database(database_url) as database:
-        store = SqliteKeyStore(database)
+        store = _store(database)
         first = store.changes(None)
         assert (first.full, len(first.records)) == (True, 20)
         nothing = store.changes(first.cursor)
@@ -96,7 +106,8 @@ async def test_a_read_returns_only_the_keys_changed_since_the_cursor(database_ur
         assert list(store.changes(changed.cursor).records) == []
 
 
-async def test_every_change_between_two_looks_is_applied_two_to_one_key_included(database_url: str) -> None:
+async def test_every_change_between_two_looks_is_applied_two_to_one_key_included(any_database_url: str) -> None:
+    database_url = any_database_url
     alice, bob = issue_key(database_url, "alice"), issue_key(database_url, "bob")
     with _database(database_url) as database, _admin(database_url) as admin:
         async with _keyring(database) as keyring:
@@ -115,7 +126,8 @@ async def test_every_change_between_two_looks_is_applied_two_to_one_key_included
             assert (changed_alice.limits.rpm, changed_alice.limits.tpm, changed_bob.models) == (10, 20, ("llama3*",))
 
 
-async def test_a_new_key_works_and_a_revoked_one_stops(database_url: str) -> None:
+async def test_a_new_key_works_and_a_revoked_one_stops(any_database_url: str) -> None:
+    database_url = any_database_url
     old = issue_key(database_url, "old")
     with _database(database_url) as database, _admin(database_url) as admin:
         async with _keyring(database) as keyring:
@@ -131,7 +143,8 @@ async def test_a_new_key_works_and_a_revoked_one_stops(database_url: str) -> Non
             assert await _accepts(keyring, new)
 
 
-async def test_a_rotated_keys_old_secret_stops_working(database_url: str) -> None:
+async def test_a_rotated_keys_old_secret_stops_working(any_database_url: str) -> None:
+    database_url = any_database_url
     old = issue_key(database_url, "team")
     with _database(database_url) as database, _admin(database_url) as admin:
         async with _keyring(database) as keyring:
@@ -142,7 +155,8 @@ async def test_a_rotated_keys_old_secret_stops_working(database_url: str) -> Non
             assert (await _accepts(keyring, old), await _accepts(keyring, rotated)) == (False, True)
 
 
-async def test_a_change_notice_is_applied_through_the_same_read(database_url: str) -> None:
+async def test_a_change_notice_is_applied_through_the_same_read(any_database_url: str) -> None:
+    database_url = any_database_url
     key = issue_key(database_url, "noticed")
     with _database(database_url) as database, _admin(database_url) as admin:
         async with _keyring(database) as keyring:
@@ -159,6 +173,16 @@ async def test_a_key_deleted_by_hand_is_forgotten(database_url: str, tmp_path: P
             with sqlite3.connect(tmp_path / "gateway.db") as connection:
                 connection.execute("DELETE FROM keys WHERE id = ?", (_id(key),))
             connection.close()
+            await keyring.catch_up()
+            assert keyring.get(_id(key)) is None
+
+
+async def test_a_key_deleted_by_hand_on_postgresql_is_forgotten(postgres_url: str) -> None:
+    key = issue_key(postgres_url, "deleted")
+    with _database(postgres_url) as database:
+        async with _keyring(database) as keyring:
+            assert keyring.get(_id(key)) is not None
+            database.run(lambda connection: connection.execute("DELETE FROM keys WHERE id = %s", (_id(key),)))
             await keyring.catch_up()
             assert keyring.get(_id(key)) is None
 

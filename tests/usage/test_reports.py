@@ -157,8 +157,8 @@ def test_the_answers_are_the_plain_sums_over_usage(database_url: str, tmp_path: 
 def _schema_5_file(path: Path, rows: list[Row]) -> None:
     """A database as the previous release left it: schema 5, usage written, no roll-ups."""
     with sqlite3.connect(path, isolation_level=None) as connection:
-        for script in MIGRATIONS[:5]:
-            for statement in filter(str.strip, script.split(";")):
+        for migration in MIGRATIONS[:5]:
+            for statement in filter(str.strip, migration.sqlite.split(";")):
                 connection.execute(statement)
         connection.execute("PRAGMA user_version=5")
         connection.execute("BEGIN")
@@ -282,3 +282,23 @@ def test_a_utc_day_boundary(database_url: str, tmp_path: Path) -> None:
         "truncated": False,
         "series": [{"name": "llama3.2", "tokens": [6, 9]}],
     }
+
+
+def test_postgresql_gives_the_same_answers(database_url: str, postgres_url: str) -> None:
+    """The same flushes written to SQLite and to PostgreSQL: every report and chart alike (sums,
+    the order of names by code point, the chart's bounds and ties)."""
+    sqlite_store, postgres_store = open_usage_store(database_url), open_usage_store(postgres_url)
+    try:
+        for batch in _batches(_rows()):
+            sqlite_store.add(batch)
+            postgres_store.add(batch)
+        for filters in QUERIES:
+            for by in GROUPINGS:
+                query = UsageQuery(by, filters.get("since"), filters.get("until"), filters.get("key"))
+                assert report(postgres_store, query) == report(sqlite_store, query), query
+            for stack in STACKINGS:
+                query = UsageQuery("day", filters.get("since"), filters.get("until"), filters.get("key"))
+                assert daily(postgres_store, query, stack) == daily(sqlite_store, query, stack), (query, stack)
+    finally:
+        sqlite_store.close()
+        postgres_store.close()
