@@ -387,13 +387,28 @@ def _proxy_override(name: str, proxy: str) -> dict[str, Any]:
     return services
 
 
-def test_shared_override_runs_two_replicas_on_redis_behind_one_balancer() -> None:
+def test_shared_override_runs_two_replicas_on_postgres_and_redis_behind_one_balancer() -> None:
     services = _proxy_override("docker-compose.shared.yml", "balancer")
     gateway, redis, balancer = services["gateway"], services["redis"], services["balancer"]
+    postgres = services["postgres"]
     assert gateway["deploy"]["replicas"] == 2
     assert gateway["environment"]["GATEWAY_REDIS_URL"] == "redis://redis:6379/0"
-    assert gateway["depends_on"] == {"redis": {"condition": "service_healthy"}}
-    # Redis sits on the internal network with Ollama: reachable by the gateways only.
+    healthy = {"condition": "service_healthy"}
+    assert gateway["depends_on"] == {"postgres": healthy, "redis": healthy}
+    # Keys and usage in PostgreSQL, its password from .env only: no default, Compose refuses to
+    # start without one, and the gateway's URL carries the same variable.
+    password = "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}"
+    assert postgres["environment"]["POSTGRES_PASSWORD"] == password
+    url = urlsplit(gateway["environment"]["GATEWAY_DATABASE_URL"].replace(password, "stand-in"))
+    assert (url.scheme, url.hostname, url.port, url.path) == ("postgresql", "postgres", 5432, "/gateway")
+    assert (url.username, url.password) == (postgres["environment"]["POSTGRES_USER"], "stand-in")
+    assert url.path == "/" + postgres["environment"]["POSTGRES_DB"]
+    assert postgres["volumes"] == ["postgres-data:/var/lib/postgresql/data"]
+    assert "postgres-data" in _compose("docker-compose.shared.yml")["volumes"]
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    # PostgreSQL and Redis sit on the internal network with Ollama: reachable by the gateways only.
+    assert _networks(postgres) == {"backend": {}}
+    assert "ports" not in postgres
     assert _networks(redis) == {"backend": {}}
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     assert [_interpolated(port) for port in balancer["ports"]] == ["11434:8080"]
@@ -426,7 +441,8 @@ def test_no_secret_literals_anywhere_in_the_deployment() -> None:
     for name, text in _deploy_texts():
         # An API key (ogw_<id>_<secret>), or credentials inside a URL.
         assert not re.search(r"ogw_[A-Za-z0-9]+_[A-Za-z0-9_-]{8,}", text), name
-        assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), name
+        # (A password taken from a variable, `${POSTGRES_PASSWORD…}`, is no literal.)
+        assert not re.search(r"://[^/\s:@]+:(?!\$\{)[^/\s@]+@", text), name
     for name in COMPOSE_FILES:
         for service, config in _compose(name)["services"].items():
             for variable, value in (config.get("environment") or {}).items():
@@ -605,6 +621,53 @@ def test_kubernetes_manifests_probe_health_and_drain_like_the_container() -> Non
     (name,) = [name for name, path in mounts.items() if path == data]
     assert volumes[name]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert _kind("Service")["spec"]["ports"] == [{"name": "http", "port": 11434, "targetPort": "http"}]
+
+
+def _rendered(recipe: str) -> dict[str, list[dict[str, Any]]]:
+    """``kubectl kustomize`` of a recipe (kubectl from its wheel, offline): each kind's documents."""
+    kubectl = Path(sys.executable).parent / "kubectl"
+    result = subprocess.run(
+        [str(kubectl), "kustomize", str(DEPLOY / recipe)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for document in yaml.safe_load_all(result.stdout):
+        kinds.setdefault(document["kind"], []).append(document)
+    return kinds
+
+
+def test_kubernetes_replicas_variant_rolls_several_pods_on_postgres() -> None:
+    """deploy/kubernetes-replicas: the base recipe with two pods rolled one at a time, a disruption
+    budget, the database URL from the required Secret, and no volume (state is in PostgreSQL)."""
+    base, replicas = _rendered("kubernetes"), _rendered("kubernetes-replicas")
+    assert set(base) - set(replicas) == {"PersistentVolumeClaim"}
+    assert set(replicas) - set(base) == {"PodDisruptionBudget"}
+    [deployment] = replicas["Deployment"]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    # A new pod is ready (its /readyz) before an old one goes: never fewer than two serving.
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["envFrom"] == [
+        {"configMapRef": {"name": "ollama-gateway"}},
+        {"secretRef": {"name": "ollama-gateway"}},
+    ]
+    [config] = replicas["ConfigMap"]
+    assert "GATEWAY_DATABASE_URL" not in config["data"]
+    assert [volume["name"] for volume in pod["volumes"]] == ["tmp"]
+    assert [mount["mountPath"] for mount in container["volumeMounts"]] == ["/tmp"]
+    # The rest is the base's: the same probes, drain and hardening.
+    [original] = base["Deployment"]
+    [base_container] = original["spec"]["template"]["spec"]["containers"]
+    for field in ("livenessProbe", "lifecycle", "securityContext", "ports", "image"):
+        assert container[field] == base_container[field], field
+    assert pod["terminationGracePeriodSeconds"] == original["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    [budget] = replicas["PodDisruptionBudget"]
+    assert budget["spec"]["minAvailable"] == 1
+    labels = pod.get("metadata", spec["template"]["metadata"])["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
 # --- The container's command, run as a process ----------------------------------------------------
