@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
-from gateway.databases import AnyDatabase, open_database
+from gateway.database import AnyDatabase, open_database
+from gateway.database.postgres import PostgresDatabase
 from gateway.keys import sqlite as key_columns
 from gateway.keys.postgres import PostgresKeyStore
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import KeyRecord
-from gateway.postgres import PostgresDatabase
 from gateway.usage.postgres import PostgresUsageStore
 from gateway.usage.store import SqliteUsageStore, UsageCounts, UsageKey
 

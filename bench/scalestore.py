@@ -17,7 +17,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 
-from gateway.database import CLI_BUSY_TIMEOUT, Database, transaction
+from gateway.database.sqlite import CLI_BUSY_TIMEOUT, Database, transaction
 from gateway.keys.management import KeyAdmin, KeyChange
 from gateway.keys.store import DEFAULT_SCOPES, open_keystore
 from gateway.usage.store import UsageCounts, UsageKey, open_usage_store

@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Lifespan
 from gateway import __version__
 from gateway.admin import AdminSources, LiveTraffic, admin_app
 from gateway.admin.live import asked_now, queue_totals
-from gateway.databases import AnyDatabase, describe, open_database
+from gateway.database import AnyDatabase, describe, open_database
+from gateway.database.postgres import KEYS_CHANNEL, PostgresDatabase
 from gateway.fleet import Fleet
 from gateway.fleet.config import fleet_specs
 from gateway.keys.keyring import Keyring
@@ -40,7 +41,6 @@ from gateway.policies.permissions import ModelPolicy, RoutePolicy
 from gateway.policies.requestbody import RequestBodyPolicy
 from gateway.policies.routing import RoutingPolicy
 from gateway.policies.usagerequest import StreamUsagePolicy
-from gateway.postgres import KEYS_CHANNEL, PostgresDatabase
 from gateway.proxy.clientaddr import ClientResolver
 from gateway.proxy.upstream import Upstream, open_upstream
 from gateway.routes.cors import Cors
@@ -93,8 +93,8 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         refresh_interval=settings.upstream_refresh_interval,
         probe_timeout=min(settings.connect_timeout, READY_TIMEOUT) + READY_TIMEOUT,
     )
-    # SQLite: one connection for the whole process, on its own thread (see database.py);
-    # PostgreSQL: a few, on the database's own threads (see postgres.py).
+    # SQLite: one connection for the whole process, on its own thread (see database/sqlite.py);
+    # PostgreSQL: a few, on the database's own threads (see database/postgres.py).
     database = open_database(
         settings.database_url,
         pool_size=settings.database_pool_size,

@@ -32,7 +32,7 @@ The tree, with each error's status and ``code``::
     └── GatewayBusy                     503  gateway_busy
 
 Each backend's errors are translated into this tree once, where the backend is called: SQLite's in
-``database.py`` (``Database`` runs every statement), Redis's in ``policies/limits/redis.py``, the
+``database/sqlite.py`` (``Database`` runs every statement), Redis's in ``policies/limits/redis.py``, the
 upstream clients' in ``proxy/upstream/`` (its ``__init__`` words every failure; httpx's exceptions
 are mapped in ``httpx_impl._translated``). Nothing above those seams sees a backend's exception.
 The key and usage refusals the CLI prints as they are become tree errors in ``routes/responses.py``.

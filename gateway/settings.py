@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.database.postgres import redacted
 from gateway.fleet.config import check_url, parse_list
 from gateway.keys.store import QUOTA_NAMES
-from gateway.postgres import redacted
 
 MiB = 1024 * 1024
 

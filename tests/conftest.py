@@ -12,10 +12,10 @@ import httpx
 import pytest
 import redis
 
+from gateway.database.postgres import PostgresDatabase
 from gateway.fleet import Fleet, State
 from gateway.keys.store import DEFAULT_SCOPES, KeyRecord, Limits, Scope, open_keystore
 from gateway.policies.routing import RoutingPolicy
-from gateway.postgres import PostgresDatabase
 from gateway.settings import Settings
 from tests.fake_ollama import FakeOllama
 from tests.postgres_server import PostgresServer

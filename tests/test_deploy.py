@@ -32,7 +32,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from gateway.database import sqlite_path
+from gateway.database.sqlite import sqlite_path
 from gateway.fleet.config import parse_list
 from gateway.settings import Settings
 from tests.dockerfile import Stage, stages

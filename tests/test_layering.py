@@ -35,7 +35,7 @@ LAYERS: list[list[str]] = [
     ["proxy/"],  # the core: relay, client side, headers, upstream clients
     ["ollama/"],  # Ollama's vocabulary: model names, bodies, the route table, stream usage
     # the foundation: version, the error tree, the databases (SQLite, PostgreSQL, the chooser)
-    ["__init__.py", "errors.py", "database.py", "postgres.py", "databases.py", "transfer.py"],
+    ["__init__.py", "errors.py", "database/"],
 ]
 
 # The core relays bytes and knows nothing of keys, limits, logs or accounting: every layer that
@@ -55,9 +55,9 @@ BACKENDS = [
     "fleet/queue.py",
     "usage/store.py",
     "usage/postgres.py",
-    "database.py",
-    "postgres.py",
-    "databases.py",
+    "database/sqlite.py",
+    "database/postgres.py",
+    "database/__init__.py",
 ]
 FRAMEWORKS = {"fastapi", "starlette", "uvicorn"}
 

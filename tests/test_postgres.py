@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from gateway.cli.main import main
-from gateway.database import MIGRATIONS, DatabaseError
+from gateway.database.postgres import EXTRA_MISSING, PostgresDatabase, redacted
+from gateway.database.sqlite import MIGRATIONS, DatabaseError
 from gateway.errors import DatabaseUnavailable
-from gateway.postgres import EXTRA_MISSING, PostgresDatabase, redacted
 from gateway.settings import masked
 from gateway.usage.accounting import UsageLedger
 from gateway.usage.postgres import PostgresUsageStore

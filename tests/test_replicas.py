@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from gateway.cli.main import main
-from gateway.database import MIGRATIONS
-from gateway.databases import open_cli_database
+from gateway.database import open_cli_database
+from gateway.database.sqlite import MIGRATIONS
 from gateway.usage.store import open_usage_store
 from tests.conftest import ALL_SCOPES, issue_key
 from tests.fake_ollama import FakeOllama

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from gateway.database import MIGRATIONS, DatabaseError, DatabaseUnusable
-from gateway.databases import open_cli_database, open_database
+from gateway.database import open_cli_database, open_database
+from gateway.database.sqlite import MIGRATIONS, DatabaseError, DatabaseUnusable
 from gateway.keys.ollamakey import OllamaKey
 from gateway.keys.store import KeyRecord, KeyStoreError, Limits, Scope, UnknownKey, open_keystore
 from gateway.usage.store import UsageCounts, UsageKey, open_usage_store

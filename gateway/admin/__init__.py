@@ -26,7 +26,7 @@ from gateway.admin.openapi import described
 from gateway.admin.static import static_router
 from gateway.admin.traffic import LiveTraffic
 from gateway.admin.usage import usage_router
-from gateway.database import Runner
+from gateway.database.sqlite import Runner
 from gateway.keys.pending import PendingAccess
 from gateway.observe.accesslog import AuditLog
 from gateway.proxy.clientaddr import ClientResolver

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from gateway.database import Runner
+from gateway.database.sqlite import Runner
 from gateway.keys.management import InvalidKeyRequest, KeyAdmin, when
 from gateway.keys.ollamakey import InvalidOllamaKey, OllamaKey
 from gateway.keys.pending import AccessRequest, PendingAccess

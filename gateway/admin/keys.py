@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from gateway.admin.audit import AuditNote
-from gateway.database import Runner
+from gateway.database.sqlite import Runner
 from gateway.errors import shown
 from gateway.keys.management import (
     KEEP,

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway.admin.audit import AuditNote
-from gateway.database import Runner
+from gateway.database.sqlite import Runner
 from gateway.keys.principal import Principal
 from gateway.usage.report import (
     FORMATS,

@@ -12,10 +12,10 @@ import sys
 from typing import Any
 
 from gateway.cli.where import existing_database, say_database
-from gateway.databases import describe, open_cli_database
-from gateway.postgres import is_postgres
+from gateway.database import describe, open_cli_database
+from gateway.database.postgres import is_postgres
+from gateway.database.transfer import copy_database
 from gateway.settings import Settings
-from gateway.transfer import copy_database
 
 
 def add_commands(commands: Any) -> None:

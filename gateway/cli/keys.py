@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.cli.argument import argument
 from gateway.cli.where import database_file, existing_database, say_database
+from gateway.database.postgres import is_postgres, redacted
 from gateway.keys.management import (
     KEEP,
     InvalidKeyRequest,
@@ -32,7 +33,6 @@ from gateway.keys.management import (
     parse_scopes,
 )
 from gateway.keys.store import DEFAULT_SCOPES, LIMIT_KINDS, LIMIT_NAMES, KeyRecord, LimitKind, Scope, open_keystore
-from gateway.postgres import is_postgres, redacted
 from gateway.settings import Settings
 
 # How each kind of limit reads in --help (every limit gets an option: --rpm, --weight, ...).

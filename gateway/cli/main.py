@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from gateway import __version__
 from gateway.cli import config, db, keys, upstreams, usage
 from gateway.cli.where import NoDatabase
-from gateway.database import DatabaseError, DatabaseUnusable
+from gateway.database.sqlite import DatabaseError, DatabaseUnusable
 from gateway.errors import DatabaseFailed
 from gateway.fleet.config import FleetConfigError
 from gateway.keys.store import KeyStoreError

@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.database import sqlite_path
-from gateway.postgres import is_postgres, redacted
+from gateway.database.postgres import is_postgres, redacted
+from gateway.database.sqlite import sqlite_path
 
 
 class NoDatabase(Exception):

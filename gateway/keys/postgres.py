@@ -14,10 +14,10 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway.database.postgres import PostgresDatabase, Qmarks
 from gateway.keys import apikey
 from gateway.keys.sqlite import _INSERT, SqliteKeyStore, _records, _rewrite, _row, _write_ollama_keys
 from gateway.keys.store import DuplicateKey, KeyChanges, KeyRecord, KeyStoreError
-from gateway.postgres import PostgresDatabase, Qmarks
 
 if TYPE_CHECKING:
     import psycopg

@@ -3,7 +3,7 @@
 Every operation on one key is a handful of indexed statements whatever the number of keys: a name
 is unique by the table's index, a key is found by its id or name, and the keyring's change feed
 reads the rows stamped since its cursor (the stamps are written by the triggers of migration 6 in
-``database.py``). Only ``load`` (a listing) and a full ``changes`` read every key.
+``database/sqlite.py``). Only ``load`` (a listing) and a full ``changes`` read every key.
 
 The statements below are SQLite's, and PostgreSQL's too: its key store (``postgres.py``) runs the
 same helpers on a connection that takes ``?`` placeholders (``Statements``).
@@ -19,7 +19,7 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
 
-from gateway.database import Database, transaction
+from gateway.database.sqlite import Database, transaction
 from gateway.keys import apikey
 from gateway.keys.ollamakey import OllamaKey
 from gateway.keys.store import (
@@ -34,7 +34,7 @@ from gateway.keys.store import (
 )
 
 # Every column of a row, the limits last, each named as its limit (the schema itself is written
-# out in database.py's migrations: a new limit needs one adding its column).
+# out in database/sqlite.py's migrations: a new limit needs one adding its column).
 _FIELDS = ("id", "name", "digest", "created_at", "last_used_at", "expires_at", "revoked", "scopes", "models")
 _COLUMNS = ", ".join((*_FIELDS, *LIMIT_NAMES))
 _INSERT = f"INSERT INTO keys ({_COLUMNS}) VALUES ({', '.join('?' * (len(_FIELDS) + len(LIMIT_NAMES)))})"  # noqa: S608

@@ -50,7 +50,7 @@ class Limits:
     (``--rpm``), its key in the admin API's and ``keys show``'s ``limits``, and its column in the
     keys table, and its kind (``LIMIT_KINDS`` below) gives each surface the rest: which rule parses
     it, whether the limiter enforces it. Written by hand, and held to this list by
-    tests/keys/test_limits.py: the column's migration (``database.py``), a quota's enforcement
+    tests/keys/test_limits.py: the column's migration (``database/sqlite.py``), a quota's enforcement
     and default setting (``policies/limits/``, ``settings.py``), the admin page's input.
     """
 
@@ -153,8 +153,8 @@ class KeyStore(Protocol):
 
 def open_keystore(database_url: str) -> ManagedKeyStore:
     """A key store with a database of its own (the CLI's): closing the store closes it."""
-    from gateway.database import Database
-    from gateway.databases import open_cli_database
+    from gateway.database import open_cli_database
+    from gateway.database.sqlite import Database
     from gateway.keys.postgres import PostgresKeyStore
     from gateway.keys.sqlite import SqliteKeyStore
 

@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from gateway.database import DatabaseGone
-from gateway.databases import AnyDatabase, describe
+from gateway.database import AnyDatabase, describe
+from gateway.database.postgres import PostgresDatabase
+from gateway.database.sqlite import DatabaseGone
 from gateway.errors import DatabaseFailed, DatabaseUnavailable, GatewayError
 from gateway.fleet import Fleet, State
 from gateway.observe.metrics import CONTENT_TYPE, Metrics
 from gateway.policies.limits import Limiter
-from gateway.postgres import PostgresDatabase
 from gateway.proxy.upstream import Upstream, fetch_version
 from gateway.routes.guard import Guard
 
@@ -30,7 +30,7 @@ DATABASE_PROBE_TIMEOUT = 1.5
 # A shared database out of reach: the replica goes on serving what it holds in memory.
 OUTAGE = "degraded: keys served from memory, usage kept in memory until the database is back"
 
-log = logging.getLogger("gateway.database")
+log = logging.getLogger("gateway.database.sqlite")
 # A readiness check: a coroutine answering "ok", "degraded: <why>" (still serving, e.g. on local
 # limits while Redis is away), or what is wrong (not ready).
 Check = Callable[[], Awaitable[str]]

@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 
 from gateway.app import create_app
-from gateway.databases import open_database
+from gateway.database import open_database
 from gateway.fleet.config import fleet_specs
 from gateway.routes.dispatch import Gateway
 from gateway.runtime.http_protocol import GatewayHttpProtocol

@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway.database.postgres import PostgresDatabase, Qmarks
 from gateway.errors import DatabaseFailed
-from gateway.postgres import PostgresDatabase, Qmarks
 from gateway.usage.store import SqliteUsageStore, UsageCounts, UsageKey, rollups
 
 if TYPE_CHECKING:

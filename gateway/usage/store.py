@@ -1,7 +1,7 @@
 """Token usage in the embedded SQLite database: batched upserts, and the report queries.
 
 Every batch is added to ``usage`` (one row per day, key and model) and, in the same transaction, to
-two roll-ups (database.py, migration 7): per key name and day, and per day and model. A report
+two roll-ups (database/sqlite.py, migration 7): per key name and day, and per day and model. A report
 reads the smallest table that answers it, and sums in SQL: a year of 250 keys and 10 models is
 ~910,000 rows of ``usage`` but ~91,000 of the first roll-up and ~3,650 of the second. ``usage``
 itself is read only for one key's models (through its (key_name, day) index: that key's rows).
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 
-from gateway.database import Database, transaction
+from gateway.database.sqlite import Database, transaction
 
 if TYPE_CHECKING:
     from gateway.usage.postgres import PostgresUsageStore
@@ -251,7 +251,7 @@ class SqliteUsageStore:
 
 def open_usage_store(database_url: str) -> ReportStore:
     """A usage store with a database of its own (the CLI's): closing the store closes it."""
-    from gateway.databases import open_cli_database
+    from gateway.database import open_cli_database
     from gateway.usage.postgres import PostgresUsageStore
 
     database = open_cli_database(database_url)

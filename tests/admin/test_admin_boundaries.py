@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from gateway.cli.main import main
-from gateway.database import sqlite_path
+from gateway.database.sqlite import sqlite_path
 from tests.servers import RunningGateway
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 import gateway.keys.sqlite as keystore_sqlite
-from gateway.database import sqlite_path
+from gateway.database.sqlite import sqlite_path
 from gateway.keys.store import KeyRecord
 from tests.servers import RunningGateway
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from gateway.cli.main import main
+from gateway.database.postgres import redacted
 from gateway.keys import apikey
 from gateway.keys.ollamakey import OllamaKey
 from gateway.keys.store import KeyRecord, Limits, open_keystore
-from gateway.postgres import redacted
 from gateway.usage.report import UsageQuery, daily
 from gateway.usage.store import UsageCounts, UsageKey, open_usage_store
 from tests.postgres_server import PostgresServer

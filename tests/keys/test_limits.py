@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gateway.admin.keys import KeyPolicy
 from gateway.cli.main import build_parser
-from gateway.database import Database
+from gateway.database.sqlite import Database
 from gateway.keys.management import describe
 from gateway.keys.store import LIMIT_NAMES, QUOTA_NAMES, KeyRecord, Limits
 from gateway.policies.limits import Quota

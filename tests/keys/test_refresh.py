@@ -16,8 +16,9 @@ from typing import TypeVar
 
 import pytest
 
-from gateway.database import Database
-from gateway.databases import AnyDatabase, open_database
+from gateway.database import AnyDatabase, open_database
+from gateway.database.postgres import PostgresDatabase
+from gateway.database.sqlite import Database
 from gateway.errors import Unauthorized
 from gateway.keys.keyring import Keyring
 from gateway.keys.management import KeyAdmin, KeyChange
@@ -26,7 +27,6 @@ from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import open_keystore
 from gateway.policies.auth import Authenticator, RequestHead
 from gateway.policies.lockout import Lockout
-from gateway.postgres import PostgresDatabase
 from gateway.proxy.clientaddr import ClientAddress
 from tests.conftest import issue_key
 from tests.test_database import copy_database

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.database import Database
+from gateway.database.sqlite import Database
 from tests.servers import ROOT, free_port
 
 pytestmark = pytest.mark.timeout(60)

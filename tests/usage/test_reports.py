@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gateway.database import MIGRATIONS, Database
+from gateway.database.sqlite import MIGRATIONS, Database
 from gateway.usage.accounting import UsageLedger
 from gateway.usage.report import GROUPINGS, MAX_DAYS, MAX_SERIES, STACKINGS, UsageQuery, daily, report
 from gateway.usage.store import SqliteUsageStore, UsageCounts, UsageKey, open_usage_store

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from gateway.database import MIGRATIONS, DatabaseClosed, DatabaseError, DatabaseUnusable, check_schema
+from gateway.database.sqlite import MIGRATIONS, DatabaseClosed, DatabaseError, DatabaseUnusable, check_schema
 from gateway.errors import DatabaseFailed, DatabaseUnavailable
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ KEYS_CHANNEL = "gateway_keys"
 LISTEN_RETRY = 0.5
 LISTEN_RETRY_CAP = 5.0
 
-log = logging.getLogger("gateway.database")
+log = logging.getLogger("gateway.database.sqlite")
 
 
 class Qmarks:

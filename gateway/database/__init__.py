@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-from gateway.database import CLI_BUSY_TIMEOUT, Database
-from gateway.postgres import DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT, PostgresDatabase, is_postgres, redacted
+from gateway.database.postgres import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_STATEMENT_TIMEOUT,
+    PostgresDatabase,
+    is_postgres,
+    redacted,
+)
+from gateway.database.sqlite import CLI_BUSY_TIMEOUT, Database
 
 AnyDatabase: TypeAlias = Database | PostgresDatabase
 

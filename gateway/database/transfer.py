@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.database import Database, transaction
-from gateway.databases import AnyDatabase
+from gateway.database import AnyDatabase
+from gateway.database.sqlite import Database, transaction
 
 # Usage rows read and written per transaction.
 BATCH = 5000
