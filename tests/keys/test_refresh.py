@@ -29,7 +29,7 @@ from gateway.policies.auth import Authenticator, RequestHead
 from gateway.policies.lockout import Lockout
 from gateway.proxy.clientaddr import ClientAddress
 from tests.conftest import issue_key
-from tests.test_database import copy_database
+from tests.database.test_sqlite import copy_database
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -18,9 +18,9 @@ from gateway.settings import masked
 from gateway.usage.accounting import UsageLedger
 from gateway.usage.postgres import PostgresUsageStore
 from gateway.usage.store import UsageCounts
+from tests.database.test_stores import run_together
 from tests.postgres_server import PostgresServer
 from tests.records import make_record
-from tests.test_stores import run_together
 
 pytestmark = pytest.mark.timeout(30)
 
