@@ -2,8 +2,10 @@
 when the database cannot be used just now (locked past the busy timeout, read-only, full), in the
 ``/api`` dialect like every other refusal, never a plain-text page.
 
-The traceback is logged (it names code, not request data: no header, no body, so no secret). An
-answer that had already started cannot be replaced; then the failure is only logged.
+The traceback is logged (it names code, not request data: no header, no body, so no secret), except
+for a database that cannot be used just now: one line with the database's own reason, since a
+minute of PostgreSQL restarting would otherwise fill the log with identical tracebacks. An answer
+that had already started cannot be replaced; then the failure is only logged.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import InternalError
+from gateway.errors import DatabaseUnavailable, InternalError
 from gateway.routes.responses import ErrorResponse
 
 log = logging.getLogger("gateway.admin")
@@ -36,7 +38,10 @@ class LastResort:
         try:
             await self.app(scope, receive, watched)
         except Exception as error:  # the last resort: every failure gets an answer, none is decided here
-            log.error("admin request %s %s failed", scope.get("method"), scope.get("path"), exc_info=error)
+            if isinstance(error, DatabaseUnavailable):
+                log.error("admin request %s %s failed: %s", scope.get("method"), scope.get("path"), error)
+            else:
+                log.error("admin request %s %s failed", scope.get("method"), scope.get("path"), exc_info=error)
             if started or scope["type"] != "http":
                 return
             await ErrorResponse(error if isinstance(error, InternalError) else InternalError())(scope, receive, send)
