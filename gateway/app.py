@@ -176,7 +176,7 @@ def create_app(settings: Settings, *, upstream: Upstream | None = None) -> Gatew
         await database.call(database.open)
         await keyring.start()
         # Shared with other replicas: their key changes are announced, acted on here at once.
-        notices = KeyNotices(lambda ids: keyring.catch_up() if ids is None else keyring.notice(ids))
+        notices = KeyNotices(keyring.catch_up)
         changes_heard = (
             asyncio.get_running_loop().create_task(
                 database.listen(KEYS_CHANNEL, notices.notice, reconnected=notices.reconnected)

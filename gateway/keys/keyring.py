@@ -10,8 +10,8 @@ cursor: a replaced database file) builds the new maps off the event loop and swa
 A key the server does not recognise (new, or rotated a moment ago) makes it look at the store
 before refusing (one shared look at most every ``MISS_RECHECK`` seconds), so a key works the
 moment the CLI has printed it; the admin API makes the same call after each write, so a change
-acts on this server before its answer goes out. A change notice from the store (``notice``: a
-PostgreSQL ``NOTIFY`` carrying key ids) goes through the same look; polling heals a lost one.
+acts on this server before its answer goes out. A change notice from the store (a PostgreSQL
+``NOTIFY`` carrying key ids, see ``notices.py``) asks for the same look; polling heals a lost one.
 Last-use times are collected in memory and written in batches.
 
 Store work runs on the ``executor`` given (the database's own thread in the server). Closing stops
@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -130,15 +130,6 @@ class Keyring:
             self._refreshing = asyncio.get_running_loop().create_task(self._look())
             self._refreshing.add_done_callback(self._refresh_done)
         await asyncio.shield(self._refreshing)
-
-    async def notice(self, key_ids: Collection[str]) -> None:
-        """The store says these keys changed (a change notice, sent once the change committed).
-
-        Answered as a request with an unknown key is: a shared look at the store that begins
-        after this call, reading every change since the cursor (the ids themselves are not
-        trusted to be complete: notices can be lost or merged, which the poller heals)."""
-        if key_ids:
-            await self.catch_up()
 
     async def _look(self) -> None:
         self._apply(await self._in_thread(self._refresh))

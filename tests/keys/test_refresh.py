@@ -22,6 +22,7 @@ from gateway.database.sqlite import Database
 from gateway.errors import Unauthorized
 from gateway.keys.keyring import Keyring
 from gateway.keys.management import KeyAdmin, KeyChange
+from gateway.keys.notices import KeyNotices
 from gateway.keys.postgres import PostgresKeyStore
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import open_keystore
@@ -160,8 +161,11 @@ async def test_a_change_notice_is_applied_through_the_same_read(any_database_url
     key = issue_key(database_url, "noticed")
     with _database(database_url) as database, _admin(database_url) as admin:
         async with _keyring(database) as keyring:
+            notices = KeyNotices(keyring.catch_up)
             admin.revoke(_id(key))
-            await keyring.notice({_id(key)})
+            notices.notice(_id(key))
+            await notices.drained()
+            await notices.close()
             assert keyring.get(_id(key)).revoked  # type: ignore[union-attr]
 
 
