@@ -14,13 +14,12 @@ from packaging.version import InvalidVersion, Version
 from gateway.errors import GatewayError, UpstreamConnectTimeout, UpstreamNotReached, UpstreamUnavailable
 from gateway.fleet import Fleet, Member
 from gateway.fleet.member import version_text
-from gateway.ollama.listjson import entry_name, read, write
+from gateway.ollama.listjson import LIMIT, entry_name, read, write
 from gateway.ollama.models import listed_model
 from gateway.ollama.surfaces import Fleetwide, Route
 from gateway.proxy.headers import Headers
 from gateway.proxy.upstream import Outbound, UpstreamResponse, fetch
 
-_LIMIT = 16 * 1024 * 1024
 _JSON = (b"content-type", b"application/json; charset=utf-8")
 
 
@@ -107,7 +106,7 @@ class FleetListing:
         try:
             async with asyncio.timeout(self._fleet.probe_timeout):
                 # On the watcher's connections: a listing must not wait behind busy generations.
-                status, body = await fetch(member.probe, self._route, limit=_LIMIT)
+                status, body = await fetch(member.probe, self._route, limit=LIMIT)
         except (UpstreamNotReached, UpstreamConnectTimeout) as error:
             self._fleet.mark_down(member, error.message)
             return None

@@ -9,11 +9,11 @@ import logging
 
 from gateway.errors import GatewayError
 from gateway.fleet.member import Member, model_keys, version_of
+from gateway.ollama.listjson import LIMIT
 from gateway.proxy.upstream import fetch
 
 log = logging.getLogger("gateway")
 
-_LISTING_LIMIT = 16 * 1024 * 1024
 _FIRST_RETRY = 0.5
 
 
@@ -29,8 +29,8 @@ async def refresh(member: Member, wait: float) -> bool:
             if status != 200:
                 raise ValueError(f"/api/version answered {status}")
             version = version_of(body)
-            tags_status, tags = await fetch(member.probe, "/api/tags", limit=_LISTING_LIMIT)
-            ps_status, ps = await fetch(member.probe, "/api/ps", limit=_LISTING_LIMIT)
+            tags_status, tags = await fetch(member.probe, "/api/tags", limit=LIMIT)
+            ps_status, ps = await fetch(member.probe, "/api/ps", limit=LIMIT)
             if tags_status != 200 or ps_status != 200:
                 raise ValueError(f"/api/tags or /api/ps answered {tags_status if tags_status != 200 else ps_status}")
             models, loaded = model_keys(tags), set(model_keys(ps))

@@ -12,6 +12,9 @@ import json
 
 import orjson
 
+# The most of a listing the gateway reads, whoever reads it (a request's filter, a fleet's merge,
+# a server's watcher): far past any real one (1,000 models: ~340 KB).
+LIMIT = 16 * 1024 * 1024
 # Where a listing keeps its entries, and which field of an entry names the model.
 FIELDS = (("models", "model"), ("data", "id"))
 

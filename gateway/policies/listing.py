@@ -30,8 +30,6 @@ _MEMO_LISTINGS = 8
 # What remembering one sight's answer holds besides its bytes (the key, the dict slot): counted,
 # so that many keys with globs of their own are bounded by the budget too.
 _SIGHT_BYTES = 256
-# Far past any real listing (1,000 models: ~340 KB), as the fleet's own listings are read.
-_LISTING_LIMIT = 16 * 1024 * 1024
 
 
 class ListingFilter:
@@ -46,9 +44,9 @@ class ListingFilter:
         self._sight: Sight = (patterns, allow_cloud)
 
     async def answer(self, response: UpstreamResponse) -> UpstreamResponse:
-        raw = await read_whole(response, _LISTING_LIMIT + 1)
-        if len(raw) > _LISTING_LIMIT:
-            raise UpstreamBroken(f"upstream listing is larger than {_LISTING_LIMIT // (1024 * 1024)} MiB")
+        raw = await read_whole(response, listjson.LIMIT + 1)
+        if len(raw) > listjson.LIMIT:
+            raise UpstreamBroken(f"upstream listing is larger than {listjson.LIMIT // (1024 * 1024)} MiB")
         return Answer(response.status, self._memo.filtered(raw, self._sight), response.headers)
 
     def feed(self, data: bytes) -> bytes:
