@@ -9,6 +9,7 @@ accounting all read the same terminal record.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -100,16 +101,14 @@ class Flow:
     _usage: Usage | None = None
 
     # Observer hooks, called by the relay.
-    def response_started(self, status: int, headers: Headers, streaming: bool) -> None:
+    def response_started(self, status: int, headers: Headers, streaming: bool) -> Callable[[bytes], None] | None:
         self.first_byte_at = time.perf_counter()
         self.upstream_status = self.status = status
         self.streaming = streaming
-        if self.route.route_class is RouteClass.INFERENCE:
-            self.reader = UsageReader(header(headers, b"content-type"))
-
-    def chunk(self, data: bytes) -> None:
-        if self.reader is not None:
-            self.reader.feed(data)
+        if self.route.route_class is not RouteClass.INFERENCE:
+            return None
+        self.reader = UsageReader(header(headers, b"content-type"))
+        return self.reader.feed
 
     def sent(self, size: int) -> None:
         self.bytes_out = size

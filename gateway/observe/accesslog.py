@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+import orjson
+
 from gateway.observe.record import RequestRecord
 
 _PROMPT_LIMIT = 16_384
-# One encoder for every line (json.dumps with options builds a new one per call).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-# For a line holding text that UTF-8 cannot carry (a lone surrogate, valid in JSON as an escape):
-# every non-ASCII character escaped, so it is still one JSON object and nothing is lost.
+# For a line holding text that UTF-8 cannot carry (a lone surrogate, valid in JSON as an escape,
+# which orjson refuses): every non-ASCII character escaped, so it is still one JSON object and
+# nothing is lost.
 _ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -115,8 +116,12 @@ class AccessLog:
 
 
 def _json_line(line: dict[str, Any]) -> str:
-    text = _ENCODER.encode(line)
-    return text if _utf8(text) else _ASCII_ENCODER.encode(line)
+    # orjson: the same compact JSON with UTF-8 kept, at a tenth of json's cost per line (every
+    # request writes one).
+    try:
+        return orjson.dumps(line).decode()
+    except orjson.JSONEncodeError:
+        return _ASCII_ENCODER.encode(line)
 
 
 def _encodable(text: str) -> str:

@@ -41,10 +41,12 @@ class BodyFacts:
         not_strings: set[str] = set()
         for field in NAME_FIELDS:
             values = body.values(field)
-            if any(not isinstance(value, str) for value in values):
-                not_strings.add(field)
-            elif values:
+            if not values:
+                continue
+            if all(isinstance(value, str) for value in values):
                 names[field] = values[-1][:_NAME_LIMIT]
+            else:
+                not_strings.add(field)
         stream = body.get("stream")
         options = body.get("stream_options")
         return cls(

@@ -9,6 +9,7 @@ Python's dict semantics would check one model while Ollama runs another.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from gateway.errors import BadRequest
@@ -20,6 +21,33 @@ def _fold(key: str) -> str:
     folded = key.translate(_GO_FOLD)
     # Outside ASCII (after the two special cases) nothing folds onto an ASCII field name.
     return folded.lower() if folded.isascii() else folded
+
+
+class _LastPairs(threading.local):
+    """A decoder that notes the members of the last object it finished: inner objects finish
+    first, so after a parse that is the top-level object's. One per thread, made once (json.loads
+    with a hook builds a decoder on every call, a fifth of a small body's parse)."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, Any]] | None = None
+        self.decoder = json.JSONDecoder(object_pairs_hook=self._keep)
+
+    def decode(self, raw: bytes) -> tuple[Any, list[tuple[str, Any]] | None]:
+        """The value, and the members of the top-level object (None when it is no object)."""
+        self.pairs = None
+        try:
+            # As json.loads reads bytes (its encoding detected, surrogates passed).
+            value = self.decoder.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+            return value, self.pairs
+        finally:
+            self.pairs = None
+
+    def _keep(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        self.pairs = pairs
+        return dict(pairs)
+
+
+_PAIRS = _LastPairs()
 
 
 class JsonBody:
@@ -35,22 +63,15 @@ class JsonBody:
 
     @classmethod
     def parse(cls, raw: bytes) -> JsonBody:
-        top: list[list[tuple[str, Any]]] = []
-
-        def keep_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-            # Inner objects finish first, so the last call is the top-level object.
-            top.append(pairs)
-            return dict(pairs)
-
         if raw.isspace() or not raw:  # not strip(): that copies a large body
             raise BadRequest("missing request body")
         try:
-            value = json.loads(raw, object_pairs_hook=keep_pairs)
+            value, pairs = _PAIRS.decode(raw)
         except (ValueError, RecursionError):
             raise BadRequest("request body is not valid JSON") from None
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) or pairs is None:
             raise BadRequest("request body must be a JSON object")
-        return cls(top[-1])
+        return cls(pairs)
 
     def values(self, field: str) -> list[Any]:
         """Every non-null value Go would assign to ``field``, in order (the last one wins)."""

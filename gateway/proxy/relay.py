@@ -19,7 +19,7 @@ and whenever the client reads slower than the stream comes, through ``body()`` a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from starlette.types import Send
@@ -34,9 +34,10 @@ WRITER_EXTENSION = "gateway.body_writer"
 
 
 class Observer(Protocol):
-    def response_started(self, status: int, headers: Headers, streaming: bool) -> None: ...
-
-    def chunk(self, data: bytes) -> None: ...
+    def response_started(self, status: int, headers: Headers, streaming: bool) -> Callable[[bytes], None] | None:
+        """The response's head is going out; returns what is to see a copy of every piece of its
+        body, or None when nothing is (a callable handed over once: pieces at tens of streams
+        arrive alone, and a call less on each is most of what a piece costs)."""
 
     def sent(self, size: int) -> None:
         """How many body bytes the client was sent in all (once, when the relay ends)."""
@@ -73,6 +74,17 @@ class BodyWriter(Protocol):
         """One piece of the body, framed and written (dropped if the client has gone, as ``send``
         drops it)."""
 
+    def offer(self, data: bytes) -> bool:
+        """``write`` when ``writable``, in one call: False, and nothing written, when not."""
+
+    def starts(self) -> bool:
+        """Whether ``start`` may be called now (the response not begun, the client's buffer not
+        full)."""
+
+    def start(self, status: int, headers: Headers, body: bytes) -> None:
+        """A whole response at once, head and body (its length known or not): what ``send`` would
+        write for its start and its one body message."""
+
 
 class Chain:
     """Several transforms, each fed what the one before it let out, in order."""
@@ -95,29 +107,45 @@ class Chain:
 
 
 class _Passage:
-    """What every relayed piece goes through: the observer, the transform, the count of bytes sent;
-    called with a pushed piece, it also writes it (or refuses it, to go through ``send``)."""
+    """What every relayed piece goes through: the observer's reader, the transform, the count of
+    bytes sent; called with a pushed piece, it also writes it (or refuses it, to go through
+    ``send``). The pushed path repeats ``passed`` inline: it runs once per piece, on its own."""
 
-    __slots__ = ("_observer", "_transform", "size", "writer")
+    __slots__ = ("_transform", "seen", "size", "writer")
 
-    def __init__(self, observer: Observer, transform: BodyTransform | None) -> None:
-        self._observer = observer
+    def __init__(self, transform: BodyTransform | None) -> None:
         self._transform = transform
+        self.seen: Callable[[bytes], None] | None = None
         self.writer: BodyWriter | None = None
         self.size = 0
 
     def __call__(self, data: bytes) -> bool:
         writer = self.writer
-        if writer is None or not writer.writable():
+        if writer is None:
             return False
-        data = self.passed(data)
+        if self._transform is None:
+            # The piece as it came: written if it can be, and only then seen and counted.
+            if not writer.offer(data):
+                return False
+            if self.seen is not None:
+                self.seen(data)
+            self.size += len(data)
+            return True
+        # A transform must see each piece once: it is fed only when the piece is sure to go out.
+        if not writer.writable():
+            return False
+        if self.seen is not None:
+            self.seen(data)
+        data = self._transform.feed(data)
         if data:
+            self.size += len(data)
             writer.write(data)
         return True
 
     def passed(self, data: bytes) -> bytes:
-        """What of ``data`` goes to the client (after the observer saw it)."""
-        self._observer.chunk(data)
+        """What of ``data`` goes to the client (after the observer's reader saw it)."""
+        if self.seen is not None:
+            self.seen(data)
         if self._transform is not None:
             data = self._transform.feed(data)
         self.size += len(data)
@@ -140,7 +168,7 @@ async def relay(
     transform: BodyTransform | None = None,
     writer: BodyWriter | None = None,
 ) -> None:
-    passage = _Passage(observer, transform)
+    passage = _Passage(transform)
     try:
         headers = client_response_headers(response.headers)
         content_type = header(headers, b"content-type")
@@ -150,7 +178,21 @@ async def relay(
         if transform is not None:
             headers = [(name, value) for name, value in headers if name.lower() != b"content-length"]
         headers.extend(extra_headers)
-        observer.response_started(response.status, headers, streaming)
+        passage.seen = observer.response_started(response.status, headers, streaming)
+        if (
+            not streaming
+            and transform is None
+            and writer is not None
+            and isinstance(response, Pushing)
+            and writer.serves(send)
+            and writer.starts()
+            and (whole := response.whole()) is not None
+        ):
+            # All of a small answer is here already: out with its head, in one write.
+            passage.passed(whole)
+            inbound.stop()
+            writer.start(response.status, headers, whole)
+            return
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         tail = b""
         stream_type = content_type if streaming else None

@@ -25,7 +25,7 @@ from gateway.observe.record import RequestRecord, record_of
 from gateway.ollama.surfaces import classify, unchecked
 from gateway.proxy.clientaddr import ClientResolver
 from gateway.proxy.headers import Headers, header, upstream_request_headers
-from gateway.proxy.inbound import ClientDisconnected, Inbound
+from gateway.proxy.inbound import DEPARTURES_EXTENSION, ClientDisconnected, Inbound
 from gateway.proxy.relay import WRITER_EXTENSION, Chain, relay
 from gateway.proxy.upstream import Outbound, UpstreamResponse
 from gateway.routes.cors import Cors
@@ -76,7 +76,8 @@ class ForwardedRoutes:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         length = header(headers, b"content-length")
         has_body = (length is not None and length != b"0") or header(headers, b"transfer-encoding") is not None
-        inbound = Inbound(receive, has_body=has_body)
+        extensions = scope.get("extensions") or {}
+        inbound = Inbound(receive, has_body=has_body, departures=extensions.get(DEPARTURES_EXTENSION))
         flow = Flow(
             request_id=rid.decode(),
             method=scope["method"],
@@ -139,7 +140,7 @@ class ForwardedRoutes:
                 observer=flow,
                 stop=stop,
                 transform=Chain(flow.transforms) if flow.transforms else None,
-                writer=scope.get("extensions", {}).get(WRITER_EXTENSION),
+                writer=extensions.get(WRITER_EXTENSION),
             )
         except GatewayError as error:
             flow.fail(error)

@@ -31,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.errors import ConnectionsExhausted, Dialect, GatewayError, HeadersTooLarge, render
 from gateway.observe.connections import STATE_KEY, ConnectionGuard
+from gateway.proxy.inbound import DEPARTURES_EXTENSION
 from gateway.proxy.relay import WRITER_EXTENSION
 from gateway.runtime.bodywriter import CycleWriter
 
@@ -65,6 +66,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _head_read = 0
     # A message ended within the current read (its bytes are not all the next head's).
     _ended_in_read = False
+    # The latest request's extensions (its cycle is the one a lost connection concerns).
+    _writer: CycleWriter | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -128,8 +131,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:
             # This request's cycle (none is made for an upgrade): the relay may write its stream's
-            # pieces straight to the connection.
-            self.scope.setdefault("extensions", {})[WRITER_EXTENSION] = CycleWriter(cycle)  # type: ignore[assignment]
+            # pieces straight to the connection, and hear of the client leaving from here.
+            writer = self._writer = CycleWriter(cycle)
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[WRITER_EXTENSION] = writer  # type: ignore[assignment]
+            extensions[DEPARTURES_EXTENSION] = writer  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        writer = self._writer
+        if writer is not None:
+            self._writer = None
+            writer.lost()
 
     def on_message_complete(self) -> None:
         self._ended_in_read = True

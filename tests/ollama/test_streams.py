@@ -91,6 +91,21 @@ def test_generated_text_cannot_pose_as_counts() -> None:
     check(NDJSON, body[: body.index(b"\n") + 1], Usage(0, 1, exact=False, error=True))
 
 
+def test_escaped_counts_after_the_real_ones_are_not_read() -> None:
+    # The last count wins, so text quoting a count after the real ones must not be taken for one,
+    # however the chunks fall (the backslash may end the previous chunk).
+    body = (
+        b'{"model":"m","usage":{"prompt_tokens":3,"completion_tokens":1},'
+        b'"choices":[{"message":{"content":"{\\"completion_tokens\\":999,\\"prompt_tokens\\":7}"}}]}'
+    )
+    check(JSON, body, Usage(3, 1, exact=True))
+    sse = (
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1},"x":"\\"completion_tokens\\":9"}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    check(SSE, sse, Usage(3, 1, exact=True))
+
+
 def test_missing_counts_on_the_final_line_mean_zero() -> None:
     # A fully cached prompt: prompt_eval_count is omitted (omit-if-zero).
     body = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -63,4 +64,24 @@ def test_sse_disconnect_mid_stream(gateway: RunningGateway, fake: FakeOllama) ->
     gate.release(2)
     read_until(sock, b"data: ", 2)
     sock.close()
+    _assert_upstream_closed_promptly(fake)
+
+
+def test_a_held_request_is_watched_without_a_task_of_its_own(gateway: RunningGateway, fake: FakeOllama) -> None:
+    """The server tells the request that its client left (a callback), where a task per request
+    waited on receive() for it; leaving still stops Ollama at once."""
+    fake.behaviour = Behaviour(hang=True)
+    sock = _open(gateway, "/api/chat", {"model": "llama3.2", "stream": False, "messages": []})
+    fake.wait_for_request()
+    loop = gateway.server.servers[0].get_loop()
+
+    async def coroutines() -> list[str]:
+        return [task.get_coro().__qualname__ for task in asyncio.all_tasks()]  # type: ignore[union-attr]
+
+    try:
+        running = asyncio.run_coroutine_threadsafe(coroutines(), loop).result(5)
+    finally:
+        sock.close()
+    assert "RequestResponseCycle.run_asgi" in running
+    assert not [name for name in running if name.startswith("Inbound.")], running
     _assert_upstream_closed_promptly(fake)

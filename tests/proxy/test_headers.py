@@ -69,6 +69,13 @@ def test_request_id_reuses_only_sane_values() -> None:
         assert generated != bad
 
 
+def test_fresh_request_ids_are_distinct_random_hex_across_batches() -> None:
+    # Cut from batched reads of the random source: never one repeated, across several reads.
+    ids = [request_id(None) for _ in range(3 * 256 + 7)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(one) == 32 and int(one, 16) >= 0 for one in ids)
+
+
 def test_forwarded_headers_only_from_trusted_peers() -> None:
     untrusted = ClientResolver([])
     address = untrusted.resolve("1.2.3.4", "http", b"6.6.6.6", b"https")

@@ -118,6 +118,11 @@ class Pushing:
         ``body()``, and so is every piece after it until the queue is read. None: stop."""
         raise NotImplementedError
 
+    def whole(self) -> bytes | None:
+        """The whole body, taken, when it has all arrived, is small and nothing of it was read;
+        None otherwise (then it is read through ``body()``)."""
+        raise NotImplementedError
+
 
 class Upstream(Protocol):
     async def send(self, request: Outbound) -> UpstreamResponse: ...

@@ -27,6 +27,8 @@ from gateway.proxy.upstream.connections import Closed, Connection, Pool
 
 # Bytes of response held for a slow client before the upstream socket stops being read.
 _HIGH_WATER = 1024 * 1024
+# The largest answer handed over whole once it has all arrived (joined with its head).
+_WHOLE_LIMIT = 64 * 1024
 # Methods whose request may be sent again when a kept-alive connection ended unanswered.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 # Methods that carry no body unless one is given (no "content-length: 0" for them).
@@ -220,6 +222,15 @@ class _Response(Pushing):
     def push(self, sink: Callable[[bytes], bool] | None) -> None:
         self._sink = sink
 
+    def whole(self) -> bytes | None:
+        if not self.complete or self.error is not None or self._buffered > _WHOLE_LIMIT:
+            return None
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return body
+
     async def body(self) -> AsyncIterator[bytes]:
         chunks = self._chunks
         while True:
@@ -316,8 +327,10 @@ class HttptoolsUpstream:
                 # Handed to the transport whole, not awaited: Ollama may answer (413, an error)
                 # before it has read a large body, and that answer must win. A connection with
                 # bytes still unsent is never reused (see aclose).
-                # Head and body written apart: joining them would copy the body (100 MiB at most).
-                if not (conn.send(self._head(request, length)) and conn.send(body)):
+                # Head and body in one write, not joined (that would copy a body of 100 MiB at most):
+                # a small request then leaves in one segment, and Ollama reads it in one wake-up.
+                head = self._head(request, length)
+                if not (conn.send(head, body) if body else conn.send(head)):
                     # Gone before a byte was written: the request never left.
                     raise unreachable(self._pool.address, ConnectionResetError(errno.ECONNRESET, "Connection reset"))
                 response.sent()
