@@ -37,13 +37,20 @@ from bench.payloads import Target, small_chat, stream_chat
 from bench.pinning import Pinning
 from bench.stamps import Format
 
-# Small requests: clients and requests per client in the window (after a warm-up of 5 each).
-CLIENTS = 16
-PER_CLIENT = 50
-# Streams: as scenario (b)'s shape at a size callgrind keeps up with.
-STREAMS = 20
-TOKENS = 40
-INTERVAL = 0.1
+
+@dataclass(frozen=True)
+class Load:
+    clients: int  # small requests: clients, each sending ``per_client`` after ``warm`` each
+    per_client: int
+    warm: int
+    streams: int  # streams of ``tokens`` tokens every ``interval`` seconds, as scenario (b)'s
+    tokens: int
+    interval: float
+
+
+# A size callgrind keeps up with; --quick: enough to run every step (the test suite runs it).
+FULL = Load(clients=16, per_client=50, warm=5, streams=20, tokens=40, interval=0.1)
+QUICK = Load(clients=2, per_client=3, warm=1, streams=2, tokens=3, interval=0.02)
 
 
 @dataclass(frozen=True)
@@ -80,9 +87,9 @@ class Counter:
         raise RuntimeError(f"{dump}: no totals line")
 
 
-async def _small(target: Target, path: str, counter: Counter) -> float:
+async def _small(target: Target, path: str, counter: Counter, load: Load) -> float:
     request = small_chat(target, path)
-    connections = [await Connection.open(target.host, target.port, 10) for _ in range(CLIENTS)]
+    connections = [await Connection.open(target.host, target.port, 10) for _ in range(load.clients)]
 
     async def client(connection: Connection, count: int) -> None:
         for _ in range(count):
@@ -94,38 +101,38 @@ async def _small(target: Target, path: str, counter: Counter) -> float:
                 raise RuntimeError(f"{path}: status {exchange.status}")
 
     try:
-        await asyncio.gather(*(client(connection, 5) for connection in connections))
+        await asyncio.gather(*(client(connection, load.warm) for connection in connections))
         counter.begin()
-        await asyncio.gather(*(client(connection, PER_CLIENT) for connection in connections))
-        return counter.end() / (CLIENTS * PER_CLIENT)
+        await asyncio.gather(*(client(connection, load.per_client) for connection in connections))
+        return counter.end() / (load.clients * load.per_client)
     finally:
         await close_all(connections)
 
 
-async def _streams(target: Target, fmt: Format, counter: Counter, pid: int) -> float:
-    requests = [stream_chat(target, fmt, TOKENS, INTERVAL) for _ in range(STREAMS)]
+async def _streams(target: Target, fmt: Format, counter: Counter, pid: int, load: Load) -> float:
+    requests = [stream_chat(target, fmt, load.tokens, load.interval) for _ in range(load.streams)]
     counter.begin()
-    result = await streams(target, fmt, requests, TOKENS, 1.0, Meter({"gateway": [pid]}), 60.0)
+    result = await streams(target, fmt, requests, load.tokens, 1.0, Meter({"gateway": [pid]}), 60.0)
     instructions = counter.end()
     if result.lost or result.refused or not result.chunks:
         raise RuntimeError(f"{fmt.value}: {result.lost} chunks lost, {result.refused} streams refused")
     return instructions / result.chunks
 
 
-async def _measure(target: Target, counter: Counter, pid: int) -> dict[str, float]:
+async def _measure(target: Target, counter: Counter, pid: int, load: Load) -> dict[str, float]:
     figures = {}
     for path in ("/api/chat", "/v1/chat/completions"):
-        figures[f"per small request, {path}"] = await _small(target, path, counter)
+        figures[f"per small request, {path}"] = await _small(target, path, counter, load)
     for fmt in (Format.NDJSON, Format.SSE):
-        figures[f"per relayed chunk, {STREAMS} x {fmt.value} ({TOKENS} tokens, requests included)"] = await _streams(
-            target, fmt, counter, pid
-        )
+        name = f"per relayed chunk, {load.streams} x {fmt.value} ({load.tokens} tokens, requests included)"
+        figures[name] = await _streams(target, fmt, counter, pid, load)
     return figures
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.split("\n\n")[0])
-    parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true", help="smoke size: every step, tiny loads")
+    load = QUICK if parser.parse_args(argv).quick else FULL
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("valgrind (with callgrind_control) is not installed")
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as folder:
@@ -142,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ) as server,
         ):
             target = Target("gateway", "127.0.0.1", server.port, server.key)
-            figures = asyncio.run(_measure(target, Counter(server.pid, out), server.pid))
+            figures = asyncio.run(_measure(target, Counter(server.pid, out), server.pid, load))
     for name, value in figures.items():
         print(f"instructions {name}: {value:,.0f}")
 

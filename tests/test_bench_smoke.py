@@ -262,3 +262,23 @@ def test_quick_soak_proves_every_kind_of_stream(tmp_path: Path) -> None:
     assert [goal["goal"] for goal in goals if not goal["met"]] in ([], [RSS_GOAL])
     assert done.returncode == (0 if all(goal["met"] for goal in goals) else 1), done.stderr[-4000:]
     assert "## (soak)" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.timeout(90)
+def test_instruction_counts_run_at_smoke_size() -> None:
+    """`python -m bench.instructions --quick`: the gateway under callgrind, counted per small request
+    and per chunk (the figures mean nothing at this size, but each must be counted)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=85,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    figures = dict(line.rsplit(": ", 1) for line in done.stdout.splitlines() if line.startswith("instructions "))
+    assert [name.split(",")[0] for name in figures] == ["instructions per small request"] * 2 + [
+        "instructions per relayed chunk"
+    ] * 2
+    assert all(int(value.replace(",", "")) > 10_000 for value in figures.values()), figures
