@@ -231,7 +231,10 @@ async def _one(plan: ScalePlan, size: _Size, rep: int, results: Results) -> None
         async def measure(target: Target, pid: int) -> Figures:
             if plan.fresh_gateway:
                 await asyncio.sleep(0.5)  # the start's allocations settle before RSS is read
-            return await scalecases.keys(plan, target, pid, url, change, rep)
+            figures = await scalecases.keys(plan, target, pid, url, change, rep)
+            for name, path in scalecases.KEYS_PATHS.items():
+                figures |= await scalecases.admin_read(plan, target, pid, name, path)
+            return figures
 
     elif size.group == "models":
         results.add("models", size.size, "direct", await scalecases.listing(plan, size.direct, 0))
@@ -247,8 +250,8 @@ async def _one(plan: ScalePlan, size: _Size, rep: int, results: Results) -> None
 
         async def measure(target: Target, pid: int) -> Figures:
             figures: Figures = {}
-            for name in scalecases.USAGE_PATHS:
-                figures |= await scalecases.usage(plan, target, pid, name)
+            for name, path in scalecases.USAGE_PATHS.items():
+                figures |= await scalecases.admin_read(plan, target, pid, name, path)
             return figures
 
     else:

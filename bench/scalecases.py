@@ -39,6 +39,8 @@ STALL_CAP = 120.0
 KEY_REFRESH = 0.2
 MIN_CHANGES = 1
 USAGE_PATHS = {"usage": "/admin/api/usage", "daily": "/admin/api/usage/daily"}
+# The admin page's keys table: a page of keys, and a search (found among the filler keys).
+KEYS_PATHS = {"keys_page": "/admin/api/keys?limit=50", "keys_search": "/admin/api/keys?q=scale-0009&limit=50"}
 
 
 def _ms(ns: float | None) -> float | None:
@@ -191,21 +193,21 @@ async def listing(plan: ScalePlan, target: Target, pid: int) -> Figures:
     return figures
 
 
-async def usage(plan: ScalePlan, target: Target, pid: int, name: str) -> Figures:
-    """One admin usage endpoint: CPU and wall time per call, alone; then the largest stall of a
-    50 ms stream while one call loads."""
-    request = target.request("GET", USAGE_PATHS[name])
+async def admin_read(plan: ScalePlan, target: Target, pid: int, name: str, path: str) -> Figures:
+    """One admin read (``path``, its figures named ``name``): CPU and wall time per call, alone;
+    then the largest stall of a 50 ms stream while one call loads."""
+    request = target.request("GET", path)
     walls = []
     before = procstat.task_cpu_ns(pid)
     for _ in range(plan.usage_calls):
         answer = await fetch(target, request, within=STALL_CAP)
         if answer.status != 200:
-            raise RuntimeError(f"{USAGE_PATHS[name]} answered {answer.status}: {bytes(answer.body[:200])!r}")
+            raise RuntimeError(f"{path} answered {answer.status}: {bytes(answer.body[:200])!r}")
         walls.append(answer.end_ns - answer.sent_ns)
     cpu_ns = (procstat.task_cpu_ns(pid) - before) / plan.usage_calls
-    result = await stall(target, Attack(USAGE_PATHS[name], b"", "GET"), Meter({}), STALL_CAP)
+    result = await stall(target, Attack(path, b"", "GET"), Meter({}), STALL_CAP)
     if result.error is not None or result.attack_status != 200:
-        raise RuntimeError(f"{USAGE_PATHS[name]} beside a stream: {result.error or result.attack_status}")
+        raise RuntimeError(f"{path} beside a stream: {result.error or result.attack_status}")
     return {
         f"{name}_cpu_ms": cpu_ns / 1e6,
         f"{name}_wall_ms": _ms(percentile(walls, 50)),

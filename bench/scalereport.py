@@ -43,6 +43,10 @@ ROWS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
             ("size", "direct"),
         ),
         ("requests_failed", "other requests failed", ()),
+        ("keys_page_cpu_ms", "gateway CPU per page of the admin keys table, 50 keys (ms)", ("size",)),
+        ("keys_page_stall_ms", "largest stall of a 50 ms stream while that page loads (ms)", ("size",)),
+        ("keys_search_cpu_ms", "gateway CPU per search of the admin keys table (ms)", ("size",)),
+        ("keys_search_stall_ms", "largest stall of a 50 ms stream while a search loads (ms)", ("size",)),
         ("rss_mib", "gateway RSS, idle after warm-up (MiB)", ("size",)),
     ),
     "models": (

@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Request
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from gateway.admin.audit import AuditNote
@@ -36,7 +37,16 @@ from gateway.keys.management import (
     parse_scopes,
 )
 from gateway.keys.principal import Principal
-from gateway.keys.store import LIMIT_KINDS, LIMIT_NAMES, KeyStoreError, LimitKind, Scope, UnknownKey
+from gateway.keys.store import (
+    LIMIT_KINDS,
+    LIMIT_NAMES,
+    KeySearch,
+    KeyStatus,
+    KeyStoreError,
+    LimitKind,
+    Scope,
+    UnknownKey,
+)
 
 T = TypeVar("T")
 # What each kind of limit accepts, as the schema describes it.
@@ -139,6 +149,26 @@ class NewKey(KeyPolicy):
     )
 
 
+class KeyListing(BaseModel):
+    """What ``GET /admin/api/keys`` lists: a search, and a page of what it finds. A parameter it
+    does not know is refused (a misspelt ``limit`` must not list every key)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    q: str = Field(
+        "",
+        max_length=200,
+        description="words, each found in a key's name, id, status, scopes, models or an Ollama key's "
+        "comment (letters in either case)",
+    )
+    status: KeyStatus | None = Field(None, description="only keys in this state")
+    offset: int = Field(0, ge=0, le=1_000_000_000, description="keys found to skip, by name")
+    limit: int | None = Field(None, ge=1, le=1000, description="keys at most (none: every key found)")
+
+    def search(self) -> KeySearch:
+        return KeySearch(tuple(self.q.split()), self.status, self.offset, self.limit)
+
+
 def _name_of(keys: KeyAdmin, key_id: str) -> str | None:
     try:
         return keys.by_id(key_id).name
@@ -184,10 +214,25 @@ def keys_router(
         described = describe(outcome.record)
         return described if outcome.secret is None else {**described, "key": outcome.secret}
 
-    @router.get("", summary="List keys (never their secrets)")
-    async def list_keys(request: Request) -> list[dict[str, Any]]:
+    @router.get(
+        "",
+        summary="List keys by name (never their secrets): all, or a page of those a search finds",
+        response_model=list[dict[str, Any]],
+        responses={200: {"headers": {"X-Total-Count": {"description": "keys the search finds, pages aside"}}}},
+    )
+    async def list_keys(request: Request, search: Annotated[KeyListing, Query()]) -> Response:
         audit(request, "keys.list", None)
-        return await run(lambda keys: [keys.describe(record) for record in keys.list()])
+        wanted = search.search()
+
+        def listing(keys: KeyAdmin) -> tuple[bytes, int]:
+            # Written out here, beside the database: a long listing costs this thread, not the
+            # event loop every other request waits on.
+            described = [keys.describe(record) for record in keys.list(wanted)]
+            whole = wanted.limit is None and not wanted.offset
+            return orjson.dumps(described), len(described) if whole else keys.count(wanted)
+
+        body, total = await run(listing)
+        return Response(body, media_type="application/json", headers={"x-total-count": str(total)})
 
     @router.post("", status_code=201, summary="Create a key; the answer holds its secret, shown once")
     async def create_key(body: NewKey, request: Request) -> dict[str, Any]:

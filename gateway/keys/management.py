@@ -22,11 +22,13 @@ from gateway.keys.apikey import generate
 from gateway.keys.ollamakey import InvalidOllamaKey, OllamaKey
 from gateway.keys.store import (
     DEFAULT_SCOPES,
+    EVERY_KEY,
     LIMIT_KINDS,
     LIMIT_NAMES,
     UNLIMITED,
     DuplicateKey,
     KeyRecord,
+    KeySearch,
     KeyStoreError,
     LimitKind,
     Limits,
@@ -310,8 +312,11 @@ class KeyAdmin:
         stored, secret = self._store.create(record)
         return Outcome(stored, ["name", *changes(base, record)], secret)
 
-    def list(self) -> list[KeyRecord]:
-        return self._store.load()
+    def list(self, search: KeySearch = EVERY_KEY) -> list[KeyRecord]:
+        return self._store.load(search, self._clock())
+
+    def count(self, search: KeySearch = EVERY_KEY) -> int:
+        return self._store.count(search, self._clock())
 
     def get(self, name: str) -> KeyRecord:
         try:

@@ -23,10 +23,12 @@ from gateway.database.sqlite import Database, transaction
 from gateway.keys import apikey
 from gateway.keys.ollamakey import OllamaKey
 from gateway.keys.store import (
+    EVERY_KEY,
     LIMIT_NAMES,
     DuplicateKey,
     KeyChanges,
     KeyRecord,
+    KeySearch,
     KeyStoreError,
     Limits,
     Scope,
@@ -105,6 +107,44 @@ def _records(connection: Statements, where: str, *args: object) -> list[KeyRecor
     return [_record(row, public.get(str(row[0]), ())) for row in rows]
 
 
+# A LIMIT both backends read as "no limit" (SQLite has no LIMIT ALL, PostgreSQL no LIMIT -1).
+_NO_LIMIT = 2**62
+# The largest page whose public keys are looked up by its ids (as many parameters as keys).
+_PAGE_LIMIT = 1000
+# A key's status as describe() tells it (the one parameter: now).
+_STATUS = (
+    "CASE WHEN revoked <> 0 THEN 'revoked' WHEN expires_at IS NOT NULL AND expires_at <= ? THEN 'expired' "
+    "ELSE 'active' END"
+)
+
+
+def _matching(search: KeySearch, now: float, like: str) -> tuple[str, list[object]]:
+    """A clause on ``keys`` picking what ``search`` asks for, and its parameters."""
+    clauses: list[str] = []
+    args: list[object] = []
+    if search.status is not None:
+        clauses.append(f"({_STATUS}) = ?")
+        args += [now, search.status]
+    found = f"{like} ? ESCAPE '\\'"
+    comment = f"EXISTS (SELECT 1 FROM ollama_keys WHERE ollama_keys.key_id = keys.id AND comment {found})"  # noqa: S608
+    any_field = f"(name {found} OR id {found} OR scopes {found} OR models {found} OR ({_STATUS}) {found} OR {comment})"
+    for word in search.words:
+        # The word as it is typed: its own % and _ match themselves.
+        pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        clauses.append(any_field)
+        args += [pattern, pattern, pattern, pattern, now, pattern, pattern]
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _page(connection: Statements, where: str, *args: object) -> list[KeyRecord]:
+    """As ``_records``, for a page of keys: their public keys looked up by the page's ids, so that
+    ``where`` (a search, a scan of every key) runs once."""
+    rows = connection.execute(f"SELECT {_COLUMNS} FROM keys {where}", args).fetchall()  # noqa: S608
+    ids = [str(row[0]) for row in rows]
+    public = _ollama_keys(connection, f"WHERE key_id IN ({', '.join('?' * len(ids))})", *ids) if ids else {}
+    return [_record(row, public.get(str(row[0]), ())) for row in rows]
+
+
 def _one(connection: Statements, where: str, *args: object) -> KeyRecord | None:
     found = _records(connection, where, *args)
     return found[0] if found else None
@@ -172,9 +212,22 @@ class SqliteKeyStore:
 
         return self._database.run(read)
 
-    def load(self) -> list[KeyRecord]:
-        """Every key, by name (the listings)."""
-        return self._run(lambda connection: _records(connection, self._by_name))
+    def load(self, search: KeySearch = EVERY_KEY, now: float | None = None) -> list[KeyRecord]:
+        """The keys ``search`` picks, by name (the listings); ``now`` tells expired keys."""
+        where, args = _matching(search, time.time() if now is None else now, self._like)
+        if search.limit is None and not search.offset:
+            return self._run(lambda connection: _records(connection, f"{where} {self._by_name}", *args))
+        # By the name's index: a page costs the keys skipped, not the whole table sorted.
+        args += [_NO_LIMIT if search.limit is None else search.limit, search.offset]
+        read = _page if search.limit is not None and search.limit <= _PAGE_LIMIT else _records
+        return self._run(lambda connection: read(connection, f"{where} {self._by_name} LIMIT ? OFFSET ?", *args))
+
+    def count(self, search: KeySearch = EVERY_KEY, now: float | None = None) -> int:
+        """How many keys ``search`` picks, its page aside."""
+        where, args = _matching(search, time.time() if now is None else now, self._like)
+        return self._run(
+            lambda connection: int(connection.execute(f"SELECT COUNT(*) FROM keys {where}", args).fetchone()[0])  # noqa: S608
+        )
 
     def record_use(self, last_used: Mapping[str, float]) -> None:
         if not last_used:
@@ -210,6 +263,8 @@ class SqliteKeyStore:
     # What differs on PostgreSQL (keys/postgres.py overrides these; changes, record_use, create
     # and modify too).
     _by_name = "ORDER BY name"
+    # Letters in either case: SQLite's LIKE folds ASCII letters (PostgreSQL's ILIKE, every letter).
+    _like = "LIKE"
 
     def _run(self, work: Callable[[Statements], T]) -> T:
         """``work`` with a connection taking ``?`` placeholders."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias
 
 from gateway.keys.ollamakey import OllamaKey
 
@@ -88,6 +88,25 @@ class KeyRecord:
     def usable(self, now: float) -> bool:
         """Whether the key may authenticate at ``now`` (the one rule the server and CLI share)."""
         return not self.revoked and not self.expired(now)
+
+
+# What describe() calls a key: usable, past its expiry, or revoked.
+KeyStatus: TypeAlias = Literal["active", "expired", "revoked"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeySearch:
+    """Which keys a listing shows, by name: those with every one of ``words`` somewhere in their
+    name, id, status, scopes, models or an Ollama key's comment (letters in either case), and of
+    ``status`` when given; of those, ``limit`` from ``offset`` (None: all)."""
+
+    words: tuple[str, ...] = ()
+    status: KeyStatus | None = None
+    offset: int = 0
+    limit: int | None = None
+
+
+EVERY_KEY: Final = KeySearch()
 
 
 class KeyStoreError(Exception):

@@ -167,6 +167,37 @@ def test_unknown_keys_and_broken_bodies(admin: httpx.Client) -> None:
     assert admin.post("/keys", json={"name": "ok"}).status_code == 201
 
 
+def test_a_listing_is_searched_and_paged_by_the_server(admin: httpx.Client, database_url: str) -> None:
+    for name in ("team_a", "team-b", "other"):
+        issue_key(database_url, name)
+    admin.post(f"/keys/{admin.get('/keys', params={'q': 'other'}).json()[0]['id']}/revoke")
+    every = admin.get("/keys")
+    names = [item["name"] for item in every.json()]
+    assert names == sorted(names)
+    assert every.headers["x-total-count"] == str(len(names)) == "4"  # with the test's own admin key
+    page = admin.get("/keys", params={"limit": 2, "offset": 1})
+    assert [item["name"] for item in page.json()] == names[1:3]
+    assert page.headers["x-total-count"] == "4"
+    found = admin.get("/keys", params={"q": "TEAM _", "limit": 10})
+    assert ([item["name"] for item in found.json()], found.headers["x-total-count"]) == (["team_a"], "1")
+    revoked = admin.get("/keys", params={"status": "revoked"})
+    assert [item["name"] for item in revoked.json()] == ["other"]
+    assert admin.get("/keys", params={"q": "nothing"}).json() == []
+    # A page's entries are the whole listing's, field for field.
+    assert page.json() == every.json()[1:3]
+    # A misspelt or out-of-range parameter is refused, never read as "list every key".
+    for params, error in (
+        ({"limt": "2"}, "query.limt: extra inputs are not permitted"),
+        ({"limit": "0"}, "query.limit: input should be greater than or equal to 1"),
+        ({"limit": "1001"}, "query.limit: input should be less than or equal to 1000"),
+        ({"offset": "-1"}, "query.offset: input should be greater than or equal to 0"),
+        ({"status": "gone"}, "query.status: input should be 'active', 'expired' or 'revoked'"),
+        ({"q": "x" * 201}, "query.q: string should have at most 200 characters"),
+    ):
+        refused = admin.get("/keys", params=params)
+        assert (refused.status_code, refused.json()) == (400, {"error": error}), params
+
+
 def test_only_admin_keys_get_in(gateway: RunningGateway, database_url: str) -> None:
     url = gateway.url + "/admin/api/keys"
     missing = httpx.get(url)

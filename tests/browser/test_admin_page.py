@@ -19,7 +19,7 @@ import pytest
 from gateway.usage.store import UsageCounts, UsageKey, open_usage_store
 from tests.browser.chromium import chromium
 from tests.browser.pages import WAIT_MS, seed_usage, sign_in, until
-from tests.conftest import issue_key
+from tests.conftest import issue_key, issue_keys
 from tests.fake_ollama import Behaviour, FakeOllama
 from tests.fake_ollama.gate import StepGate
 from tests.ollama_signer import USER_AGENT, OllamaSigner, fingerprint_of, make_key, signin_url
@@ -380,3 +380,43 @@ def test_an_ollama_key_asks_for_access_and_is_granted_on_the_page(
         expect(keys_row.locator(".ollama-key")).to_have_count(0)
         assert signin_url(signer.request(client, "POST", "/api/me", {})) is not None
         assert problems == []
+
+
+def test_an_ollama_key_is_granted_to_a_key_found_among_many(
+    browser_gateway: RunningGateway, database_url: str, tmp_path: Path
+) -> None:
+    gateway = browser_gateway
+    issue_keys(database_url, [f"user-{n:04d}" for n in range(150)])
+    issue_key(database_url, "aa-revoked")
+    httpx.post(
+        gateway.url + f"/admin/api/keys/{_id_of(gateway, 'aa-revoked')}/revoke", headers=gateway.auth
+    ).raise_for_status()
+    signer = OllamaSigner(make_key(tmp_path / "laptop", "bob@laptop"))
+    with httpx.Client(base_url=gateway.url, timeout=10) as client, chromium(tmp_path / "profile") as browser:
+        link = signin_url(signer.request(client, "POST", "/api/me", {}))
+        assert link is not None
+        page = browser.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(link.replace("https://gpu.example.com", gateway.url))
+        page.fill("#signin-key", gateway.key)
+        page.click("#signin-form button")
+        # The first 100 active keys by name are offered (never a revoked one), and it says so.
+        more = page.locator("#connect-more")
+        expect(more).to_have_text("the first 100 of 151: type to find others")
+        options = page.locator("#connect-existing option")
+        assert options.first.inner_text() == f"test-admin-0 ({gateway.key.split('_')[1]})"
+        assert "aa-revoked" not in page.inner_text("#connect-existing")
+        # Typing finds a key past them; it is granted to that one.
+        page.fill("#connect-find", "USER-0149")
+        expect(options).to_have_count(1)
+        assert options.first.inner_text().startswith("user-0149 (")
+        expect(more).to_have_text("")
+        page.click("#connect-form button[type=submit]")
+        page.click("#confirm-yes")
+        page.locator("#connect-owner").get_by_text("already acts as the key user-0149").wait_for()
+        assert signer.request(client, "POST", "/api/me", {}).json() == {"name": "user-0149"}
+
+
+def _id_of(gateway: RunningGateway, name: str) -> str:
+    found = httpx.get(gateway.url + "/admin/api/keys", params={"q": name}, headers=gateway.auth).json()
+    return next(item["id"] for item in found if item["name"] == name)  # type: ignore[no-any-return]

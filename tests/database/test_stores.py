@@ -15,7 +15,7 @@ import pytest
 from gateway.database import open_cli_database, open_database
 from gateway.database.sqlite import MIGRATIONS, DatabaseError, DatabaseUnusable
 from gateway.keys.ollamakey import OllamaKey
-from gateway.keys.store import KeyRecord, KeyStoreError, Limits, Scope, UnknownKey, open_keystore
+from gateway.keys.store import KeyRecord, KeySearch, KeyStoreError, Limits, Scope, UnknownKey, open_keystore
 from gateway.usage.store import UsageCounts, UsageKey, open_usage_store
 
 pytestmark = pytest.mark.timeout(30)
@@ -89,6 +89,53 @@ def test_modify_rewrites_the_policy_and_keeps_the_identity(keys: Any) -> None:
     # Public keys read back in the order they were added (the kept one first).
     assert keys.get("alice") == replace(after, ollama_keys=(ollama_key(1), ollama_key(2, "new")))
     assert keys.changes(cursor).records == [keys.get("alice")]
+
+
+def test_a_search_finds_the_same_keys_on_either_backend_and_pages_them_by_name(keys: Any) -> None:
+    now = 1_900_000_000.0
+    ids = {}
+    for name, fields in (
+        ("Team_Alpha", {"models": ("llama3:*",)}),
+        ("team-beta", {"scopes": frozenset({Scope.ADMIN})}),
+        ("100%", {"ollama_keys": (ollama_key(3, "Build-Box"),)}),
+        ("old", {"expires_at": now - 1}),
+        ("gone", {}),
+        ("zeta", {"expires_at": now + 1}),
+    ):
+        ids[name] = keys.create(new(name, **fields))[0].id
+    keys.modify(ids["gone"], lambda record: replace(record, revoked=True))
+
+    def names(**search: Any) -> list[str]:
+        found = [record.name for record in keys.load(KeySearch(**search), now)]
+        assert keys.count(replace(KeySearch(**search), offset=0, limit=None), now) >= len(found)
+        return found
+
+    by_name = ["100%", "Team_Alpha", "gone", "old", "team-beta", "zeta"]  # by code point, as Python sorts
+    assert names() == by_name
+    assert keys.count(KeySearch(), now) == 6
+    # Pages by name, a page past the end empty.
+    assert names(limit=2) == by_name[:2]
+    assert names(offset=2, limit=3) == by_name[2:5]
+    assert names(offset=5) == by_name[5:]
+    assert names(offset=6, limit=3) == []
+    # Letters in either case; every word must be found, in any of the fields.
+    assert names(words=("TEAM",)) == ["Team_Alpha", "team-beta"]
+    assert names(words=("team", "admin")) == ["team-beta"]
+    assert names(words=("llama3",)) == ["Team_Alpha"]
+    assert names(words=("build-box",)) == ["100%"]
+    assert names(words=(ids["zeta"],)) == ["zeta"]
+    # % and _ are themselves, not patterns.
+    assert names(words=("%",)) == ["100%"]
+    assert names(words=("m_a",)) == ["Team_Alpha"]
+    assert names(words=("m%a",)) == []
+    assert names(words=("\\",)) == []
+    # The status as describe() tells it at ``now``, as a word or a filter of its own.
+    assert names(status="revoked") == ["gone"]
+    assert names(status="expired") == ["old"]
+    assert names(status="active") == ["100%", "Team_Alpha", "team-beta", "zeta"]
+    assert names(words=("expired",)) == ["old"]
+    assert names(status="active", words=("team",), limit=1) == ["Team_Alpha"]
+    assert keys.count(KeySearch(status="active", words=("team",), limit=1), now) == 2
 
 
 def test_a_public_key_belongs_to_one_key_only(keys: Any) -> None:

@@ -2,9 +2,13 @@
 // sends its user to #/connect?key=<token>), and granting one to an existing or a new key.
 import { $, el, fill, notify, row, shortTime } from "./dom.js";
 import { confirmed, loadKeys } from "./keys.js";
-import { api, getJson } from "./session.js";
+import { api, getJson, getPage } from "./session.js";
 
 let current = null; // the key on show: {fingerprint, line, token, owner, request}
+// Keys offered at once, and the newest listing of them (an older answer is dropped).
+const CHOICES = 100;
+let choosing = 0;
+let typing = null;
 
 export async function loadConnect(params) {
   const token = params.get("key");
@@ -32,17 +36,29 @@ async function showRequest(token) {
     ? `It already acts as the key ${current.owner.name} (${current.owner.id}).`
     : "";
   $("#connect-form").hidden = Boolean(current.owner);
-  const keys = await getJson("keys");
-  const choices = keys
-    .filter((key) => key.status === "active")
-    .map((key) => {
-      const option = el("option", key.name + " (" + key.id + ")");
-      option.value = key.id;
-      return option;
-    });
+  $("#connect-find").value = "";
+  await listChoices();
+  $("#connect-to-existing").disabled = !$("#connect-existing").options.length;
+  if ($("#connect-to-existing").disabled) $("#connect-to-new").checked = true;
+}
+
+// The active keys to choose from: the first by name, or those the words typed find (the server
+// searches: there may be far more keys than a list can hold).
+async function listChoices() {
+  const ticket = ++choosing;
+  const query = new URLSearchParams({ status: "active", limit: CHOICES });
+  const words = $("#connect-find").value.trim();
+  if (words) query.set("q", words);
+  const found = await getPage("keys?" + query);
+  if (ticket !== choosing) return;
+  const choices = found.items.map((key) => {
+    const option = el("option", key.name + " (" + key.id + ")");
+    option.value = key.id;
+    return option;
+  });
   $("#connect-existing").replaceChildren(...choices);
-  $("#connect-to-existing").disabled = !choices.length;
-  if (!choices.length) $("#connect-to-new").checked = true;
+  $("#connect-more").textContent =
+    found.total > choices.length ? `the first ${choices.length} of ${found.total}: type to find others` : "";
 }
 
 async function grant(event) {
@@ -78,5 +94,9 @@ async function grant(event) {
 
 export function setUpConnect() {
   $("#connect-form").addEventListener("submit", grant);
+  $("#connect-find").addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => listChoices().catch((error) => notify(error.message, true)), 200);
+  });
 }
 

@@ -1,59 +1,58 @@
 // The keys page: the table (filtered, a page of rows at a time), create, rotate, revoke (after a
 // confirmation), the secret shown once.
 import { $, button, el, fill, notify, number, row, shortTime } from "./dom.js";
-import { api, getJson, integer, readJson, remember, signedInId } from "./session.js";
+import { api, getPage, integer, readJson, remember, signedInId } from "./session.js";
 
-// Rows drawn at once: the table stays quick with ten thousand keys (only a page is ever in the DOM).
+// Rows on a page: the server finds and pages the keys (a listing of every key would cost the
+// gateway a second and tens of megabytes at 100,000 keys).
 const PAGE_SIZE = 50;
 const COLUMNS = 10;
+// Typing pauses this long before the server is asked.
+const FILTER_PAUSE_MS = 200;
 
-// Every key as last listed, each with the lower-case text the filter searches.
-let keys = [];
 let page = 0;
+// The newest load: an answer to an older one (slower, or overtaken by typing) is dropped.
+let loading = 0;
+let typing = null;
 
 export async function loadKeys() {
-  const listed = await getJson("keys");
-  keys = listed.map((key) => ({ key, text: searchText(key) }));
-  render();
+  const ticket = ++loading;
+  const words = $("#keys-filter").value.trim();
+  const query = new URLSearchParams({ limit: PAGE_SIZE, offset: page * PAGE_SIZE });
+  if (words) query.set("q", words);
+  const found = await getPage("keys?" + query);
+  if (ticket !== loading) return;
+  const pages = Math.max(1, Math.ceil(found.total / PAGE_SIZE));
+  if (page >= pages) {
+    // Fewer keys than when the page was chosen (deleted meanwhile): show the last page there is.
+    page = pages - 1;
+    await loadKeys();
+    return;
+  }
+  render(found.items, found.total, Boolean(words));
 }
 
-function searchText(key) {
-  const ollama = key.ollama_keys.map((item) => item.fingerprint + " " + item.comment);
-  return [key.name, key.id, key.status, ...key.scopes, ...key.models, ...ollama].join("\n").toLowerCase();
-}
-
-function matching() {
-  const words = $("#keys-filter").value.toLowerCase().split(/\s+/).filter(Boolean);
-  return words.length ? keys.filter((item) => words.every((word) => item.text.includes(word))) : keys;
-}
-
-function render() {
-  const found = matching();
-  const pages = Math.max(1, Math.ceil(found.length / PAGE_SIZE));
-  page = Math.min(Math.max(page, 0), pages - 1);
+function render(shown, total, filtered) {
+  const pages = Math.max(1, Math.ceil(total / PAGE_SIZE));
   const first = page * PAGE_SIZE;
-  const shown = found.slice(first, first + PAGE_SIZE);
-  const empty = keys.length ? "No key matches the filter." : "No keys yet.";
-  fill($("#keys-table tbody"), shown.map((item) => keyRow(item.key)), empty, COLUMNS);
+  fill($("#keys-table tbody"), shown.map(keyRow), filtered ? "No key matches the filter." : "No keys yet.", COLUMNS);
   const range = shown.length ? `${number(first + 1)}–${number(first + shown.length)} of ` : "";
-  $("#keys-count").textContent =
-    found.length === keys.length
-      ? `${range}${number(keys.length)} keys`
-      : `${range}${number(found.length)} matching keys (${number(keys.length)} in all)`;
+  $("#keys-count").textContent = `${range}${number(total)} ${filtered ? "matching keys" : "keys"}`;
   $("#keys-page").textContent = `Page ${number(page + 1)} of ${number(pages)}`;
   $("#keys-prev").disabled = page === 0;
   $("#keys-next").disabled = page >= pages - 1;
 }
 
-// Show the page holding the key named ``name`` (clearing a filter that hides it).
-function reveal(name) {
-  let index = matching().findIndex((item) => item.key.name === name);
-  if (index < 0) {
-    $("#keys-filter").value = "";
-    index = keys.findIndex((item) => item.key.name === name);
-  }
-  page = Math.max(0, Math.floor(index / PAGE_SIZE));
-  render();
+// Show the key named ``name`` (just created): the filter is set to its name.
+async function reveal(name) {
+  $("#keys-filter").value = name;
+  page = 0;
+  await loadKeys();
+}
+
+function turn(step) {
+  page = Math.max(0, page + step);
+  loadKeys().catch((error) => notify(error.message, true));
 }
 
 function keyRow(key) {
@@ -174,8 +173,7 @@ async function createKey(event) {
     form.reset();
     $("#create-box").open = false;
     notify("");
-    await loadKeys();
-    reveal(created.name);
+    await reveal(created.name);
   } catch (error) {
     notify(error.message, true);
   }
@@ -236,17 +234,14 @@ async function revokeKey(key) {
 export function setUpKeys() {
   $("#create-form").addEventListener("submit", createKey);
   $("#keys-filter").addEventListener("input", () => {
-    page = 0;
-    render();
+    clearTimeout(typing);
+    typing = setTimeout(() => {
+      page = 0;
+      turn(0);
+    }, FILTER_PAUSE_MS);
   });
-  $("#keys-prev").addEventListener("click", () => {
-    page -= 1;
-    render();
-  });
-  $("#keys-next").addEventListener("click", () => {
-    page += 1;
-    render();
-  });
+  $("#keys-prev").addEventListener("click", () => turn(-1));
+  $("#keys-next").addEventListener("click", () => turn(1));
   $("#secret-copy").addEventListener("click", copySecret);
   $("#secret-done").addEventListener("click", hideSecret);
 }

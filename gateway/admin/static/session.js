@@ -55,6 +55,12 @@ function exact(key, value, context) {
 export const readJson = async (response) => JSON.parse(await response.text(), exact);
 export const getJson = async (path) => readJson(await api("GET", path));
 
+// A page of a listing, and how many items the listing finds in all (its X-Total-Count).
+export async function getPage(path) {
+  const response = await api("GET", path);
+  return { items: await readJson(response), total: Number(response.headers.get("X-Total-Count")) };
+}
+
 // A whole number typed as digits, for JSON.stringify: exactly, however large. (A browser without
 // JSON.rawJSON sends a large one as text, which the API refuses rather than store it rounded.)
 export function integer(digits) {
