@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from gateway.admin.audit import AuditNote
 from gateway.database.sqlite import Runner
@@ -59,6 +59,8 @@ _LIMITS_DESCRIPTION = "; ".join(
 
 if TYPE_CHECKING:
     from gateway.keys.store import ManagedKeyStore
+# Words a keys search may have.
+SEARCH_WORDS = 8
 KeyId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the key's id (never its secret)")]
 
 
@@ -150,10 +152,8 @@ class NewKey(KeyPolicy):
 
 
 class KeyListing(BaseModel):
-    """What ``GET /admin/api/keys`` lists: a search, and a page of what it finds. A parameter it
-    does not know is refused (a misspelt ``limit`` must not list every key)."""
-
-    model_config = ConfigDict(extra="forbid")
+    """What ``GET /admin/api/keys`` lists: a search, and a page of what it finds. Other parameters
+    are let be, as on every route (a signed request carries its ``ts``)."""
 
     q: str = Field(
         "",
@@ -165,8 +165,16 @@ class KeyListing(BaseModel):
     offset: int = Field(0, ge=0, le=1_000_000_000, description="keys found to skip, by name")
     limit: int | None = Field(None, ge=1, le=1000, description="keys at most (none: every key found)")
 
+    @field_validator("q")
+    @classmethod
+    def _few_words(cls, q: str) -> str:
+        # Each word is a scan of every key: a search is a few words, not a paragraph.
+        if len(set(q.split())) > SEARCH_WORDS:
+            raise ValueError(f"at most {SEARCH_WORDS} different words")
+        return q
+
     def search(self) -> KeySearch:
-        return KeySearch(tuple(self.q.split()), self.status, self.offset, self.limit)
+        return KeySearch(tuple(dict.fromkeys(self.q.split())), self.status, self.offset, self.limit)
 
 
 def _name_of(keys: KeyAdmin, key_id: str) -> str | None:
@@ -224,12 +232,15 @@ def keys_router(
         audit(request, "keys.list", None)
         wanted = search.search()
 
-        def listing(keys: KeyAdmin) -> tuple[bytes, int]:
+        def listing(admin: KeyAdmin) -> tuple[bytes, int]:
+            keys = admin.frozen()
             # Written out here, beside the database: a long listing costs this thread, not the
             # event loop every other request waits on.
             described = [keys.describe(record) for record in keys.list(wanted)]
-            whole = wanted.limit is None and not wanted.offset
-            return orjson.dumps(described), len(described) if whole else keys.count(wanted)
+            short = wanted.limit is None or len(described) < wanted.limit
+            # A page that came back short (and not empty past the end) says how many there are.
+            known = short and (bool(described) or not wanted.offset)
+            return orjson.dumps(described), wanted.offset + len(described) if known else keys.count(wanted)
 
         body, total = await run(listing)
         return Response(body, media_type="application/json", headers={"x-total-count": str(total)})

@@ -301,6 +301,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX usage_batches_at ON usage_batches (at);
         """,
     ),
+    # 9: keys by name in code-point order, as the listings page them: PostgreSQL's unique index
+    # follows the database's collation, and a page in another order would sort every key.
+    Migration("", 'CREATE INDEX keys_name_bytes ON keys (name COLLATE "C");'),
 )
 
 

@@ -312,6 +312,11 @@ class KeyAdmin:
         stored, secret = self._store.create(record)
         return Outcome(stored, ["name", *changes(base, record)], secret)
 
+    def frozen(self) -> KeyAdmin:
+        """This, with its clock stopped now: a listing's search, statuses and count agree."""
+        moment = self._clock()
+        return KeyAdmin(self._store, lambda: moment)
+
     def list(self, search: KeySearch = EVERY_KEY) -> list[KeyRecord]:
         return self._store.load(search, self._clock())
 

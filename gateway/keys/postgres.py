@@ -42,6 +42,7 @@ class PostgresKeyStore(SqliteKeyStore):
     # Names in the order SQLite and Python give them (by code point).
     _by_name = 'ORDER BY name COLLATE "C"'
     _like = "ILIKE"
+    _items = "jsonb_array_elements_text(keys.{column}::jsonb) AS item(value)"
 
     def _run(self, work: Callable[[Any], T]) -> T:
         return self._postgres.run(lambda connection: work(Qmarks(connection)))

@@ -118,8 +118,10 @@ _STATUS = (
 )
 
 
-def _matching(search: KeySearch, now: float, like: str) -> tuple[str, list[object]]:
-    """A clause on ``keys`` picking what ``search`` asks for, and its parameters."""
+def _matching(search: KeySearch, now: float, like: str, items: str) -> tuple[str, list[object]]:
+    """A clause on ``keys`` picking what ``search`` asks for, and its parameters. ``items``: the
+    backend's rows of a JSON array column (``{column}``), each in a column ``value``: scopes and
+    models are searched item by item, not as the JSON text they are stored as."""
     clauses: list[str] = []
     args: list[object] = []
     if search.status is not None:
@@ -127,7 +129,9 @@ def _matching(search: KeySearch, now: float, like: str) -> tuple[str, list[objec
         args += [now, search.status]
     found = f"{like} ? ESCAPE '\\'"
     comment = f"EXISTS (SELECT 1 FROM ollama_keys WHERE ollama_keys.key_id = keys.id AND comment {found})"  # noqa: S608
-    any_field = f"(name {found} OR id {found} OR scopes {found} OR models {found} OR ({_STATUS}) {found} OR {comment})"
+    item = f"EXISTS (SELECT 1 FROM {items} WHERE value {found})"  # noqa: S608
+    scopes, models = item.format(column="scopes"), item.format(column="models")
+    any_field = f"(name {found} OR id {found} OR {scopes} OR {models} OR ({_STATUS}) {found} OR {comment})"
     for word in search.words:
         # The word as it is typed: its own % and _ match themselves.
         pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -214,7 +218,7 @@ class SqliteKeyStore:
 
     def load(self, search: KeySearch = EVERY_KEY, now: float | None = None) -> list[KeyRecord]:
         """The keys ``search`` picks, by name (the listings); ``now`` tells expired keys."""
-        where, args = _matching(search, time.time() if now is None else now, self._like)
+        where, args = _matching(search, time.time() if now is None else now, self._like, self._items)
         if search.limit is None and not search.offset:
             return self._run(lambda connection: _records(connection, f"{where} {self._by_name}", *args))
         # By the name's index: a page costs the keys skipped, not the whole table sorted.
@@ -224,7 +228,7 @@ class SqliteKeyStore:
 
     def count(self, search: KeySearch = EVERY_KEY, now: float | None = None) -> int:
         """How many keys ``search`` picks, its page aside."""
-        where, args = _matching(search, time.time() if now is None else now, self._like)
+        where, args = _matching(search, time.time() if now is None else now, self._like, self._items)
         return self._run(
             lambda connection: int(connection.execute(f"SELECT COUNT(*) FROM keys {where}", args).fetchone()[0])  # noqa: S608
         )
@@ -265,6 +269,7 @@ class SqliteKeyStore:
     _by_name = "ORDER BY name"
     # Letters in either case: SQLite's LIKE folds ASCII letters (PostgreSQL's ILIKE, every letter).
     _like = "LIKE"
+    _items = "json_each(keys.{column})"
 
     def _run(self, work: Callable[[Statements], T]) -> T:
         """``work`` with a connection taking ``?`` placeholders."""

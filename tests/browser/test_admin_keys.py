@@ -101,7 +101,7 @@ def test_ten_thousand_keys_are_found_and_paged_by_the_server(
         page.locator("#keys-filter").press_sequentially("user-0999")
         expect(count).to_have_text(f"1{DASH}10 of 10 matching keys")
         assert _rows(page) == [f"user-0999{n}" for n in range(10)]
-        assert len(asked) - before < 9
+        assert len(asked) - before <= 2
         expect(pages).to_have_text("Page 1 of 1")
         assert page.is_disabled("#keys-next")
         page.fill("#keys-filter", "no such key")
@@ -111,12 +111,18 @@ def test_ten_thousand_keys_are_found_and_paged_by_the_server(
         page.fill("#keys-filter", "ACTIVE user-0000")
         expect(count).to_have_text(f"1{DASH}10 of 10 matching keys")
         assert _rows(page) == [f"user-0000{n}" for n in range(10)]
-        # A key created while a filter hides it is shown all the same.
+        # A key created while a filter hides it is shown all the same, above the page (which
+        # stays as it was, filter and all).
         page.click("#create-box summary")
         page.fill("#create-form [name=name]", "zz-new")
         page.click("#create-form button[type=submit]")
+        expect(page.locator("#keys-table tbody tr").first).to_have_attribute("data-key", "zz-new")
+        assert _rows(page) == ["zz-new", *(f"user-0000{n}" for n in range(10))]
+        assert page.input_value("#keys-filter") == "ACTIVE user-0000"
+        expect(count).to_have_text(f"1{DASH}10 of 10 matching keys")
+        # Found where it belongs by the next search.
+        page.fill("#keys-filter", "zz-")
         expect(count).to_have_text(f"1{DASH}1 of 1 matching keys")
-        assert page.input_value("#keys-filter") == "zz-new"
         assert _rows(page) == ["zz-new"]
     # Every listing the page asked for was one page of keys (or sign-in's check of the key: one).
     assert asked

@@ -38,8 +38,6 @@ async function showRequest(token) {
   $("#connect-form").hidden = Boolean(current.owner);
   $("#connect-find").value = "";
   await listChoices();
-  $("#connect-to-existing").disabled = !$("#connect-existing").options.length;
-  if ($("#connect-to-existing").disabled) $("#connect-to-new").checked = true;
 }
 
 // The active keys to choose from: the first by name, or those the words typed find (the server
@@ -57,6 +55,9 @@ async function listChoices() {
     return option;
   });
   $("#connect-existing").replaceChildren(...choices);
+  // Nothing found: nothing to attach to (until typing finds something).
+  $("#connect-to-existing").disabled = !choices.length;
+  if (!choices.length) $("#connect-to-new").checked = true;
   $("#connect-more").textContent =
     found.total > choices.length ? `the first ${choices.length} of ${found.total}: type to find others` : "";
 }
@@ -68,6 +69,10 @@ async function grant(event) {
   const toNew = data.get("target") === "new";
   const name = String(data.get("name") || "").trim();
   const existing = $("#connect-existing");
+  if (!toNew && !existing.value) {
+    notify("Choose the key to attach it to, or create a new one.", true);
+    return;
+  }
   const target = toNew ? "a new key " + name : "the key " + existing.selectedOptions[0]?.textContent;
   const question = `Let requests signed by ${current.fingerprint} act as ${target}?`;
   if (!(await confirmed(question, "Grant"))) return;

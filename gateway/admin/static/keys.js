@@ -43,11 +43,15 @@ function render(shown, total, filtered) {
   $("#keys-next").disabled = page >= pages - 1;
 }
 
-// Show the key named ``name`` (just created): the filter is set to its name.
-async function reveal(name) {
-  $("#keys-filter").value = name;
-  page = 0;
-  await loadKeys();
+// Show ``key`` (just created) whatever the filter and page: at the top of the table when it is
+// not on the page (it has its place by name on the next load).
+function pin(key) {
+  const body = $("#keys-table tbody");
+  if (body.querySelector(`tr[data-key="${CSS.escape(key.name)}"]`)) return;
+  body.querySelector("td.empty")?.parentElement.remove();
+  const tr = keyRow(key);
+  tr.classList.add("pinned");
+  body.prepend(tr);
 }
 
 function turn(step) {
@@ -173,7 +177,8 @@ async function createKey(event) {
     form.reset();
     $("#create-box").open = false;
     notify("");
-    await reveal(created.name);
+    await loadKeys();
+    pin(created);
   } catch (error) {
     notify(error.message, true);
   }
