@@ -159,7 +159,7 @@ class KeyListing(BaseModel):
         "",
         max_length=200,
         description="words, each found in a key's name, id, status, scopes, models or an Ollama key's "
-        "comment (letters in either case)",
+        "comment or fingerprint (letters in either case)",
     )
     status: KeyStatus | None = Field(None, description="only keys in this state")
     offset: int = Field(0, ge=0, le=1_000_000_000, description="keys found to skip, by name")

@@ -58,6 +58,11 @@ def _raw_key(blob: bytes) -> bytes:
     return fields[1]
 
 
+def fingerprint(blob: bytes) -> str:
+    """``SHA256:…`` of an SSH wire blob, exactly as ``ssh-keygen -lf`` prints it (unpadded base64)."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
+
+
 @dataclass(frozen=True, slots=True)
 class OllamaKey:
     blob: bytes  # the SSH wire encoding
@@ -94,9 +99,7 @@ class OllamaKey:
 
     @property
     def fingerprint(self) -> str:
-        """``SHA256:…`` exactly as ``ssh-keygen -lf`` prints it (unpadded base64)."""
-        digest = hashlib.sha256(self.blob).digest()
-        return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+        return fingerprint(self.blob)
 
     @property
     def line(self) -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.database.postgres import PostgresDatabase, Qmarks
 from gateway.keys import apikey
-from gateway.keys.sqlite import _INSERT, SqliteKeyStore, _records, _rewrite, _row, _write_ollama_keys
+from gateway.keys.sqlite import _INSERT, SqliteKeyStore, _Dialect, _records, _rewrite, _row, _write_ollama_keys
 from gateway.keys.store import DuplicateKey, KeyChanges, KeyRecord, KeyStoreError
 
 if TYPE_CHECKING:
@@ -41,8 +41,14 @@ class PostgresKeyStore(SqliteKeyStore):
 
     # Names in the order SQLite and Python give them (by code point).
     _by_name = 'ORDER BY name COLLATE "C"'
-    _like = "ILIKE"
-    _items = "jsonb_array_elements_text(keys.{column}::jsonb) AS item(value)"
+    _dialect = _Dialect(
+        "ILIKE",
+        "jsonb_array_elements_text(keys.{column}::jsonb) AS item(value)",
+        "'SHA256:' || rtrim(encode(sha256(blob), 'base64'), '=')",
+    )
+
+    def _searching(self, work: Callable[[Any], T]) -> Callable[[Any], T]:
+        return work  # its SQL says it all
 
     def _run(self, work: Callable[[Any], T]) -> T:
         return self._postgres.run(lambda connection: work(Qmarks(connection)))

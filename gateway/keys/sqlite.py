@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from gateway.database.sqlite import Database, transaction
 from gateway.keys import apikey
-from gateway.keys.ollamakey import OllamaKey
+from gateway.keys.ollamakey import OllamaKey, fingerprint
 from gateway.keys.store import (
     EVERY_KEY,
     LIMIT_NAMES,
@@ -107,6 +107,14 @@ def _records(connection: Statements, where: str, *args: object) -> list[KeyRecor
     return [_record(row, public.get(str(row[0]), ())) for row in rows]
 
 
+class _Dialect(NamedTuple):
+    """How a backend says what a search needs."""
+
+    like: str  # a LIKE whose letters match in either case
+    items: str  # the rows of a JSON array column ``{column}``, each in a column ``value``
+    fingerprint: str  # an Ollama key's fingerprint, of ``ollama_keys.blob``
+
+
 # A LIMIT both backends read as "no limit" (SQLite has no LIMIT ALL, PostgreSQL no LIMIT -1).
 _NO_LIMIT = 2**62
 # The largest page whose public keys are looked up by its ids (as many parameters as keys).
@@ -118,26 +126,33 @@ _STATUS = (
 )
 
 
-def _matching(search: KeySearch, now: float, like: str, items: str) -> tuple[str, list[object]]:
-    """A clause on ``keys`` picking what ``search`` asks for, and its parameters. ``items``: the
-    backend's rows of a JSON array column (``{column}``), each in a column ``value``: scopes and
-    models are searched item by item, not as the JSON text they are stored as."""
+def _matching(search: KeySearch, now: float, dialect: _Dialect) -> tuple[str, list[object]]:
+    """A clause on ``keys`` picking what ``search`` asks for, and its parameters, in ``dialect``."""
+    like, items, fingerprints = dialect
     clauses: list[str] = []
     args: list[object] = []
     if search.status is not None:
         clauses.append(f"({_STATUS}) = ?")
         args += [now, search.status]
     found = f"{like} ? ESCAPE '\\'"
-    comment = f"EXISTS (SELECT 1 FROM ollama_keys WHERE ollama_keys.key_id = keys.id AND comment {found})"  # noqa: S608
+    ollama = (
+        f"EXISTS (SELECT 1 FROM ollama_keys WHERE ollama_keys.key_id = keys.id"  # noqa: S608
+        f" AND (comment {found} OR {fingerprints} {found}))"
+    )
     item = f"EXISTS (SELECT 1 FROM {items} WHERE value {found})"  # noqa: S608
     scopes, models = item.format(column="scopes"), item.format(column="models")
-    any_field = f"(name {found} OR id {found} OR {scopes} OR {models} OR ({_STATUS}) {found} OR {comment})"
+    any_field = f"(name {found} OR id {found} OR {scopes} OR {models} OR ({_STATUS}) {found} OR {ollama})"
     for word in search.words:
         # The word as it is typed: its own % and _ match themselves.
         pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         clauses.append(any_field)
-        args += [pattern, pattern, pattern, pattern, now, pattern, pattern]
+        args += [pattern, pattern, pattern, pattern, now, pattern, pattern, pattern]
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _fingerprint_of(blob: object) -> str | None:
+    # A value put in the column by hand may be anything: it has no fingerprint, and fails no search.
+    return fingerprint(blob) if isinstance(blob, bytes) else None
 
 
 def _page(connection: Statements, where: str, *args: object) -> list[KeyRecord]:
@@ -218,19 +233,24 @@ class SqliteKeyStore:
 
     def load(self, search: KeySearch = EVERY_KEY, now: float | None = None) -> list[KeyRecord]:
         """The keys ``search`` picks, by name (the listings); ``now`` tells expired keys."""
-        where, args = _matching(search, time.time() if now is None else now, self._like, self._items)
-        if search.limit is None and not search.offset:
-            return self._run(lambda connection: _records(connection, f"{where} {self._by_name}", *args))
-        # By the name's index: a page costs the keys skipped, not the whole table sorted.
-        args += [_NO_LIMIT if search.limit is None else search.limit, search.offset]
-        read = _page if search.limit is not None and search.limit <= _PAGE_LIMIT else _records
-        return self._run(lambda connection: read(connection, f"{where} {self._by_name} LIMIT ? OFFSET ?", *args))
+        where, args = _matching(search, time.time() if now is None else now, self._dialect)
+        read: Callable[..., list[KeyRecord]] = _records
+        clause = f"{where} {self._by_name}"
+        if search.limit is not None or search.offset:
+            # By the name's index: a page costs the keys skipped, not the whole table sorted.
+            clause += " LIMIT ? OFFSET ?"
+            args += [_NO_LIMIT if search.limit is None else search.limit, search.offset]
+            if search.limit is not None and search.limit <= _PAGE_LIMIT:
+                read = _page
+        return self._run(self._searching(lambda connection: read(connection, clause, *args)))
 
     def count(self, search: KeySearch = EVERY_KEY, now: float | None = None) -> int:
         """How many keys ``search`` picks, its page aside."""
-        where, args = _matching(search, time.time() if now is None else now, self._like, self._items)
+        where, args = _matching(search, time.time() if now is None else now, self._dialect)
         return self._run(
-            lambda connection: int(connection.execute(f"SELECT COUNT(*) FROM keys {where}", args).fetchone()[0])  # noqa: S608
+            self._searching(
+                lambda connection: int(connection.execute(f"SELECT COUNT(*) FROM keys {where}", args).fetchone()[0])  # noqa: S608
+            )
         )
 
     def record_use(self, last_used: Mapping[str, float]) -> None:
@@ -267,9 +287,20 @@ class SqliteKeyStore:
     # What differs on PostgreSQL (keys/postgres.py overrides these; changes, record_use, create
     # and modify too).
     _by_name = "ORDER BY name"
-    # Letters in either case: SQLite's LIKE folds ASCII letters (PostgreSQL's ILIKE, every letter).
-    _like = "LIKE"
-    _items = "json_each(keys.{column})"
+    # Letters match in either case: SQLite's LIKE folds ASCII letters (PostgreSQL's ILIKE, all).
+    # Scopes and models are searched item by item, not as the JSON text they are kept as; an
+    # Ollama key by its fingerprint (computed: the database keeps the key's bytes).
+    _dialect = _Dialect("LIKE", "json_each(keys.{column})", "ollama_fingerprint(blob)")
+
+    def _searching(self, work: Callable[[Statements], T]) -> Callable[[Statements], T]:
+        """``work``, on a connection that knows ``ollama_fingerprint``."""
+
+        def run(connection: Statements) -> T:
+            assert isinstance(connection, sqlite3.Connection)
+            connection.create_function("ollama_fingerprint", 1, _fingerprint_of, deterministic=True)
+            return work(connection)
+
+        return run
 
     def _run(self, work: Callable[[Statements], T]) -> T:
         """``work`` with a connection taking ``?`` placeholders."""

@@ -124,6 +124,11 @@ def test_a_search_finds_the_same_keys_on_either_backend_and_pages_them_by_name(k
     assert names(words=("team", "admin")) == ["team-beta"]
     assert names(words=("llama3",)) == ["Team_Alpha"]
     assert names(words=("build-box",)) == ["100%"]
+    # An Ollama key by its fingerprint, whole or in part, as the keys table shows it.
+    shown = ollama_key(3).fingerprint
+    assert names(words=(shown,)) == ["100%"]
+    assert names(words=(shown[9:30].swapcase(),)) == ["100%"]
+    assert names(words=(ollama_key(4).fingerprint,)) == []
     assert names(words=(ids["zeta"],)) == ["zeta"]
     # % and _ are themselves, not patterns.
     assert names(words=("%",)) == ["100%"]
