@@ -35,6 +35,7 @@ from gateway.keys.management import (
     parse_expiry,
     parse_limit_named,
     parse_scopes,
+    search_words,
 )
 from gateway.keys.principal import Principal
 from gateway.keys.store import (
@@ -59,8 +60,6 @@ _LIMITS_DESCRIPTION = "; ".join(
 
 if TYPE_CHECKING:
     from gateway.keys.store import ManagedKeyStore
-# Words a keys search may have.
-SEARCH_WORDS = 8
 KeyId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the key's id (never its secret)")]
 
 
@@ -168,13 +167,14 @@ class KeyListing(BaseModel):
     @field_validator("q")
     @classmethod
     def _few_words(cls, q: str) -> str:
-        # Each word is a scan of every key: a search is a few words, not a paragraph.
-        if len(set(q.split())) > SEARCH_WORDS:
-            raise ValueError(f"at most {SEARCH_WORDS} different words")
+        try:
+            search_words(q)
+        except InvalidKeyRequest as error:
+            raise ValueError(str(error)) from None
         return q
 
     def search(self) -> KeySearch:
-        return KeySearch(tuple(dict.fromkeys(self.q.split())), self.status, self.offset, self.limit)
+        return KeySearch(search_words(self.q), self.status, self.offset, self.limit)
 
 
 def _name_of(keys: KeyAdmin, key_id: str) -> str | None:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from gateway.cli.argument import argument
 from gateway.cli.where import database_file, existing_database, say_database
@@ -31,8 +31,19 @@ from gateway.keys.management import (
     parse_ollama_key,
     parse_scope,
     parse_scopes,
+    search_words,
 )
-from gateway.keys.store import DEFAULT_SCOPES, LIMIT_KINDS, LIMIT_NAMES, KeyRecord, LimitKind, Scope, open_keystore
+from gateway.keys.store import (
+    DEFAULT_SCOPES,
+    LIMIT_KINDS,
+    LIMIT_NAMES,
+    KeyRecord,
+    KeySearch,
+    KeyStatus,
+    LimitKind,
+    Scope,
+    open_keystore,
+)
 from gateway.settings import Settings
 
 # How each kind of limit reads in --help (every limit gets an option: --rpm, --weight, ...).
@@ -171,7 +182,18 @@ def add_commands(commands: Any) -> None:
     )
     add_policy_options(create, update=False)
 
-    _command(keys, "list", "list keys (never their secrets)", ["", "--json"])
+    listing = _command(keys, "list", "list keys (never their secrets)", ["", "--json", "--find team --status active"])
+    listing.add_argument(
+        "--find",
+        metavar="WORDS",
+        type=argument(search_words, InvalidKeyRequest),
+        default=(),
+        help="only keys with every word in their name, id, status, scopes, models or an Ollama key's "
+        "comment or fingerprint (letters in either case), as the admin page's filter (e.g. --find 'team qwen')",
+    )
+    listing.add_argument(
+        "--status", choices=get_args(KeyStatus), help="only keys in this state (e.g. --status revoked)"
+    )
     show = _command(keys, "show", "show one key", ["alice", "alice --json"])
 
     update = _command(
@@ -233,7 +255,7 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
     with _admin(settings) as admin:
-        records = admin.list()
+        records = admin.list(KeySearch(args.find, args.status))
     if args.json:
         print(json.dumps([describe(record) for record in records], indent=2))
         return 0

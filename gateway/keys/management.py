@@ -237,6 +237,18 @@ def _ollama_keys(change: KeyChange, base: KeyRecord) -> tuple[OllamaKey, ...]:
     return tuple(keys)
 
 
+# Words a keys search may have: each is a scan of every key.
+SEARCH_WORDS = 8
+
+
+def search_words(text: str) -> tuple[str, ...]:
+    """The different words of a keys search, in order; refused past ``SEARCH_WORDS``."""
+    words = tuple(dict.fromkeys(text.split()))
+    if len(words) > SEARCH_WORDS:
+        raise InvalidKeyRequest(f"at most {SEARCH_WORDS} different words")
+    return words
+
+
 def check_name(name: str) -> str:
     # Names appear in tables, logs and metrics labels: one printable line of sensible length.
     if not 1 <= len(name) <= NAME_LIMIT or name != name.strip() or not name.isprintable():

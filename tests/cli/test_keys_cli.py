@@ -60,3 +60,22 @@ def test_list_shows_expiry_and_all_models_reads_the_same_in_list_and_show(tmp_pa
     assert "models:       *" in shown
     assert "expires_at:   2030-01-02T00:00:00Z" in shown
     assert "expires_at:   never" in _cli(tmp_path, "keys", "show", "bob").stdout.splitlines()
+
+
+def test_list_finds_keys_as_the_admin_page_does(tmp_path: Path) -> None:
+    for args in (("team-a", "--model", "qwen3"), ("team-b",), ("other", "--model", "qwen3")):
+        assert _cli(tmp_path, "keys", "create", *args).returncode == 0
+    assert _cli(tmp_path, "keys", "revoke", "team-b").returncode == 0
+
+    def names(*args: str) -> list[str]:
+        done = _cli(tmp_path, "keys", "list", *args)
+        assert done.returncode == 0, done.stderr
+        return [line.split()[0] for line in done.stdout.splitlines()[1:]]
+
+    assert names("--find", "TEAM") == ["team-a", "team-b"]
+    assert names("--find", "qwen3 team") == ["team-a"]
+    assert names("--status", "revoked") == ["team-b"]
+    assert names("--find", "team", "--status", "active") == ["team-a"]
+    refused = _cli(tmp_path, "keys", "list", "--find", " ".join(f"w{n}" for n in range(9)))
+    assert refused.returncode == 2
+    assert "argument --find: at most 8 different words" in refused.stderr
