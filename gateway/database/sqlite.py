@@ -304,6 +304,36 @@ MIGRATIONS: tuple[Migration, ...] = (
     # 9: keys by name in code-point order, as the listings page them: PostgreSQL's unique index
     # follows the database's collation, and a page in another order would sort every key.
     Migration("", 'CREATE INDEX keys_name_bytes ON keys (name COLLATE "C");'),
+    # 10: an Ollama public key added, changed or removed (by hand too) is a change of the key it
+    # belongs to: the key's row is touched, and migration 6's triggers stamp and announce it, so a
+    # public key deleted in the database stops signing at the next look, not the next full read.
+    Migration(
+        """
+        CREATE TRIGGER ollama_keys_added AFTER INSERT ON ollama_keys BEGIN
+            UPDATE keys SET change = change WHERE id = NEW.key_id;
+        END;
+        CREATE TRIGGER ollama_keys_changed AFTER UPDATE ON ollama_keys BEGIN
+            UPDATE keys SET change = change WHERE id IN (OLD.key_id, NEW.key_id);
+        END;
+        CREATE TRIGGER ollama_keys_removed AFTER DELETE ON ollama_keys BEGIN
+            UPDATE keys SET change = change WHERE id = OLD.key_id;
+        END;
+        """,
+        """
+        CREATE FUNCTION ollama_keys_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP <> 'INSERT' THEN
+                UPDATE keys SET change = change WHERE id = OLD.key_id;
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                UPDATE keys SET change = change WHERE id = NEW.key_id;
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER ollama_keys_touched AFTER INSERT OR UPDATE OR DELETE ON ollama_keys
+            FOR EACH ROW EXECUTE FUNCTION ollama_keys_touch();
+        """,
+    ),
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
@@ -23,6 +24,7 @@ from gateway.errors import Unauthorized
 from gateway.keys.keyring import Keyring
 from gateway.keys.management import KeyAdmin, KeyChange
 from gateway.keys.notices import KeyNotices
+from gateway.keys.ollamakey import OllamaKey
 from gateway.keys.postgres import PostgresKeyStore
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import open_keystore
@@ -189,6 +191,36 @@ async def test_a_key_deleted_by_hand_on_postgresql_is_forgotten(postgres_url: st
             database.run(lambda connection: connection.execute("DELETE FROM keys WHERE id = %s", (_id(key),)))
             await keyring.catch_up()
             assert keyring.get(_id(key)) is None
+
+
+async def test_an_ollama_key_deleted_by_hand_stops_signing_at_the_next_look(any_database_url: str) -> None:
+    public = OllamaKey(struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + bytes([7]) * 32, "laptop")
+    other = OllamaKey(public.blob[:-1] + b"\x08", "desktop")
+    key = issue_key(any_database_url, "signer")
+    with _admin(any_database_url) as admin:
+        admin.update(_id(key), KeyChange(add_ollama_keys=(public.line,)))
+    with _database(any_database_url) as database:
+        async with _keyring(database) as keyring:
+            assert keyring.owner_of(public.blob) is not None
+            # By hand, as an operator might: no key row is written, yet the key has changed.
+            database.run(lambda connection: connection.execute("DELETE FROM ollama_keys"))
+            await keyring.catch_up()
+            assert keyring.owner_of(public.blob) is None
+            record = keyring.get(_id(key))
+            assert record is not None
+            assert record.ollama_keys == ()
+            # And one added by hand signs at the next look.
+            database.run(
+                lambda connection: connection.execute(
+                    "INSERT INTO ollama_keys (blob, key_id, comment, added_at) VALUES "
+                    + ("(%s, %s, %s, 0)" if isinstance(database, PostgresDatabase) else "(?, ?, ?, 0)"),
+                    (other.blob, _id(key), other.comment),
+                )
+            )
+            await keyring.catch_up()
+            owner = keyring.owner_of(other.blob)
+            assert owner is not None
+            assert owner.id == _id(key)
 
 
 class _RacingDatabase(Database):
