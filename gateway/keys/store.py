@@ -98,8 +98,7 @@ KeyStatus: TypeAlias = Literal["active", "expired", "revoked"]
 class KeySearch:
     """Which keys a listing shows, by name: those with every one of ``words`` somewhere in their
     name, id, status, scopes, models or an Ollama key's comment or fingerprint (letters in either
-    case), and of
-    ``status`` when given; of those, ``limit`` from ``offset`` (None: all)."""
+    case), and of ``status`` when given; of those, ``limit`` from ``offset`` (None: all)."""
 
     words: tuple[str, ...] = ()
     status: KeyStatus | None = None

@@ -11,6 +11,7 @@ import datetime as dt
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -336,23 +337,31 @@ def _status(gateway: RunningGateway, key: str) -> int:
     return httpx.get(gateway.url + "/api/tags", headers={"Authorization": f"Bearer {key}"}).status_code
 
 
+def _follow_signin_link(
+    browser: Any, client: httpx.Client, signer: OllamaSigner, gateway: RunningGateway, problems: list[str]
+) -> Any:
+    """`ollama signin` against the gateway (a 401 with the link the command prints), that link
+    opened and the admin signed in: the page (its script errors go to ``problems``)."""
+    link = signin_url(signer.request(client, "POST", "/api/me", {}))
+    assert link is not None
+    page = browser.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    # The link leads to the sign-in first, then straight to the request.
+    page.goto(link.replace("https://gpu.example.com", gateway.url))
+    page.fill("#signin-key", gateway.key)
+    page.click("#signin-form button")
+    return page
+
+
 def test_an_ollama_key_asks_for_access_and_is_granted_on_the_page(
     browser_gateway: RunningGateway, tmp_path: Path, shots: Callable[..., Path]
 ) -> None:
     gateway = browser_gateway
     signer = OllamaSigner(make_key(tmp_path / "laptop", "alice@laptop"))
     with httpx.Client(base_url=gateway.url, timeout=10) as client, chromium(tmp_path / "profile") as browser:
-        # `ollama signin` against the gateway: a 401 with the link the command prints.
-        link = signin_url(signer.request(client, "POST", "/api/me", {}))
-        assert link is not None
-        page = browser.new_page()
-        page.set_default_timeout(WAIT_MS)
         problems: list[str] = []
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        # The link leads to the sign-in first, then straight to the request.
-        page.goto(link.replace("https://gpu.example.com", gateway.url))
-        page.fill("#signin-key", gateway.key)
-        page.click("#signin-form button")
+        page = _follow_signin_link(browser, client, signer, gateway, problems)
         page.wait_for_selector("#page-connect:not([hidden]) #connect-detail:not([hidden])")
         fingerprint = fingerprint_of(signer.public_file)
         assert page.inner_text("#connect-fingerprint") == fingerprint
@@ -393,13 +402,7 @@ def test_an_ollama_key_is_granted_to_a_key_found_among_many(
     ).raise_for_status()
     signer = OllamaSigner(make_key(tmp_path / "laptop", "bob@laptop"))
     with httpx.Client(base_url=gateway.url, timeout=10) as client, chromium(tmp_path / "profile") as browser:
-        link = signin_url(signer.request(client, "POST", "/api/me", {}))
-        assert link is not None
-        page = browser.new_page()
-        page.set_default_timeout(WAIT_MS)
-        page.goto(link.replace("https://gpu.example.com", gateway.url))
-        page.fill("#signin-key", gateway.key)
-        page.click("#signin-form button")
+        page = _follow_signin_link(browser, client, signer, gateway, [])
         # The first 100 active keys by name are offered (never a revoked one), and it says so.
         more = page.locator("#connect-more")
         expect(more).to_have_text("the first 100 of 151: type to find others")
