@@ -57,7 +57,7 @@ def source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -189,7 +189,7 @@ class GatewayServer:
 
     def start(self) -> None:
         self.stop()
-        self.port = _free_port()
+        self.port = free_port()
         env = {**self._env, "GATEWAY_PORT": str(self.port)}
         argv = [*self._pinning.prefix(self._pinning.gateway_cpu), sys.executable, "-m", "gateway", "serve"]
         self.starts += 1

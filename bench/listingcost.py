@@ -19,7 +19,6 @@ import http.client
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from bench import procstat
 from bench.children import Child
+from bench.gateway import free_port
 from bench.pinning import choose
 from gateway.ollama.models import listed_model, parse_pattern
 from gateway.policies.listing import ListingMemo, filtered
@@ -199,7 +199,7 @@ def listing_cost(
         workdir = Path(tmp)
         env = _gateway_env(root, workdir, ports)
         auth = {"Authorization": f"Bearer {_key(env, workdir, globs)}"}
-        port = _free_port()
+        port = free_port()
         argv = [*pinning.prefix(pinning.gateway_cpu), sys.executable, "-m", "gateway", "serve"]
         child = Child("gateway", argv, {**env, "GATEWAY_PORT": str(port)}, workdir)
         try:
@@ -262,13 +262,6 @@ def filter_cost(models: int, globs: Sequence[str] = GLOBS, *, repeats: int = 50)
         "listing changed": timed(lambda: filtered(raw, sight)),
         "listing unchanged": timed(lambda: memo.filtered(bytes(bytearray(raw)), sight)),
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,8 +8,10 @@ shared machine.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from bench import procstat
+from bench.floor import FIGURES, nginx_binary
 from bench.goals import check
 from bench.plan import SCALE_QUICK
 from bench.scalereport import NOISE_FLOOR, ROWS
@@ -43,20 +46,20 @@ def _numeric(spread: Any) -> bool:
     )
 
 
+def _run(module: str, *argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m module argv`` from the checkout, its output kept for the assertion messages."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 @pytest.mark.timeout(60)
 def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     # One gateway in front of one fast upstream, one in front of three: the same harness, and the
     # comparison between them, at the cost of a few seconds.
     argv = ["--quick", "--no-pin", "--upstreams", "1,3", "--max-minutes", "0.75", "--out", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=55,
-        check=False,
-    )
+    done = _run("bench", *argv, timeout=55)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(out.read_text())
 
@@ -115,9 +118,7 @@ def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
 def test_quick_large_body_scenario_reports_both_stalls(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = ["--quick", "--no-pin", "--scenarios", "e", "--max-minutes", "0.75", "--out", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *argv], cwd=ROOT, capture_output=True, text=True, timeout=55, check=False
-    )
+    done = _run("bench", *argv, timeout=55)
     assert out.exists(), done.stderr[-4000:]
     scenario = json.loads(out.read_text())["scenarios"]["e"]
     assert scenario["error"] is None
@@ -141,9 +142,7 @@ def test_quick_large_body_scenario_reports_both_stalls(tmp_path: Path) -> None:
 def test_quick_scale_scenario_reports_every_size(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     argv = ["--scale", "--quick", "--no-pin", "--max-minutes", "1.25", "--out", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *argv], cwd=ROOT, capture_output=True, text=True, timeout=85, check=False
-    )
+    done = _run("bench", *argv, timeout=85)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(out.read_text())
     assert report["error"] is None
@@ -220,9 +219,7 @@ def test_three_upstreams_are_judged_against_one(cpu: float, added: float, met: l
 def test_quick_soak_proves_every_kind_of_stream(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     argv = ["--soak", "--quick", "--soak-minutes", "0.15", "--soak-streams", "10", "--no-pin", "--out", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *argv], cwd=ROOT, capture_output=True, text=True, timeout=55, check=False
-    )
+    done = _run("bench", *argv, timeout=55)
     assert out.exists(), done.stderr[-4000:]
     report = json.loads(out.read_text())
 
@@ -268,17 +265,72 @@ def test_quick_soak_proves_every_kind_of_stream(tmp_path: Path) -> None:
 def test_instruction_counts_run_at_smoke_size() -> None:
     """`python -m bench.instructions --quick`: the gateway under callgrind, counted per small request
     and per chunk (the figures mean nothing at this size, but each must be counted)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.instructions", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=85,
-        check=False,
-    )
+    done = _run("bench.instructions", "--quick", timeout=85)
     assert done.returncode == 0, done.stderr[-4000:]
     figures = dict(line.rsplit(": ", 1) for line in done.stdout.splitlines() if line.startswith("instructions "))
     assert [name.split(",")[0] for name in figures] == ["instructions per small request"] * 2 + [
         "instructions per relayed chunk"
     ] * 2
     assert all(int(value.replace(",", "")) > 10_000 for value in figures.values()), figures
+
+
+@pytest.mark.timeout(60)
+def test_floor_runs_every_side_at_smoke_size(tmp_path: Path) -> None:
+    """`python -m bench.floor --quick`: the gateway, nginx (where the Makefile unpacked it) and the
+    bare relay each carry the same small requests and streams whole, and each figure has its
+    ratio to every floor."""
+    out = tmp_path / "floor.json"
+    done = _run("bench.floor", "--quick", "--no-pin", "--out", str(out), timeout=55)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(out.read_text())
+    sides = ["gateway", *(["nginx"] if nginx_binary() is not None else []), "relay"]
+    assert list(report["runs"]) == sides
+    summary = report["summary"]
+    assert list(summary) == list(FIGURES)
+    for figure, row in summary.items():
+        expected = sides + [f"gateway_over_{floor}" for floor in sides[1:]]
+        assert list(row) == expected, figure
+        assert all(_numeric(row[name]) and row[name]["median"] > 0 for name in expected), (figure, row)
+    assert "| CPU per small request" in done.stdout
+
+
+@pytest.mark.timeout(30)
+async def test_tcprelay_carries_half_closes_and_frees_each_connection() -> None:
+    """The floor's relay: a client's data and its end reach the upstream (even sent before the
+    relay has connected upstream), the answer and its end come back, and both sockets are closed."""
+
+    async def shout(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write((await reader.read()).upper())  # everything, up to the client's end
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(shout, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    argv = ["-m", "bench.tcprelay", "--upstream", str(port), "--lifetime", "25"]
+    relay = await asyncio.create_subprocess_exec(sys.executable, *argv, cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        assert relay.stdout is not None
+        relay_port = int((await asyncio.wait_for(relay.stdout.readline(), 15)).rsplit(b":", 1)[1])
+
+        async def exchange(index: int) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay_port)
+            writer.write(b"hello %d" % index)
+            writer.write_eof()
+            try:
+                return await asyncio.wait_for(reader.read(), 5)
+            finally:
+                writer.close()
+
+        assert await exchange(0) == b"HELLO 0"
+        opened = len(os.listdir(f"/proc/{relay.pid}/fd"))
+        assert [await exchange(index) for index in range(1, 21)] == [b"HELLO %d" % i for i in range(1, 21)]
+        # Every pair closed once both directions ended (bounded wait for the last close).
+        for _ in range(100):
+            if len(os.listdir(f"/proc/{relay.pid}/fd")) <= opened:
+                break
+            await asyncio.sleep(0.02)
+        assert len(os.listdir(f"/proc/{relay.pid}/fd")) <= opened
+    finally:
+        relay.terminate()
+        await asyncio.wait_for(relay.wait(), 10)
+        server.close()
