@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from gateway.database.outage import OutageLog
 from gateway.database.sqlite import MIGRATIONS, DatabaseClosed, DatabaseError, DatabaseUnusable, check_schema
 from gateway.errors import DatabaseFailed, DatabaseUnavailable
 
@@ -202,7 +203,7 @@ class PostgresDatabase:
         meanwhile were lost: the caller catches up by reading the store."""
         psycopg = self._psycopg
         pause = LISTEN_RETRY
-        failure: str | None = None
+        outage = OutageLog(log, f"change notices from the database {self.where} are back")
         while True:
             try:
                 connection = await psycopg.AsyncConnection.connect(
@@ -210,22 +211,16 @@ class PostgresDatabase:
                 )
                 async with connection:
                     await connection.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
-                    if failure is not None:
-                        log.warning("change notices from the database %s are back", self.where)
-                        failure = None
+                    if outage.succeeded():
                         reconnected()
                     pause = LISTEN_RETRY
                     async for message in connection.notifies():
                         notice(message.payload)
             except psycopg.Error as error:
-                reason = self._reason(error)
-                if failure is None:
-                    log.warning(
-                        "change notices from the database %s stopped (%s): polling every refresh until they are back",
-                        self.where,
-                        reason,
-                    )
-                failure = reason
+                outage.failed(
+                    f"change notices from the database {self.where} stopped ({self._reason(error)}):"
+                    " polling every refresh until they are back"
+                )
             await asyncio.sleep(pause)
             pause = min(pause * 2, LISTEN_RETRY_CAP)
 

@@ -31,6 +31,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from gateway.database.outage import OutageLog
 from gateway.errors import DatabaseFailed
 from gateway.keys.store import KeyChanges, KeyRecord, KeyStore
 
@@ -73,7 +74,7 @@ class Keyring:
         self._used: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._failure: str | None = None
+        self._outage = OutageLog(log, "key store available again")
         self._refreshing: asyncio.Task[None] | None = None
         self._next_catch_up = 0.0
         self._looks = 0  # looks at the store begun so far
@@ -180,14 +181,10 @@ class Keyring:
                 # Keep serving with the keys we have; the next round tries again.
                 self._failed(error)
             else:
-                if self._failure is not None:
-                    log.warning("key store available again")
-                    self._failure = None
+                self._outage.succeeded()
 
     def _failed(self, error: Exception) -> None:
-        if str(error) != self._failure:
-            self._failure = str(error)
-            log.warning("key store unavailable: %s", error)
+        self._outage.failed(f"key store unavailable: {error}")
 
     async def _in_thread(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)

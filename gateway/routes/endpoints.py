@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from gateway.database import AnyDatabase, describe
+from gateway.database.outage import OutageLog
 from gateway.database.postgres import PostgresDatabase
 from gateway.database.sqlite import DatabaseGone
 from gateway.errors import DatabaseFailed, DatabaseUnavailable, GatewayError
@@ -124,12 +125,12 @@ def database_check(database: AnyDatabase) -> Check:
     unready: it serves the keys it holds and keeps usage in memory, as every replica then must
     (marking them all unready would stop the whole service for want of its database)."""
     running: asyncio.Task[None] | None = None
-    failure: str | None = None
     shared = isinstance(database, PostgresDatabase)
     name = describe(database)
+    outage = OutageLog(log, f"database {name} is writable again")
 
     async def check() -> str:
-        nonlocal running, failure
+        nonlocal running
         if running is None or running.done():
             beat = functools.partial(database.heartbeat, busy=DATABASE_PROBE_BUSY)
             running = asyncio.get_running_loop().create_task(database.call(beat))
@@ -147,14 +148,12 @@ def database_check(database: AnyDatabase) -> Check:
             answer = f"{OUTAGE if shared else 'not writable'}: timed out waiting for the database"
         else:
             answer = "ok"
-        if answer != (failure or "ok"):
-            if answer == "ok":
-                log.warning("database %s is writable again", name)
-            else:
-                log.log(
-                    logging.WARNING if answer.startswith("degraded") else logging.ERROR, "database %s: %s", name, answer
-                )
-            failure = None if answer == "ok" else answer
+        if answer == "ok":
+            outage.succeeded()
+        else:
+            # Degraded (a shared database away) is a warning: the replica still serves.
+            level = logging.WARNING if answer.startswith("degraded") else logging.ERROR
+            outage.failed(f"database {name}: {answer}", level)
         return answer
 
     return check

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 
+from gateway.database.outage import OutageLog
 from gateway.errors import DatabaseFailed
 from gateway.observe.record import RequestRecord
 from gateway.usage.store import UsageCounts, UsageKey, UsageStore
@@ -39,7 +40,7 @@ class UsageLedger:
         self._store: UsageStore | None = None
         self._interval = flush_interval
         self._executor = executor
-        self._failure: str | None = None
+        self._outage = OutageLog(log, "usage written again")
         self._pending: dict[UsageKey, UsageCounts] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -89,13 +90,9 @@ class UsageLedger:
             # Put the counts back so the next flush retries them.
             for key, counts in batch.items():
                 self._pending.setdefault(key, UsageCounts()).add(counts)
-            if str(error) != self._failure:
-                self._failure = str(error)
-                log.warning("usage not written yet (kept in memory, retried): %s", error)
+            self._outage.failed(f"usage not written yet (kept in memory, retried): {error}")
         else:
-            if self._failure is not None:
-                self._failure = None
-                log.warning("usage written again")
+            self._outage.succeeded()
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -234,3 +235,26 @@ async def test_sqlite_store_adds_up_and_reports(database_url: str) -> None:
         assert store.report(by="day", since="2026-01-02") == []
     finally:
         store.close()
+
+
+async def test_a_store_refusing_many_writes_is_logged_once_and_once_back() -> None:
+    store = MemoryStore(fail=5)
+    ledger = UsageLedger(lambda: store, flush_interval=60)
+    seen: list[str] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Lines(logging.WARNING)
+    logging.getLogger("gateway.usage").addHandler(handler)
+    try:
+        await ledger.start()
+        for _ in range(6):
+            ledger(record())
+            await ledger.flush()
+        await ledger.close()
+    finally:
+        logging.getLogger("gateway.usage").removeHandler(handler)
+    assert seen == ["usage not written yet (kept in memory, retried): database is locked", "usage written again"]
+    assert store.batches == [{UsageKey("2026-01-01", "k1", "alice", "llama3.2:latest"): UsageCounts(6, 42, 18, 0)}]
