@@ -5,6 +5,7 @@ start together, and the one line a gateway without the driver prints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from typing import Any
 
@@ -12,12 +13,14 @@ import pytest
 
 from gateway.cli.main import main
 from gateway.database.postgres import EXTRA_MISSING, PostgresDatabase, redacted
+from gateway.database.postgres import log as postgres_log
 from gateway.database.sqlite import MIGRATIONS, DatabaseError
 from gateway.errors import DatabaseUnavailable
 from gateway.settings import masked
 from gateway.usage.accounting import UsageLedger
 from gateway.usage.postgres import PostgresUsageStore
 from gateway.usage.store import UsageCounts
+from tests.database.test_outage import logged
 from tests.database.test_stores import run_together
 from tests.postgres_server import PostgresServer
 from tests.records import make_record
@@ -151,3 +154,53 @@ async def test_a_flush_whose_outcome_was_lost_is_counted_once(
     finally:
         await ledger.close()
         database.close()
+
+
+async def test_change_notices_stopped_and_back_are_told_once_and_caught_up(postgres_url: str) -> None:
+    """The listening connection cut by the server: one line when notices stop, one when they are
+    back, and ``reconnected`` (the caller's catch-up) called then and only then."""
+    database = PostgresDatabase(postgres_url)
+    arrived, back = asyncio.Event(), asyncio.Event()
+    reconnects = 0
+
+    def reconnected() -> None:
+        nonlocal reconnects
+        reconnects += 1
+        back.set()
+
+    def command(sql: str) -> None:
+        database.run(lambda connection: connection.execute(sql))
+
+    async def notified() -> None:
+        # The LISTEN may not be in place yet: notify until one arrives (bounded).
+        arrived.clear()
+        for _ in range(100):
+            await asyncio.to_thread(command, "NOTIFY test_notices, 'changed'")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), 0.1)
+                return
+        raise AssertionError("no notice arrived")
+
+    with logged(postgres_log.name) as (_, lines):
+        listen = database.listen("test_notices", lambda _: arrived.set(), reconnected=reconnected)
+        listening = asyncio.create_task(listen)
+        try:
+            await notified()
+            assert reconnects == 0  # the first connection is no reconnection
+            await asyncio.to_thread(
+                command,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+            )
+            await asyncio.wait_for(back.wait(), 20)
+            await notified()
+        finally:
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+            database.close()
+    assert reconnects == 1
+    told = [message for _, message in lines.lines if "change notices" in message]
+    assert len(told) == 2, told
+    assert told[0].startswith(f"change notices from the database {database.where} stopped (")
+    assert told[1] == f"change notices from the database {database.where} are back"

@@ -28,7 +28,7 @@ from tests.servers import GatewayProcess, gateway_process
 pytestmark = pytest.mark.timeout(60)
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
-# A revocation must reach the other replica within this (the promise).
+# A revocation must reach the other replica within this (README: "within about a second").
 PROPAGATION = 1.0
 
 

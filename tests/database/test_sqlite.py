@@ -4,6 +4,7 @@ check that proves the file can be written."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import resource
 import sqlite3
@@ -22,9 +23,11 @@ from gateway.keys.keyring import Keyring
 from gateway.keys.management import KeyAdmin
 from gateway.keys.sqlite import SqliteKeyStore
 from gateway.keys.store import DuplicateKey, KeyChanges, KeyRecord, open_keystore
+from gateway.routes import endpoints
 from gateway.routes.endpoints import DATABASE_PROBE_TIMEOUT, database_check
 from gateway.usage.store import SqliteUsageStore, UsageCounts, UsageKey
 from tests.conftest import issue_key
+from tests.database.test_outage import logged
 from tests.fake_ollama import FakeOllama
 from tests.servers import GatewayProcess, RunningGateway, gateway_process
 
@@ -241,19 +244,27 @@ async def test_the_database_check_writes_within_a_bounded_wait(database_url: str
     await database.call(database.open)
     check = database_check(database)
     try:
-        assert await check() == "ok"
-        with write_lock(tmp_path / "gateway.db"):
-            # However many probes arrive while another writer holds the lock: one write at a time,
-            # on the database's thread, and the threads that parse request bodies stay free.
-            probes = [asyncio.ensure_future(check()) for _ in range(20)]
-            assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 1) == "free"
-            answers = await asyncio.wait_for(asyncio.gather(*probes), DATABASE_PROBE_TIMEOUT + 5)
-        assert answers == ["not writable: database is locked"] * 20
-        assert await check() == "ok"
-        (tmp_path / "gateway.db").unlink()
-        assert await check() == "not ready: no database file at its path"
+        with logged(endpoints.log.name) as (_, lines):
+            assert await check() == "ok"
+            with write_lock(tmp_path / "gateway.db"):
+                # However many probes arrive while another writer holds the lock: one write at a time,
+                # on the database's thread, and the threads that parse request bodies stay free.
+                probes = [asyncio.ensure_future(check()) for _ in range(20)]
+                assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 1) == "free"
+                answers = await asyncio.wait_for(asyncio.gather(*probes), DATABASE_PROBE_TIMEOUT + 5)
+            assert answers == ["not writable: database is locked"] * 20
+            assert await check() == "ok"
+            (tmp_path / "gateway.db").unlink()
+            assert await check() == "not ready: no database file at its path"
     finally:
         await database.aclose()
+    # 22 probes, three lines of the probe's: the outage, its end, the next outage.
+    name = tmp_path / "gateway.db"
+    assert [line for line in lines.lines if line[1].startswith(f"database {name}")] == [
+        (logging.ERROR, f"database {name}: not writable: database is locked"),
+        (logging.WARNING, f"database {name} is writable again"),
+        (logging.ERROR, f"database {name}: not ready: no database file at its path"),
+    ]
 
 
 @contextmanager
