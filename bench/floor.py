@@ -1,23 +1,29 @@
 """The gateway's CPU against two floors measured in the same run: nginx, and a bare TCP relay.
 
 CPU time on this kind of machine moves with whatever else its host runs: the same gateway code
-measured 58-64 ms per 1000 chunks at 100 streams one morning and 78-142 ms an afternoon, and the
-bare relay under it 29 and 44-52 ms. A figure in milliseconds says little unless something
-measured beside it moved too. Here the same load goes, in turn, through
+measured 58-64 ms per 1000 chunks at 100 streams one morning and 78-142 ms that afternoon, and a
+bare relay under the same load 28.8 ms on a quiet day and 40-57 ms that afternoon. A figure in
+milliseconds says little unless something measured beside it moved too. Here the same load goes,
+in turn, through
 
 - ``gateway``: the gateway, as ``python -m bench`` runs it;
 - ``nginx``: one nginx process (``master_process off``), upstream connections kept alive,
-  nothing buffered: what the issue's CPU targets were set against (skipped when no nginx
-  binary is found: the Makefile unpacks Debian's into the virtualenv);
+  nothing buffered: the proxy the CPU targets were set against (skipped when no nginx binary is
+  found: the Makefile unpacks Debian's into the virtualenv);
 - ``relay``: ``bench.tcprelay``, bytes both ways on uvloop with nothing parsed: what relaying
-  costs in Python on this event loop and kernel, before any HTTP;
+  costs in Python on this event loop and kernel, before any HTTP (it opens an upstream connection
+  per client, when the client's first bytes arrive);
 
-each freshly started and warmed, pinned to the same CPU (the load and the fast upstream on the
-other), in an order that turns every repetition; the ratios pair each repetition's runs.
-Figures: CPU per small request (``/api/chat``, 16 clients, kept-alive), and per 1000 relayed
-chunks at 100 streams of 40 tokens (NDJSON and SSE), as scenarios (a) and (b) measure them.
+each freshly started, pinned to the same CPU (the load and the fast upstream on the other), in an
+order that turns every repetition; the ratios pair each repetition's runs. Each side is warmed
+before its windows: small requests on both paths, then one burst of as many short streams as the
+windows open, so pools and heaps are filled and both formats measure a side that has carried
+such a burst before (scenario (b) of ``python -m bench`` measures a fresh gateway's first burst
+instead, which costs it more: bench/FINDINGS.md). Figures: CPU per small request (``/api/chat``,
+16 clients, kept-alive), and per 1000 relayed chunks at 100 streams of 40 tokens (NDJSON and
+SSE), as scenarios (a) and (b) measure them.
 
-    python -m bench.floor                 # 5 repetitions, about 4 minutes
+    python -m bench.floor                 # 5 repetitions, about 5 minutes
     python -m bench.floor --repeat 9 --out floor.json
 """
 
@@ -35,13 +41,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from bench.children import Child
 from bench.context import SMALL_PATHS
 from bench.fleet import running_upstreams
 from bench.gateway import ROOT, GatewayServer, free_port, python_path
-from bench.load import closed_loop, streams
+from bench.load import Streams, closed_loop, streams
 from bench.meter import Meter
 from bench.payloads import Target, small_chat, stream_chat
 from bench.pinning import Pinning, choose
@@ -50,6 +56,7 @@ from bench.stamps import Format
 from bench.stats import spread
 
 GATEWAY, NGINX, RELAY = "gateway", "nginx", "relay"
+T = TypeVar("T")
 START_TIMEOUT = 30.0
 
 
@@ -220,7 +227,7 @@ def _relay_argv(upstream: int, pinning: Pinning) -> Callable[[int], list[str]]:
     return argv
 
 
-def order(sides: Sequence[Side], rep: int) -> list[Side]:
+def order(sides: Sequence[T], rep: int) -> list[T]:
     """Every side first once in turn, so none always runs on the freshest machine state."""
     turn = rep % len(sides)
     return [*sides[turn:], *sides[:turn]]
@@ -232,6 +239,9 @@ async def _measure(target: Target, pid: int, plan: FloorPlan) -> dict[str, float
 
     for path in SMALL_PATHS:
         await closed_loop(target, small_chat(target, path), 4, plan.warm, meter())
+    # A burst of short streams, as many as the windows open: connections pooled, heap grown.
+    burst = [stream_chat(target, Format.NDJSON, 2, 0.01) for _ in range(plan.streams)]
+    await _whole(target, Format.NDJSON, await streams(target, Format.NDJSON, burst, 2, plan.ramp, meter(), 30))
     figures: dict[str, float] = {}
     window = meter()
     small = await closed_loop(target, small_chat(target, "/api/chat"), plan.clients, plan.seconds, window)
@@ -242,12 +252,24 @@ async def _measure(target: Target, pid: int, plan: FloorPlan) -> dict[str, float
         requests = [stream_chat(target, fmt, plan.tokens, plan.interval) for _ in range(plan.streams)]
         window = meter()
         cap = plan.ramp + plan.tokens * plan.interval + 30
-        result = await streams(target, fmt, requests, plan.tokens, plan.ramp, window, cap)
-        if result.lost or result.refused or result.cut or result.unfinished or not result.chunks:
-            counts = f"{result.lost} lost, {result.refused} refused, {result.cut} cut, {result.unfinished} unfinished"
-            raise RuntimeError(f"{target.name}, {fmt.value}: streams did not all arrive whole ({counts})")
+        result = await _whole(target, fmt, await streams(target, fmt, requests, plan.tokens, plan.ramp, window, cap))
         figures[f"{fmt.value}_cpu_ms_per_1k_chunks"] = window.result.cpu_ms["side"] * 1000 / result.chunks
     return figures
+
+
+async def _whole(target: Target, fmt: Format, result: Streams) -> Streams:
+    """``result``, if every stream arrived whole and in order; else the run stops, saying how."""
+    failures = {
+        "lost": result.lost,
+        "out of order": result.out_of_order,
+        "refused": result.refused,
+        "cut": result.cut,
+        "unfinished": result.unfinished,
+    }
+    if any(failures.values()) or not result.chunks:
+        counts = ", ".join(f"{count} {what}" for what, count in failures.items())
+        raise RuntimeError(f"{target.name}, {fmt.value}: streams did not all arrive whole ({counts})")
+    return result
 
 
 Runs = dict[str, list[dict[str, float]]]  # side -> one dict of figures per repetition

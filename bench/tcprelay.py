@@ -3,8 +3,10 @@ back, nothing parsed, nothing decided. What relaying costs in Python on this eve
 before any HTTP: the floor that ``bench.floor`` measures the gateway against.
 
 Run as ``python -m bench.tcprelay --upstream PORT``; it prints ``READY 127.0.0.1:port`` once
-listening. A side that reads slower than the other sends pauses the other's reading (the
-transports' own high-water marks), so the relay holds a bounded amount however the two differ.
+listening. The upstream connection is opened when the client's first bytes arrive (as a proxy
+opens one for a request), and the client is not read meanwhile; once both are connected, a side
+that reads slower than the other sends pauses the other's reading (the transports' own high-water
+marks), so the relay holds a bounded amount however the two differ.
 """
 
 from __future__ import annotations
@@ -32,20 +34,28 @@ class _Side(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
-        if peer is None or peer.transport is None:
+        if peer is None:
             self.pending.append(data)
-        else:
+        elif peer.transport is not None:
             peer.transport.write(data)
 
     def eof_received(self) -> bool:
         self.ended = True
         peer = self.peer
         if peer is None:
-            return True  # before the upstream is connected: passed on once it is
-        if not peer.ended and peer.transport is not None and peer.transport.can_write_eof():
+            return True  # not paired yet: passed on once it is
+        return self.pass_end()
+
+    def pass_end(self) -> bool:
+        """This side's end, to its peer: half-closed while the other direction goes on (True), or
+        both closed once both directions are over (False)."""
+        peer = self.peer
+        if peer is not None and not peer.ended and peer.transport is not None and peer.transport.can_write_eof():
             peer.transport.write_eof()
-            return True  # half-closed: the other direction goes on
-        return False  # both directions over: closed, and the peer with it
+            return True
+        if self.transport is not None:
+            self.transport.close()
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -66,31 +76,52 @@ class _Client(_Side):
     def __init__(self, upstream: tuple[str, int]) -> None:
         super().__init__()
         self._upstream = upstream
+        self._connecting: asyncio.Task[None] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._connect_once()
+
+    def eof_received(self) -> bool:
+        keep = super().eof_received()
+        self._connect_once()
+        return keep
+
+    def _connect_once(self) -> None:
+        if self._connecting is not None or self.transport is None:
+            return
+        if self.ended and not self.pending:
+            self.transport.close()  # gone without a byte: nothing to carry
+            return
+        if not self.ended:
+            # Nothing more is read until the upstream is there: what waits is one read at most.
+            self.transport.pause_reading()
         # Held: a task nothing refers to may be collected before it has run.
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         host, port = self._upstream
         try:
-            _, upstream = await asyncio.get_running_loop().create_connection(_Side, host, port)
+            transport, upstream = await asyncio.get_running_loop().create_connection(_Side, host, port)
         except OSError:
             if self.transport is not None:
                 self.transport.close()
             return
-        assert upstream.transport is not None
-        if self.transport is None:  # the client left meanwhile
-            upstream.transport.close()
+        if self.transport is None or upstream.transport is None:  # either side gone meanwhile
+            transport.close()
+            if self.transport is not None:
+                self.transport.close()
             return
         self.peer, upstream.peer = upstream, self
-        for one, other in ((self, upstream), (upstream, self)):
-            if other.transport is not None:
-                other.transport.writelines(one.pending)
-            one.pending.clear()
-        if self.ended:
-            upstream.transport.write_eof()
+        upstream.transport.writelines(self.pending)
+        self.transport.writelines(upstream.pending)
+        self.pending.clear()
+        upstream.pending.clear()
+        for side in (self, upstream):
+            if side.ended and not side.pass_end():
+                return
+        if self.transport is not None and not self.ended:
+            self.transport.resume_reading()
 
 
 async def serve(port: int, upstream: tuple[str, int], lifetime: float) -> None:

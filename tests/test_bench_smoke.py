@@ -21,6 +21,8 @@ import pytest
 
 from bench import procstat
 from bench.floor import FIGURES, nginx_binary
+from bench.floor import order as floor_order
+from bench.floor import summary as floor_summary
 from bench.goals import check
 from bench.plan import SCALE_QUICK
 from bench.scalereport import NOISE_FLOOR, ROWS
@@ -296,8 +298,8 @@ def test_floor_runs_every_side_at_smoke_size(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(30)
 async def test_tcprelay_carries_half_closes_and_frees_each_connection() -> None:
-    """The floor's relay: a client's data and its end reach the upstream (even sent before the
-    relay has connected upstream), the answer and its end come back, and both sockets are closed."""
+    """The floor's relay: a client's data (sent before the relay has connected upstream) and its
+    end reach the upstream, the answer and its end come back, and both sockets are closed."""
 
     async def shout(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write((await reader.read()).upper())  # everything, up to the client's end
@@ -334,3 +336,26 @@ async def test_tcprelay_carries_half_closes_and_frees_each_connection() -> None:
         relay.terminate()
         await asyncio.wait_for(relay.wait(), 10)
         server.close()
+
+
+def test_floor_ratios_pair_each_repetition_and_every_side_goes_first_in_turn() -> None:
+    """A ratio is the median of each repetition's own ratio, not a ratio of medians (which would
+    pair one repetition's gateway with another's floor)."""
+    figure = FIGURES[0]
+
+    def reps(*values: float) -> list[dict[str, float]]:
+        return [dict.fromkeys(FIGURES, value) for value in values]
+
+    runs = {"gateway": reps(1.0, 3.0, 2.0), "nginx": reps(1.0, 1.0, 4.0), "relay": reps(0.5, 1.5, 1.0)}
+    row = floor_summary(runs)[figure]
+    assert isinstance(row, dict)
+    assert row["gateway_over_nginx"]["median"] == 1.0  # the ratio of the medians would be 2.0
+    assert row["gateway_over_nginx"]["runs"] == [1.0, 3.0, 0.5]
+    assert row["gateway_over_relay"]["runs"] == [2.0, 2.0, 2.0]
+    assert row["nginx"]["median"] == 1.0
+    assert [floor_order(["a", "b", "c"], rep) for rep in range(4)] == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
