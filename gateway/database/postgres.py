@@ -54,7 +54,7 @@ KEYS_CHANNEL = "gateway_keys"
 LISTEN_RETRY = 0.5
 LISTEN_RETRY_CAP = 5.0
 
-log = logging.getLogger("gateway.database.sqlite")
+log = logging.getLogger("gateway.database")
 
 
 class Qmarks:

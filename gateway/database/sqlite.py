@@ -50,7 +50,7 @@ T = TypeVar("T")
 SERVER_BUSY_TIMEOUT = 2.0
 CLI_BUSY_TIMEOUT = 10.0
 
-log = logging.getLogger("gateway.database.sqlite")
+log = logging.getLogger("gateway.database")
 
 # Written out by hand, never derived: a migration is history, and must read tomorrow as it ran
 # today. Each is written once per backend, side by side (SQLite's and PostgreSQL's types and

@@ -31,7 +31,7 @@ DATABASE_PROBE_TIMEOUT = 1.5
 # A shared database out of reach: the replica goes on serving what it holds in memory.
 OUTAGE = "degraded: keys served from memory, usage kept in memory until the database is back"
 
-log = logging.getLogger("gateway.database.sqlite")
+log = logging.getLogger("gateway.database")
 # A readiness check: a coroutine answering "ok", "degraded: <why>" (still serving, e.g. on local
 # limits while Redis is away), or what is wrong (not ready).
 Check = Callable[[], Awaitable[str]]

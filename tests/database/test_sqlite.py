@@ -306,7 +306,7 @@ def test_readyz_is_not_ready_when_the_disk_refuses_writes(fake: FakeOllama, data
         assert "rollback" not in detail
         # The log names the real error and the file.
         assert logged.rstrip("\n").endswith(
-            f"gateway.database.sqlite: database {database_url.removeprefix('sqlite:///')}: {detail}"
+            f"gateway.database: database {database_url.removeprefix('sqlite:///')}: {detail}"
         )
         assert _readyz(gateway) == (200, "ok")
 
@@ -345,7 +345,7 @@ def test_a_backup_moved_into_place_takes_effect(fake: FakeOllama, database_url: 
         os.replace(backup, path)
         logged = gateway.stderr.wait_for("was replaced")
         expected = f"the database file {path} was replaced: reopened it; its keys apply from now on"
-        assert logged == f"WARNING:  gateway.database.sqlite: {expected}\n"
+        assert logged == f"WARNING:  gateway.database: {expected}\n"
         assert _chat(gateway, bob) == 401
         assert _chat(gateway, alice) == 200
         gateway.stop()  # drains: the last usage is written
