@@ -241,7 +241,7 @@ async def _measure(target: Target, pid: int, plan: FloorPlan) -> dict[str, float
         await closed_loop(target, small_chat(target, path), 4, plan.warm, meter())
     # A burst of short streams, as many as the windows open: connections pooled, heap grown.
     burst = [stream_chat(target, Format.NDJSON, 2, 0.01) for _ in range(plan.streams)]
-    await _whole(target, Format.NDJSON, await streams(target, Format.NDJSON, burst, 2, plan.ramp, meter(), 30))
+    _whole(target, Format.NDJSON, await streams(target, Format.NDJSON, burst, 2, plan.ramp, meter(), 30))
     figures: dict[str, float] = {}
     window = meter()
     small = await closed_loop(target, small_chat(target, "/api/chat"), plan.clients, plan.seconds, window)
@@ -252,12 +252,12 @@ async def _measure(target: Target, pid: int, plan: FloorPlan) -> dict[str, float
         requests = [stream_chat(target, fmt, plan.tokens, plan.interval) for _ in range(plan.streams)]
         window = meter()
         cap = plan.ramp + plan.tokens * plan.interval + 30
-        result = await _whole(target, fmt, await streams(target, fmt, requests, plan.tokens, plan.ramp, window, cap))
+        result = _whole(target, fmt, await streams(target, fmt, requests, plan.tokens, plan.ramp, window, cap))
         figures[f"{fmt.value}_cpu_ms_per_1k_chunks"] = window.result.cpu_ms["side"] * 1000 / result.chunks
     return figures
 
 
-async def _whole(target: Target, fmt: Format, result: Streams) -> Streams:
+def _whole(target: Target, fmt: Format, result: Streams) -> Streams:
     """``result``, if every stream arrived whole and in order; else the run stops, saying how."""
     failures = {
         "lost": result.lost,
