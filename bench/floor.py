@@ -89,6 +89,8 @@ def labels(plan: FloorPlan) -> dict[str, str]:
 
 
 class Side(Protocol):
+    """A process the load goes through, started fresh for each run (``GatewayServer`` is one)."""
+
     name: str
 
     def start(self) -> None: ...
@@ -100,27 +102,6 @@ class Side(Protocol):
 
     @property
     def port(self) -> int: ...
-
-
-class _GatewaySide:
-    name = GATEWAY
-
-    def __init__(self, server: GatewayServer) -> None:
-        self._server = server
-
-    def start(self) -> None:
-        self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    @property
-    def pid(self) -> int:
-        return self._server.pid
-
-    @property
-    def port(self) -> int:
-        return self._server.port
 
 
 class _ChildSide:
@@ -332,8 +313,9 @@ def _sides(
 ) -> Iterator[tuple[list[Side], str | None]]:
     """The sides, and the gateway's key (sent to every side alike: the fast upstream ignores it)."""
     with ExitStack() as stack:
-        server = GatewayServer({"GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{upstream}"}, workdir, pinning, {}, log)
-        sides: list[Side] = [_GatewaySide(server)]
+        upstream_url = {"GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{upstream}"}
+        server = GatewayServer(upstream_url, workdir, pinning, {}, log, GATEWAY)
+        sides: list[Side] = [server]
         binary = nginx_binary() if nginx else None
         if binary is not None:
             sides.append(_ChildSide(NGINX, _nginx_argv(binary, workdir / "nginx", upstream, pinning), workdir, log))
